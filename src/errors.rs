@@ -1,0 +1,117 @@
+//! The one error type a client can see, and its JSON rendering.
+//!
+//! Every response the gateway produces itself (as opposed to relaying an upstream answer) goes
+//! through [`GatewayError::to_response`], so clients always get `application/json` bodies shaped
+//! like `{"error": "...", "status": 404, "request_id": "..."}`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use std::fmt;
+
+/// A failure the gateway reports to the client, with the status it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// No route matches the request path (and host).
+    RouteNotFound,
+    /// A route matches the path but not the method; `allow` lists the methods that would match.
+    MethodNotAllowed { allow: Vec<String> },
+    /// The request is malformed in a way Pingora's parser let through (e.g. a path escaping `/`).
+    BadRequest(&'static str),
+    /// Every backend of the service is marked unhealthy or was already tried.
+    NoHealthyBackend { service: String },
+    /// The upstream refused, reset or closed the connection, or sent an invalid response.
+    UpstreamUnavailable,
+    /// The upstream did not connect, answer or accept the request in time.
+    UpstreamTimeout,
+    /// A bug or resource failure inside the gateway.
+    Internal,
+}
+
+impl GatewayError {
+    /// The HTTP status code sent to the client.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::RouteNotFound => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::BadRequest(_) => 400,
+            GatewayError::NoHealthyBackend { .. } | GatewayError::UpstreamUnavailable => 502,
+            GatewayError::UpstreamTimeout => 504,
+            GatewayError::Internal => 500,
+        }
+    }
+
+    /// Builds the complete JSON response (header and body) for this error.
+    pub fn to_response(&self, request_id: &str) -> (ResponseHeader, Bytes) {
+        let body = serde_json::json!({
+            "error": self.to_string(),
+            "status": self.status(),
+            "request_id": request_id,
+        });
+        let body = Bytes::from(body.to_string());
+        // Every status above is a valid 3-digit code, the only thing `build` checks.
+        let mut header =
+            ResponseHeader::build(self.status(), Some(4)).expect("static status codes are valid");
+        let _ = header.insert_header("content-type", "application/json");
+        let _ = header.insert_header("content-length", body.len().to_string());
+        let _ = header.insert_header("cache-control", "no-store");
+        if let GatewayError::MethodNotAllowed { allow } = self {
+            let _ = header.insert_header("allow", allow.join(", "));
+        }
+        if !request_id.is_empty() {
+            let _ = header.insert_header("x-request-id", request_id);
+        }
+        (header, body)
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GatewayError::RouteNotFound => f.write_str("Route not found"),
+            GatewayError::MethodNotAllowed { .. } => f.write_str("Method not allowed"),
+            GatewayError::BadRequest(why) => write!(f, "Bad request: {why}"),
+            GatewayError::NoHealthyBackend { service } => {
+                write!(f, "No healthy backend for service {service}")
+            }
+            GatewayError::UpstreamUnavailable => f.write_str("Upstream unavailable"),
+            GatewayError::UpstreamTimeout => f.write_str("Upstream timed out"),
+            GatewayError::Internal => f.write_str("Internal gateway error"),
+        }
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_json_with_status_and_request_id() {
+        let (header, body) = GatewayError::RouteNotFound.to_response("abc");
+        assert_eq!(header.status.as_u16(), 404);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "Route not found");
+        assert_eq!(v["status"], 404);
+        assert_eq!(v["request_id"], "abc");
+        assert_eq!(
+            header
+                .headers
+                .get("content-length")
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            body.len().to_string()
+        );
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow() {
+        let e = GatewayError::MethodNotAllowed {
+            allow: vec!["GET".into(), "HEAD".into()],
+        };
+        let (header, _) = e.to_response("x");
+        assert_eq!(header.status.as_u16(), 405);
+        assert_eq!(header.headers.get("allow").unwrap(), "GET, HEAD");
+    }
+}

@@ -1,0 +1,13 @@
+//! apigateway: an API gateway on Cloudflare's Pingora.
+//!
+//! The request path is the list of phases in [`proxy`]; each capability is a module that owns
+//! its config struct, its compiled runtime form and its tests. [`snapshot`] compiles the YAML
+//! file into the immutable form the proxy reads through one swappable pointer.
+
+pub mod config;
+pub mod edge;
+pub mod errors;
+pub mod proxy;
+pub mod router;
+pub mod snapshot;
+pub mod upstream;

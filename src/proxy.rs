@@ -1,0 +1,344 @@
+//! The Pingora `ProxyHttp` implementation: the list of phases a request goes through.
+//!
+//! Each phase only orchestrates; the logic lives in the module that owns it (`edge`, `router`,
+//! `upstream`, `errors`). Per-request state lives in the typed [`RequestCtx`].
+
+use crate::edge;
+use crate::errors::GatewayError;
+use crate::router::{RequestView, RouteMatch};
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::upstream::{HashKey, ServicePool};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The gateway's proxy logic; one instance serves every listener.
+pub struct Gateway {
+    snapshot: SharedSnapshot,
+}
+
+impl Gateway {
+    pub fn new(snapshot: SharedSnapshot) -> Self {
+        Gateway { snapshot }
+    }
+}
+
+/// Everything one request carries between phases.
+pub struct RequestCtx {
+    /// The config this request runs against, loaded once in `request_filter`.
+    snapshot: Option<Arc<Snapshot>>,
+    /// Incoming well-formed `X-Request-Id` or a generated one.
+    pub request_id: String,
+    /// The matched route and the path to forward.
+    pub route: Option<RouteMatch>,
+    /// Backends already tried for this request (skipped on retry).
+    tried: Vec<SocketAddr>,
+    /// A gateway-level error decided in an earlier phase, rendered by `fail_to_proxy`.
+    error: Option<GatewayError>,
+    pub started: Instant,
+}
+
+impl RequestCtx {
+    fn pool(&self) -> Option<&ServicePool> {
+        let snapshot = self.snapshot.as_ref()?;
+        let route = self.route.as_ref()?;
+        Some(snapshot.service(snapshot.routes.routes()[route.route].target))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    /// Creates the empty per-request context.
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snapshot: None,
+            request_id: String::new(),
+            route: None,
+            tried: Vec::new(),
+            error: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Pins the config snapshot, assigns the request id, normalizes the path and matches the
+    /// route once. Misses are answered here with JSON (404/405/400) without touching upstreams.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = edge::request_id(
+            session
+                .req_header()
+                .headers
+                .get("x-request-id")
+                .map(|v| v.as_bytes()),
+        );
+        let snapshot = self.snapshot.load_full();
+        let found = match_route(&snapshot, session.req_header());
+        ctx.snapshot = Some(snapshot);
+        match found {
+            Ok(m) => {
+                ctx.route = Some(m);
+                Ok(false)
+            }
+            Err(e) => respond(session, ctx, &e).await,
+        }
+    }
+
+    /// Picks a healthy backend of the matched route's service, skipping ones already tried.
+    /// Called again on every retry.
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(pool) = ctx.pool() else {
+            ctx.error = Some(GatewayError::Internal);
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+        };
+        let key = hash_key(pool.hash_key(), session);
+        match pool.select(&key, &ctx.tried) {
+            Some(backend) => {
+                let peer = pool.peer(&backend);
+                ctx.tried.push(backend.addr);
+                Ok(Box::new(peer))
+            }
+            None => {
+                let err = if ctx.tried.is_empty() {
+                    GatewayError::NoHealthyBackend {
+                        service: pool.name.clone(),
+                    }
+                } else {
+                    GatewayError::UpstreamUnavailable
+                };
+                let msg = err.to_string();
+                ctx.error = Some(err);
+                Error::e_explain(ErrorType::HTTPStatus(502), msg)
+            }
+        }
+    }
+
+    /// Rewrites the path, and sets the forwarding headers the upstream relies on.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(route), Some(pool)) = (ctx.route.as_ref(), ctx.pool()) else {
+            return Ok(());
+        };
+        let uri = match session.req_header().uri.query() {
+            Some(q) => Cow::Owned(format!("{}?{q}", route.upstream_path)),
+            None => Cow::Borrowed(route.upstream_path.as_str()),
+        };
+        let uri = uri
+            .parse::<http::Uri>()
+            .map_err(|e| Error::because(ErrorType::InternalError, "rewritten uri", e))?;
+        upstream.set_uri(uri);
+        upstream.insert_header("x-gateway-route", pool.name.as_str())?;
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        forwarded_headers(session, upstream)
+    }
+
+    /// Adds the request id to every proxied response.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    /// A connect failure is always safe to retry (nothing was sent); allow it on another backend
+    /// while the service's retry budget lasts.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let budget = ctx.pool().map_or(0, |p| p.retries);
+        e.set_retry(ctx.tried.len() <= budget);
+        e
+    }
+
+    /// After connecting, retry only idempotent requests whose body can be replayed, and only
+    /// within the retry budget; a POST that reached the upstream is never sent twice.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let budget = ctx.pool().map_or(0, |p| p.retries);
+        if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+            || ctx.tried.len() > budget
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    /// Renders every fatal error as JSON, once; Pingora's default would send an empty body.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let err = ctx.error.take().or_else(|| classify(e));
+        let code = match &err {
+            Some(err) => {
+                if session.response_written().is_none() {
+                    let (header, body) = err.to_response(&ctx.request_id);
+                    if let Err(write_err) = write(session, header, body).await {
+                        log::debug!("could not send error response: {write_err}");
+                    }
+                }
+                err.status()
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Client-caused failures (4xx, client disconnects) are not the operator's problem.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        matches!(e.etype(), ErrorType::HTTPStatus(c) if *c < 500)
+            || e.esource() == &ErrorSource::Downstream
+    }
+}
+
+fn match_route(snapshot: &Snapshot, req: &RequestHeader) -> Result<RouteMatch, GatewayError> {
+    let path = edge::normalize_path(req.uri.path()).map_err(GatewayError::BadRequest)?;
+    let segments = path.segments();
+    let host = edge::request_host(
+        req.headers.get(http::header::HOST).map(|h| h.as_bytes()),
+        req.uri.host(),
+    );
+    snapshot.routes.match_request(&RequestView {
+        segments: &segments,
+        trailing_slash: path.trailing_slash,
+        host: &host,
+        method: &req.method,
+    })
+}
+
+fn hash_key<'a>(key: Option<&HashKey>, session: &'a Session) -> Cow<'a, [u8]> {
+    match key {
+        None => Cow::Borrowed(&[]),
+        Some(HashKey::ClientIp) => Cow::Owned(
+            client_ip(session)
+                .map(|ip| ip.to_string().into_bytes())
+                .unwrap_or_default(),
+        ),
+        Some(HashKey::Path) => Cow::Borrowed(session.req_header().uri.path().as_bytes()),
+        Some(HashKey::Header(name)) => Cow::Borrowed(
+            session
+                .req_header()
+                .headers
+                .get(name)
+                .map_or(&[][..], |v| v.as_bytes()),
+        ),
+    }
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto`/`-Host` describe the hop the
+/// client made to us, so client-sent values are replaced.
+fn forwarded_headers(session: &Session, upstream: &mut RequestHeader) -> Result<()> {
+    if let Some(ip) = client_ip(session) {
+        let xff = match upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        upstream.insert_header("x-forwarded-for", xff)?;
+    }
+    upstream.insert_header("x-forwarded-proto", "http")?;
+    let host = session
+        .req_header()
+        .headers
+        .get(http::header::HOST)
+        .cloned()
+        .or_else(|| {
+            session
+                .req_header()
+                .uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+        });
+    match host {
+        Some(h) => upstream.insert_header("x-forwarded-host", h)?,
+        None => {
+            upstream.remove_header("x-forwarded-host");
+        }
+    }
+    Ok(())
+}
+
+/// Maps a Pingora error to what the client should see; `None` when the client is already gone.
+fn classify(e: &Error) -> Option<GatewayError> {
+    use ErrorType::*;
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(400), _) => Some(GatewayError::BadRequest("malformed request")),
+        (HTTPStatus(504), _) => Some(GatewayError::UpstreamTimeout),
+        (HTTPStatus(c), _) if (500..600).contains(c) => Some(GatewayError::UpstreamUnavailable),
+        (HTTPStatus(_), _) => Some(GatewayError::Internal),
+        (
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout,
+            ErrorSource::Upstream,
+        ) => Some(GatewayError::UpstreamTimeout),
+        (_, ErrorSource::Upstream) => Some(GatewayError::UpstreamUnavailable),
+        (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => None,
+        (ReadTimedout, ErrorSource::Downstream) => None,
+        (_, ErrorSource::Downstream) => Some(GatewayError::BadRequest("malformed request")),
+        _ => Some(GatewayError::Internal),
+    }
+}
+
+/// Writes a gateway-generated error and tells Pingora the request is answered.
+async fn respond(session: &mut Session, ctx: &RequestCtx, err: &GatewayError) -> Result<bool> {
+    let (header, body) = err.to_response(&ctx.request_id);
+    write(session, header, body).await?;
+    Ok(true)
+}
+
+async fn write(session: &mut Session, header: ResponseHeader, body: Bytes) -> Result<()> {
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! Upstream services: backend pools with load balancing, peer options and active health checks.
+//!
+//! Each `services:` entry compiles into a [`ServicePool`] wrapping a Pingora `LoadBalancer`.
+//! Health checks are driven by one [`HealthChecker`] background service that walks the *current*
+//! snapshot, so pools created by a later config reload are checked too.
+
+use crate::config::de_duration;
+use crate::snapshot::SharedSnapshot;
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::lb::discovery::Static;
+use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::{Consistent, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::upstreams::peer::{HttpPeer, PeerOptions};
+use serde::Deserialize;
+use std::collections::{BTreeSet, HashMap};
+use std::net::ToSocketAddrs;
+use std::time::{Duration, Instant};
+
+/// One entry of `services:` as written in the YAML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// `host:port` strings or `{addr, weight}` maps; at least one.
+    pub backends: Vec<BackendConfig>,
+    /// `round_robin` (default, weighted) or `consistent_hash` (ketama).
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// Key for `consistent_hash`: `client_ip` (default), `path` or `header:NAME`.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Extra attempts on another backend after a connect failure (and, for idempotent requests,
+    /// after a failure on a reused connection). Default 1.
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+fn default_retries() -> usize {
+    1
+}
+
+/// A backend address, optionally weighted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BackendConfig {
+    Addr(String),
+    Weighted {
+        addr: String,
+        #[serde(default = "default_weight")]
+        weight: usize,
+    },
+}
+
+fn default_weight() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    #[default]
+    RoundRobin,
+    ConsistentHash,
+}
+
+/// Upstream timeouts. Pingora's defaults are all "none", which lets a stuck upstream hold a
+/// request forever, so every one has a finite default here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    #[serde(deserialize_with = "de_duration")]
+    pub connect: Duration,
+    /// Maximum wait for each read from the upstream (so also the time to first byte).
+    #[serde(deserialize_with = "de_duration")]
+    pub read: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub write: Duration,
+    /// How long an unused keep-alive connection stays pooled. Kept below Node.js's 5 s server
+    /// keep-alive default so we never reuse a socket the upstream is about to close.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            read: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            idle: Duration::from_secs(4),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Tcp,
+    Http,
+}
+
+/// Active health check settings for one service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    #[serde(rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Path requested by `http` checks; a 200 answer means healthy.
+    pub path: String,
+    /// Host header sent by `http` checks.
+    pub host: String,
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring an unhealthy backend back.
+    pub healthy_threshold: usize,
+    /// Consecutive failures that take a backend out.
+    pub unhealthy_threshold: usize,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: HealthCheckKind::Tcp,
+            path: "/health".into(),
+            host: "localhost".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        }
+    }
+}
+
+/// What the consistent-hash key is taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Path,
+    Header(http::HeaderName),
+}
+
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Consistent(LoadBalancer<Consistent>),
+}
+
+/// A compiled service: its backends, how to pick one, and how to talk to it.
+pub struct ServicePool {
+    pub name: String,
+    balancer: Balancer,
+    hash_key: Option<HashKey>,
+    /// Extra attempts after a failed one (see [`ServiceConfig::retries`]).
+    pub retries: usize,
+    peer_options: PeerOptions,
+    health_interval: Option<Duration>,
+    backend_count: usize,
+}
+
+/// How many backends selection may skip over (unhealthy or already tried) before giving up.
+const MAX_SELECT_ITERATIONS: usize = 256;
+
+impl ServicePool {
+    /// Builds the pool; `key` is the key path used in error messages (`services.users`).
+    pub fn compile(name: &str, cfg: &ServiceConfig, key: &str) -> Result<Self, String> {
+        if cfg.backends.is_empty() {
+            return Err(format!("{key}.backends: at least one backend is required"));
+        }
+        let mut set = BTreeSet::new();
+        for (i, b) in cfg.backends.iter().enumerate() {
+            let (addr, weight) = match b {
+                BackendConfig::Addr(a) => (a.as_str(), 1),
+                BackendConfig::Weighted { addr, weight } => (addr.as_str(), *weight),
+            };
+            let bkey = format!("{key}.backends[{i}]");
+            if weight == 0 {
+                return Err(format!("{bkey}.weight: must be at least 1"));
+            }
+            // Resolve once at load time: Pingora would otherwise resolve with blocking DNS (and
+            // panic on failure) when building a peer on the request path.
+            let resolved = addr
+                .to_socket_addrs()
+                .map_err(|e| format!("{bkey}: cannot resolve {addr:?} as host:port: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{bkey}: {addr:?} resolves to no address"))?;
+            let backend = Backend {
+                addr: SocketAddr::Inet(resolved),
+                weight,
+                ext: Default::default(),
+            };
+            if !set.insert(backend) {
+                return Err(format!("{bkey}: duplicate backend {addr:?}"));
+            }
+        }
+        let backend_count = set.len();
+        let hash_key = match (cfg.load_balancing, cfg.hash_key.as_deref()) {
+            (LoadBalancing::RoundRobin, None) => None,
+            (LoadBalancing::RoundRobin, Some(_)) => {
+                return Err(format!(
+                    "{key}.hash_key: only meaningful with load_balancing: consistent_hash"
+                ));
+            }
+            (LoadBalancing::ConsistentHash, k) => Some(
+                parse_hash_key(k.unwrap_or("client_ip"))
+                    .map_err(|e| format!("{key}.hash_key: {e}"))?,
+            ),
+        };
+        let mut backends = Backends::new(Static::new(set));
+        if let Some(hc) = &cfg.health_check {
+            validate_health_check(hc, key)?;
+            backends.set_health_check(build_health_check(hc)?);
+        }
+        let balancer = match cfg.load_balancing {
+            LoadBalancing::RoundRobin => Balancer::RoundRobin(load(backends)?),
+            LoadBalancing::ConsistentHash => Balancer::Consistent(load(backends)?),
+        };
+        Ok(ServicePool {
+            name: name.to_string(),
+            balancer,
+            hash_key,
+            retries: cfg.retries,
+            peer_options: peer_options(&cfg.timeouts),
+            health_interval: cfg.health_check.as_ref().map(|h| h.interval),
+            backend_count,
+        })
+    }
+
+    /// The key source for consistent hashing, if the pool hashes.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        self.hash_key.as_ref()
+    }
+
+    /// Number of configured backends.
+    pub fn backend_count(&self) -> usize {
+        self.backend_count
+    }
+
+    /// Picks a healthy backend not in `exclude` (addresses already tried for this request).
+    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Backend> {
+        let accept = |b: &Backend, healthy: bool| healthy && !exclude.contains(&b.addr);
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+        }
+    }
+
+    /// Builds the peer for a selected backend with this service's timeouts and pooling.
+    pub fn peer(&self, backend: &Backend) -> HttpPeer {
+        let addr = match &backend.addr {
+            SocketAddr::Inet(a) => *a,
+            // Backends are only ever built from resolved inet addresses above.
+            SocketAddr::Unix(_) => unreachable!("unix backends are not configurable"),
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options = self.peer_options.clone();
+        peer
+    }
+
+    async fn run_health_check(&self) {
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends().run_health_check(true).await,
+            Balancer::Consistent(lb) => lb.backends().run_health_check(true).await,
+        }
+    }
+}
+
+fn load<S>(backends: Backends) -> Result<LoadBalancer<S>, String>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    use futures::FutureExt;
+    let lb = LoadBalancer::<S>::from_backends(backends);
+    // Static discovery completes without awaiting anything, so this never yields Pending.
+    match lb.update().now_or_never() {
+        Some(Ok(())) => Ok(lb),
+        Some(Err(e)) => Err(format!("cannot load backends: {e}")),
+        None => Err("static backend discovery unexpectedly blocked".into()),
+    }
+}
+
+fn parse_hash_key(s: &str) -> Result<HashKey, String> {
+    match s {
+        "client_ip" => Ok(HashKey::ClientIp),
+        "path" => Ok(HashKey::Path),
+        other => match other.strip_prefix("header:") {
+            Some(name) => http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("invalid header name {name:?}")),
+            None => Err(format!(
+                "unknown hash key {other:?} (expected client_ip, path or header:NAME)"
+            )),
+        },
+    }
+}
+
+fn validate_health_check(hc: &HealthCheckConfig, key: &str) -> Result<(), String> {
+    let key = format!("{key}.health_check");
+    if hc.interval < Duration::from_millis(10) {
+        return Err(format!("{key}.interval: must be at least 10ms"));
+    }
+    if hc.timeout.is_zero() {
+        return Err(format!("{key}.timeout: must be positive"));
+    }
+    if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+        return Err(format!("{key}: thresholds must be at least 1"));
+    }
+    if hc.kind == HealthCheckKind::Http && !hc.path.starts_with('/') {
+        return Err(format!("{key}.path: must start with `/`"));
+    }
+    Ok(())
+}
+
+fn build_health_check(
+    hc: &HealthCheckConfig,
+) -> Result<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>, String> {
+    Ok(match hc.kind {
+        HealthCheckKind::Tcp => {
+            let mut check = TcpHealthCheck::new();
+            check.consecutive_success = hc.healthy_threshold;
+            check.consecutive_failure = hc.unhealthy_threshold;
+            check.peer_template.options.connection_timeout = Some(hc.timeout);
+            check
+        }
+        HealthCheckKind::Http => {
+            let mut check = HttpHealthCheck::new(&hc.host, false);
+            check.consecutive_success = hc.healthy_threshold;
+            check.consecutive_failure = hc.unhealthy_threshold;
+            check.peer_template.options.connection_timeout = Some(hc.timeout);
+            check.peer_template.options.read_timeout = Some(hc.timeout);
+            let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
+                .map_err(|e| format!("health_check.path: {e}"))?;
+            req.insert_header("host", &hc.host)
+                .map_err(|e| format!("health_check.host: {e}"))?;
+            check.req = req;
+            Box::new(check)
+        }
+    })
+}
+
+fn peer_options(t: &Timeouts) -> PeerOptions {
+    let mut o = PeerOptions::new();
+    o.connection_timeout = Some(t.connect);
+    o.total_connection_timeout = Some(t.connect);
+    o.read_timeout = Some(t.read);
+    o.write_timeout = Some(t.write);
+    o.idle_timeout = Some(t.idle);
+    o
+}
+
+/// Background service running every service's health check on its own interval, against
+/// whatever snapshot is current at each tick.
+pub struct HealthChecker {
+    pub snapshot: SharedSnapshot,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut due: HashMap<String, Instant> = HashMap::new();
+        loop {
+            let snapshot = self.snapshot.load_full();
+            let now = Instant::now();
+            let mut checks = Vec::new();
+            let mut next = now + Duration::from_secs(1);
+            for pool in snapshot.services() {
+                let Some(interval) = pool.health_interval else {
+                    continue;
+                };
+                let when = due.entry(pool.name.clone()).or_insert(now);
+                if *when <= now {
+                    *when = now + interval;
+                    checks.push(pool.run_health_check());
+                }
+                next = next.min(*when);
+            }
+            futures::future::join_all(checks).await;
+            let sleep = next.saturating_duration_since(Instant::now());
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

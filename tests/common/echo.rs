@@ -1,0 +1,128 @@
+//! A real HTTP/1.1 upstream for tests and the demo: answers JSON echoing what it received.
+//!
+//! `GET /health` answers 200 or 503 depending on [`EchoServer::set_healthy`]; any request with
+//! `?sleep_ms=N` waits N ms before answering (bounded to 30 s), to provoke gateway timeouts.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+struct State {
+    name: String,
+    healthy: AtomicBool,
+    requests: AtomicUsize,
+}
+
+/// A running echo upstream; stops accepting when dropped.
+pub struct EchoServer {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoServer {
+    /// Binds `addr` (use port 0 for an ephemeral port) and serves until dropped.
+    pub async fn start(name: &str, addr: &str) -> std::io::Result<EchoServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            name: name.to_string(),
+            healthy: AtomicBool::new(true),
+            requests: AtomicUsize::new(0),
+        });
+        let accept_state = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = accept_state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(req, state.clone()));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(EchoServer { addr, state, task })
+    }
+
+    /// Makes `GET /health` answer 200 (true) or 503 (false).
+    #[allow(dead_code)]
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Requests served so far, health checks excluded.
+    #[allow(dead_code)]
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    if req.uri().path() == "/health" {
+        let ok = state.healthy.load(Ordering::SeqCst);
+        let status = if ok { 200 } else { 503 };
+        return Ok(json(status, format!("{{\"healthy\":{ok}}}")));
+    }
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let query = req.uri().query().unwrap_or("").to_string();
+    if let Some(ms) = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sleep_ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms.min(30_000))).await;
+    }
+    let mut headers = serde_json::Map::new();
+    for (name, value) in req.headers() {
+        let value =
+            serde_json::Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        match headers.get_mut(name.as_str()) {
+            Some(serde_json::Value::Array(list)) => list.push(value),
+            Some(prev) => *prev = serde_json::Value::Array(vec![prev.clone(), value]),
+            None => {
+                headers.insert(name.as_str().to_string(), value);
+            }
+        }
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let body = req.into_body().collect().await?.to_bytes();
+    let answer = serde_json::json!({
+        "service": state.name,
+        "method": method,
+        "path": path,
+        "query": query,
+        "headers": headers,
+        "body_bytes": body.len(),
+    });
+    Ok(json(200, answer.to_string()))
+}
+
+fn json(status: u16, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

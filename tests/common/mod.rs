@@ -1,0 +1,203 @@
+//! Test harness: real upstreams, the real gateway binary, and an HTTP client.
+#![allow(dead_code)]
+
+pub mod echo;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports)]
+pub use echo::EchoServer;
+
+/// A loopback port that was free a moment ago (the OS picks it, then we release it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// An address nothing listens on: bound once, then closed.
+pub fn dead_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_apigateway")
+}
+
+/// Writes `yaml` into a fresh directory and returns (dir, path).
+pub fn write_config(yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    (dir, path)
+}
+
+/// Runs `apigateway -t -c FILE` and returns (exit success, stdout + stderr).
+pub fn check_config(yaml: &str) -> (bool, String, PathBuf) {
+    let (dir, path) = write_config(yaml);
+    let out = Command::new(binary())
+        .args(["-t", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run apigateway -t");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(dir);
+    (out.status.success(), text, path)
+}
+
+/// The gateway binary running with a test config; killed when dropped.
+pub struct Gateway {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway with `body` (everything except `server:` and `listen:`), and waits
+    /// until it accepts connections.
+    pub fn start(body: &str) -> Gateway {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = format!(
+            "server:\n  threads: 2\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\nlisten: ['127.0.0.1:{port}']\n{body}",
+            d = dir.path().display()
+        );
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn apigateway");
+        let mut gw = Gateway { child, port, dir };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited early ({status}):\n{}", self.stderr());
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway did not listen within 20 s:\n{}", self.stderr());
+    }
+
+    /// The gateway's log output so far.
+    pub fn stderr(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(self.dir.path().join("stderr.log"))
+            .and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that never reuses connections across tests and never follows redirects.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// Sends a request and returns (status, headers, JSON body or Null).
+pub async fn send(
+    req: reqwest::RequestBuilder,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.expect("body");
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, headers, body)
+}
+
+/// Polls `f` every 50 ms until it returns true or `limit` passes; returns the last result.
+pub async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns everything the gateway answers until it
+/// closes or 5 s pass. For requests an HTTP client library would refuse or normalize.
+pub fn raw_request(port: u16, request: &[u8]) -> String {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                // One complete response is all these tests need.
+                if response_complete(&out) {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn response_complete(data: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(data);
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let length = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    data.len() >= head_end + 4 + length
+}

@@ -1,0 +1,161 @@
+//! Bad configurations never start: `apigateway -t` (and a normal start) exits non-zero with a
+//! message naming the file, the key path and, for schema errors, the line.
+
+mod common;
+use common::*;
+
+const SERVICES: &str = "services:\n  users:\n    backends: ['127.0.0.1:3001']\n";
+
+fn config(services: &str, routes: &str) -> String {
+    format!("listen: ['127.0.0.1:0']\n{services}routes:\n{routes}")
+}
+
+fn assert_rejected(yaml: &str, expected: &[&str]) {
+    let (ok, out, path) = check_config(yaml);
+    assert!(!ok, "accepted:\n{yaml}");
+    assert!(
+        out.contains(&path.display().to_string()),
+        "no file name in: {out}"
+    );
+    for e in expected {
+        assert!(out.contains(e), "{e:?} missing from: {out}");
+    }
+}
+
+#[test]
+fn valid_config_passes_test_mode_without_binding() {
+    // The port is held by this test: -t must not try to bind it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let yaml = format!(
+        "listen: ['127.0.0.1:{port}']\n{SERVICES}routes:\n  - path: /api/users\n    service: users\n"
+    );
+    let (ok, out, _) = check_config(&yaml);
+    assert!(ok, "{out}");
+    assert!(out.contains("is valid (1 routes, 1 services)"), "{out}");
+}
+
+#[test]
+fn shipped_demo_config_is_valid() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apigateway"))
+        .args([
+            "-t",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gateway.yaml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let yaml = config(
+        SERVICES,
+        "  - path: /a\n    service: users\n    strip_prefx: false\n",
+    );
+    assert_rejected(
+        &yaml,
+        &["routes[0]", "unknown field `strip_prefx`", "line 8"],
+    );
+}
+
+#[test]
+fn route_naming_missing_service() {
+    let yaml = config(
+        SERVICES,
+        "  - path: /a\n    service: users\n  - path: /b\n    service: user\n",
+    );
+    assert_rejected(
+        &yaml,
+        &["routes[1].service", "unknown service \"user\"", "users"],
+    );
+}
+
+#[test]
+fn duplicate_and_conflicting_routes() {
+    let dup = config(
+        SERVICES,
+        "  - path: /a\n    service: users\n  - path: /a/\n    service: users\n",
+    );
+    assert_rejected(&dup, &["routes[1].path", "duplicates routes[0]"]);
+    let params = config(
+        SERVICES,
+        "  - path: /u/:id\n    service: users\n  - path: /u/:name\n    service: users\n",
+    );
+    assert_rejected(&params, &["routes[1].path", "duplicates routes[0]"]);
+}
+
+#[test]
+fn invalid_patterns_and_templates() {
+    for (routes, key) in [
+        ("  - path: api\n    service: users\n", "routes[0].path"),
+        ("  - path: /a/*/b\n    service: users\n", "routes[0].path"),
+        (
+            "  - path: /a/:id\n    service: users\n    rewrite: /b/{user}\n",
+            "routes[0].rewrite",
+        ),
+        (
+            "  - path: /a\n    service: users\n    methods: [GETT]\n",
+            "routes[0].methods",
+        ),
+        (
+            "  - path: /a\n    service: users\n    match: regex\n",
+            "routes[0].match",
+        ),
+    ] {
+        assert_rejected(&config(SERVICES, routes), &[key]);
+    }
+}
+
+#[test]
+fn unparsable_addresses_and_zero_backends() {
+    let route = "  - path: /a\n    service: users\n";
+    let bad_backend = "services:\n  users:\n    backends: ['127.0.0.1:3001', 'not an address']\n";
+    assert_rejected(
+        &config(bad_backend, route),
+        &["services.users.backends[1]", "not an address"],
+    );
+    let no_backends = "services:\n  users:\n    backends: []\n";
+    assert_rejected(
+        &config(no_backends, route),
+        &["services.users.backends", "at least one backend"],
+    );
+    let bad_listen = format!("listen: ['8080']\n{SERVICES}routes:\n{route}");
+    assert_rejected(&bad_listen, &["listen[0]", "not an ip:port"]);
+    let bad_duration =
+        "services:\n  users:\n    backends: ['127.0.0.1:1']\n    timeouts: {read: soon}\n";
+    assert_rejected(
+        &config(bad_duration, route),
+        &["services.users.timeouts", "invalid duration"],
+    );
+    let bad_hash = "services:\n  users:\n    backends: ['127.0.0.1:1']\n    load_balancing: consistent_hash\n    hash_key: cookie\n";
+    assert_rejected(&config(bad_hash, route), &["services.users.hash_key"]);
+}
+
+#[test]
+fn missing_file_and_bad_config_fail_a_normal_start_too() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apigateway"))
+        .args(["-c", "/nonexistent/gateway.yaml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/gateway.yaml: cannot read config file"),
+        "{err}"
+    );
+
+    let (_dir, path) = write_config(&config(SERVICES, "  - path: /a\n    service: nobody\n"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apigateway"))
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].service"));
+}
