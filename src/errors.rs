@@ -42,12 +42,19 @@ impl GatewayError {
 
     /// Builds the complete JSON response (header and body) for this error.
     pub fn to_response(&self, request_id: &str) -> (ResponseHeader, Bytes) {
-        let body = serde_json::json!({
-            "error": self.to_string(),
-            "status": self.status(),
-            "request_id": request_id,
-        });
-        let body = Bytes::from(body.to_string());
+        // A struct (not `json!`) keeps the documented field order: error, status, request_id.
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: String,
+            status: u16,
+            request_id: &'a str,
+        }
+        let body = Body {
+            error: self.to_string(),
+            status: self.status(),
+            request_id,
+        };
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         // Every status above is a valid 3-digit code, the only thing `build` checks.
         let mut header =
             ResponseHeader::build(self.status(), Some(4)).expect("static status codes are valid");
@@ -94,6 +101,7 @@ mod tests {
         assert_eq!(v["error"], "Route not found");
         assert_eq!(v["status"], 404);
         assert_eq!(v["request_id"], "abc");
+        assert!(body.starts_with(br#"{"error":"Route not found","status":404,"#));
         assert_eq!(
             header
                 .headers

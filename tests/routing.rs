@@ -226,3 +226,28 @@ async fn path_is_normalized_before_routing_and_forwarding() {
     assert!(resp.contains("\"status\":400"), "{resp}");
     assert!(resp.contains("application/json"), "{resp}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_do_not_reach_the_upstream() {
+    let (_up, services) = upstreams(&["users"]).await;
+    let gw = Gateway::start(&format!(
+        "{services}routes:\n  - path: /\n    service: users\n"
+    ));
+    let port = gw.port;
+    let resp = tokio::task::spawn_blocking(move || {
+        raw_request(
+            port,
+            b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let body: serde_json::Value =
+        serde_json::from_str(&resp[resp.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    let headers = body["headers"].as_object().unwrap();
+    for h in ["x-secret", "keep-alive", "te", "proxy-connection"] {
+        assert!(!headers.contains_key(h), "{h} forwarded: {headers:?}");
+    }
+    assert_eq!(headers["x-kept"], "yes");
+}

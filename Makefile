@@ -1,0 +1,61 @@
+# apigateway — the two commands a fresh machine needs are `make run` and `make test`.
+# Both install what is missing (cmake for Pingora's zlib-ng; the Rust toolchain must exist).
+
+CARGO   ?= cargo
+CONFIG  ?= conf/gateway.yaml
+RELEASE := target/release
+
+.PHONY: run test deps build lint unit bench bench-smoke install clean
+
+## make run: build in release mode, start the demo services (users, products, orders on
+## 127.0.0.1:3001-3003) and the gateway on 0.0.0.0:8080. Ctrl-C stops everything.
+run: deps build
+	@$(RELEASE)/examples/demo_services & demo=$$!; \
+	trap 'kill $$demo 2>/dev/null; wait $$demo 2>/dev/null' EXIT INT TERM; \
+	echo "gateway on http://localhost:8080 — try: curl http://localhost:8080/api/users"; \
+	$(RELEASE)/apigateway -c $(CONFIG)
+
+## make test: formatting, lints, unit and integration tests (real upstreams, real gateway).
+test: deps lint unit
+
+build:
+	$(CARGO) build --release --bin apigateway --example demo_services
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --all-targets
+
+## make bench: gateway vs nginx (and HAProxy) on this machine; see bench/README.md.
+bench: deps
+	bench/run.sh
+
+bench-smoke: deps
+	bench/run.sh --smoke
+
+## Installs system packages the build needs: apt-get when root, otherwise prints the command.
+deps:
+	@missing=""; \
+	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v make >/dev/null 2>&1 || missing="$$missing make"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing:$$missing — run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+## make install: binary to /usr/local/bin, config to /etc/apigateway, systemd unit.
+install: build
+	install -D -m 0755 $(RELEASE)/apigateway /usr/local/bin/apigateway
+	install -d -m 0755 /etc/apigateway
+	[ -f /etc/apigateway/gateway.yaml ] || install -m 0644 $(CONFIG) /etc/apigateway/gateway.yaml
+	install -D -m 0644 systemd/apigateway.service /etc/systemd/system/apigateway.service
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Side-by-side proxy benchmark on one machine, interleaved rounds:
+#   gw-3       the gateway, proxy route, 3-route table        (threads: 1)
+#   gw-1000    the gateway, same route, 1,000-route table     (threads: 1)
+#   nginx      nginx as a plain reverse proxy, 1 worker, upstream keep-alive
+#   haproxy    HAProxy as a plain reverse proxy, 1 thread, http-reuse always
+#   direct     the upstream itself (nginx serving a small JSON body, 1 worker)
+# Prints req/s, p50 and p99 (medians over rounds), peak RSS and each ratio to nginx.
+# Usage: bench/run.sh [--smoke]   (env: ROUNDS, DURATION, CONNECTIONS)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-8s}
+CONNECTIONS=${CONNECTIONS:-50}
+if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1s; fi
+
+need() { command -v "$1" >/dev/null 2>&1 || echo "$2"; }
+missing="$(need wrk wrk) $(need nginx nginx-light) $(need haproxy haproxy)"
+if [ -n "${missing// /}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  else
+    echo "missing:$missing — run: sudo apt-get install -y $missing"; exit 1
+  fi
+fi
+
+cargo build --release --bin apigateway >/dev/null
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(port); NGX=$(port); HAP=$(port); GW3=$(port); GW1K=$(port)
+
+# Upstream: nginx answering a small JSON body.
+mkdir -p "$WORK/up" "$WORK/ngx"
+cat > "$WORK/up/nginx.conf" <<CONF
+master_process off; worker_processes 1; daemon off; pid $WORK/up/nginx.pid; error_log stderr error;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP;
+    location / { default_type application/json; return 200 '{"id":42,"name":"demo user","ok":true}'; } } }
+CONF
+cat > "$WORK/ngx/nginx.conf" <<CONF
+master_process off; worker_processes 1; daemon off; pid $WORK/ngx/nginx.pid; error_log stderr error;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$UP; keepalive 64; }
+  server { listen 127.0.0.1:$NGX;
+    location /api/users/ { proxy_pass http://backend/; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 3s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAP
+  default_backend be
+backend be
+  http-request set-path %[path,regsub(^/api/users/,/)]
+  server up 127.0.0.1:$UP
+CONF
+
+gw_config() { # $1 port, $2 number of extra routes
+  {
+    printf 'server: {threads: 1, pid_file: %s/gw%s.pid, upgrade_sock: %s/gw%s.sock}\n' "$WORK" "$1" "$WORK" "$1"
+    printf "listen: ['127.0.0.1:%s']\nservices:\n" "$1"
+    printf "  users: {backends: ['127.0.0.1:%s']}\n" "$UP"
+    printf "routes:\n  - {path: /api/users, service: users}\n  - {path: /api/products, service: users}\n  - {path: /api/orders, service: users}\n"
+    for i in $(seq 1 "$2"); do printf '  - {path: /svc%s/items/:id, service: users}\n' "$i"; done
+  } > "$WORK/gw$1.yaml"
+}
+gw_config "$GW3" 0
+gw_config "$GW1K" 997
+
+nginx -c "$WORK/up/nginx.conf" & PIDS+=($!); UP_PID=$!
+nginx -c "$WORK/ngx/nginx.conf" & PIDS+=($!); NGX_PID=$!
+haproxy -f "$WORK/haproxy.cfg" -q & PIDS+=($!); HAP_PID=$!
+RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GW3.yaml" & PIDS+=($!); GW3_PID=$!
+RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GW1K.yaml" & PIDS+=($!); GW1K_PID=$!
+
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
+for p in $UP $NGX $HAP $GW3 $GW1K; do wait_port "$p"; done
+
+declare -A URL=( [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://127.0.0.1:$GW1K/api/users/42"
+                 [nginx]="http://127.0.0.1:$NGX/api/users/42" [haproxy]="http://127.0.0.1:$HAP/api/users/42"
+                 [direct]="http://127.0.0.1:$UP/42" )
+declare -A PID=( [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
+TARGETS=(gw-3 gw-1000 nginx haproxy direct)
+
+for t in "${TARGETS[@]}"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' "${URL[$t]}" || true)
+  [ "$code" = 200 ] || { echo "$t answered $code"; exit 1; }
+done
+
+STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
+RAW="bench/results/$STAMP"
+mkdir -p "$RAW"
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
+for r in $(seq 1 "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${URL[$t]}" > "$RAW/$t.round$r.txt"
+    rps=$(awk '/Requests\/sec/ {print $2}' "$RAW/$t.round$r.txt")
+    p50=$(awk '$1=="50%" {print $2}' "$RAW/$t.round$r.txt" | to_ms)
+    p99=$(awk '$1=="99%" {print $2}' "$RAW/$t.round$r.txt" | to_ms)
+    echo "$t $rps $p50 $p99" >> "$RAW/summary.txt"
+    echo "round $r $t: $rps req/s p50 ${p50}ms p99 ${p99}ms"
+  done
+done
+
+rss() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+NGX_RPS=$(awk '$1=="nginx" {print $2}' "$RAW/summary.txt" | median)
+{
+  echo "Date: $STAMP · $(nproc) cores · $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo) · wrk -t1 -c$CONNECTIONS -d$DURATION · $ROUNDS interleaved rounds · medians"
+  echo
+  echo "| target | req/s | p50 ms | p99 ms | peak RSS MiB | req/s vs nginx |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for t in "${TARGETS[@]}"; do
+    rps=$(awk -v t="$t" '$1==t {print $2}' "$RAW/summary.txt" | median)
+    p50=$(awk -v t="$t" '$1==t {print $3}' "$RAW/summary.txt" | median)
+    p99=$(awk -v t="$t" '$1==t {print $4}' "$RAW/summary.txt" | median)
+    ratio=$(awk -v a="$rps" -v b="$NGX_RPS" 'BEGIN {printf "%.2f", a/b}')
+    echo "| $t | $rps | $p50 | $p99 | $(rss "${PID[$t]}") | ${ratio}× |"
+  done
+  GW3_RPS=$(awk '$1=="gw-3" {print $2}' "$RAW/summary.txt" | median)
+  GW1K_RPS=$(awk '$1=="gw-1000" {print $2}' "$RAW/summary.txt" | median)
+  echo
+  echo "1,000 routes vs 3 routes: $(awk -v a="$GW1K_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
+} | tee "$RAW/table.md"
