@@ -5,6 +5,7 @@
 //! `upstream::ServiceConfig`); this module only assembles them and turns the file into a
 //! [`GatewayConfig`]. Semantic checks happen when the config is compiled into a snapshot.
 
+use crate::auth::AuthConfig;
 use crate::router::RouteConfig;
 use crate::upstream::ServiceConfig;
 use serde::{Deserialize, Deserializer};
@@ -26,6 +27,9 @@ pub struct GatewayConfig {
     pub services: BTreeMap<String, ServiceConfig>,
     /// Ordered route list (priority is by specificity, see `router`).
     pub routes: Vec<RouteConfig>,
+    /// JWT verification, identity headers and the login endpoint.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
 }
 
 /// The subset of Pingora's `ServerConf` a user can set, with defaults that fit systemd.
@@ -150,6 +154,11 @@ impl GatewayConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         serde_yaml::from_str(text).map_err(|e| e.to_string())
     }
+}
+
+/// Like [`de_duration`], for optional keys.
+pub fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 /// Deserializes `"500ms"`, `"2s"`, `"1m"` (humantime syntax) or a bare number of seconds.

@@ -25,6 +25,16 @@ pub enum GatewayError {
     UpstreamTimeout,
     /// A bug or resource failure inside the gateway.
     Internal,
+    /// No token (`token_present: false`) or an unacceptable one on a route that needs one.
+    Unauthorized { token_present: bool },
+    /// A valid token without the role or scope the route requires.
+    Forbidden,
+    /// Login with an unknown email or a wrong password (never says which).
+    InvalidCredentials,
+    /// Too many login attempts from one client IP.
+    TooManyLoginAttempts { retry_after: u64 },
+    /// A request body over the size the endpoint accepts.
+    PayloadTooLarge,
 }
 
 impl GatewayError {
@@ -37,6 +47,10 @@ impl GatewayError {
             GatewayError::NoHealthyBackend { .. } | GatewayError::UpstreamUnavailable => 502,
             GatewayError::UpstreamTimeout => 504,
             GatewayError::Internal => 500,
+            GatewayError::Unauthorized { .. } | GatewayError::InvalidCredentials => 401,
+            GatewayError::Forbidden => 403,
+            GatewayError::TooManyLoginAttempts { .. } => 429,
+            GatewayError::PayloadTooLarge => 413,
         }
     }
 
@@ -61,8 +75,35 @@ impl GatewayError {
         let _ = header.insert_header("content-type", "application/json");
         let _ = header.insert_header("content-length", body.len().to_string());
         let _ = header.insert_header("cache-control", "no-store");
-        if let GatewayError::MethodNotAllowed { allow } = self {
-            let _ = header.insert_header("allow", allow.join(", "));
+        match self {
+            GatewayError::MethodNotAllowed { allow } => {
+                let _ = header.insert_header("allow", allow.join(", "));
+            }
+            // RFC 6750 §3: say which scheme is expected, and why a presented token failed.
+            GatewayError::Unauthorized {
+                token_present: false,
+            }
+            | GatewayError::InvalidCredentials => {
+                let _ = header.insert_header("www-authenticate", r#"Bearer realm="apigateway""#);
+            }
+            GatewayError::Unauthorized {
+                token_present: true,
+            } => {
+                let _ = header.insert_header(
+                    "www-authenticate",
+                    r#"Bearer realm="apigateway", error="invalid_token""#,
+                );
+            }
+            GatewayError::Forbidden => {
+                let _ = header.insert_header(
+                    "www-authenticate",
+                    r#"Bearer realm="apigateway", error="insufficient_scope""#,
+                );
+            }
+            GatewayError::TooManyLoginAttempts { retry_after } => {
+                let _ = header.insert_header("retry-after", retry_after.to_string());
+            }
+            _ => {}
         }
         if !request_id.is_empty() {
             let _ = header.insert_header("x-request-id", request_id);
@@ -83,6 +124,16 @@ impl fmt::Display for GatewayError {
             GatewayError::UpstreamUnavailable => f.write_str("Upstream unavailable"),
             GatewayError::UpstreamTimeout => f.write_str("Upstream timed out"),
             GatewayError::Internal => f.write_str("Internal gateway error"),
+            GatewayError::Unauthorized {
+                token_present: false,
+            } => f.write_str("No token provided"),
+            GatewayError::Unauthorized {
+                token_present: true,
+            } => f.write_str("Invalid token"),
+            GatewayError::Forbidden => f.write_str("Insufficient permissions"),
+            GatewayError::InvalidCredentials => f.write_str("Invalid email or password"),
+            GatewayError::TooManyLoginAttempts { .. } => f.write_str("Too many login attempts"),
+            GatewayError::PayloadTooLarge => f.write_str("Request body too large"),
         }
     }
 }

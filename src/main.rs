@@ -1,5 +1,6 @@
 //! `apigateway -c FILE [-t] [-d] [-u]`: load and compile the config, then run the Pingora server.
 
+use apigateway::auth::jwks::JwksRefresher;
 use apigateway::config::GatewayConfig;
 use apigateway::proxy::Gateway;
 use apigateway::snapshot::Snapshot;
@@ -33,11 +34,22 @@ struct Cli {
     /// Take over the listening sockets of a running instance (graceful upgrade).
     #[arg(short, long)]
     upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Read a password from stdin and print its argon2id hash for the login users file.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        return hash_password();
+    }
     let (cfg, snapshot) = match GatewayConfig::load(&cli.conf)
         .and_then(|cfg| Snapshot::compile(&cfg, &cli.conf).map(|s| (cfg, s)))
     {
@@ -81,8 +93,37 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
     server.add_service(proxy);
     server.add_service(background_service(
         "health checks",
-        HealthChecker { snapshot: shared },
+        HealthChecker {
+            snapshot: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "jwks refresh",
+        JwksRefresher { snapshot: shared },
     ));
     log::info!("apigateway listening on {listen:?}");
     server.run_forever()
+}
+
+fn hash_password() -> ExitCode {
+    let mut password = String::new();
+    if std::io::stdin().read_line(&mut password).is_err() {
+        eprintln!("apigateway: cannot read a password from stdin");
+        return ExitCode::FAILURE;
+    }
+    let password = password.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("apigateway: empty password");
+        return ExitCode::FAILURE;
+    }
+    match apigateway::auth::login::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("apigateway: hashing failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -3,10 +3,12 @@
 //! Each phase only orchestrates; the logic lives in the module that owns it (`edge`, `router`,
 //! `upstream`, `errors`). Per-request state lives in the typed [`RequestCtx`].
 
-use crate::edge;
+use crate::auth::AuthFailure;
+use crate::auth::jwt::Identity;
+use crate::edge::{self, NormalizedPath};
 use crate::errors::GatewayError;
 use crate::router::{RequestView, RouteMatch};
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::snapshot::{RouteTarget, SharedSnapshot, Snapshot};
 use crate::upstream::{HashKey, ServicePool};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -38,6 +40,8 @@ pub struct RequestCtx {
     pub request_id: String,
     /// The matched route and the path to forward.
     pub route: Option<RouteMatch>,
+    /// The verified caller, if the route authenticated one.
+    pub identity: Option<Arc<Identity>>,
     /// Backends already tried for this request (skipped on retry).
     tried: Vec<SocketAddr>,
     /// A gateway-level error decided in an earlier phase, rendered by `fail_to_proxy`.
@@ -46,10 +50,13 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    fn pool(&self) -> Option<&ServicePool> {
+    fn target(&self) -> Option<&RouteTarget> {
         let snapshot = self.snapshot.as_ref()?;
-        let route = self.route.as_ref()?;
-        Some(snapshot.service(snapshot.routes.routes()[route.route].target))
+        Some(&snapshot.routes.routes()[self.route.as_ref()?.route].target)
+    }
+
+    fn pool(&self) -> Option<&ServicePool> {
+        Some(self.snapshot.as_ref()?.service(self.target()?.service))
     }
 }
 
@@ -63,14 +70,16 @@ impl ProxyHttp for Gateway {
             snapshot: None,
             request_id: String::new(),
             route: None,
+            identity: None,
             tried: Vec::new(),
             error: None,
             started: Instant::now(),
         }
     }
 
-    /// Pins the config snapshot, assigns the request id, normalizes the path and matches the
-    /// route once. Misses are answered here with JSON (404/405/400) without touching upstreams.
+    /// Pins the config snapshot, assigns the request id, normalizes the path, serves the login
+    /// endpoint, matches the route once, then authenticates the caller against the route's
+    /// policy. Every refusal (400/401/403/404/405) is answered here as JSON.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = edge::request_id(
             session
@@ -80,15 +89,45 @@ impl ProxyHttp for Gateway {
                 .map(|v| v.as_bytes()),
         );
         let snapshot = self.snapshot.load_full();
-        let found = match_route(&snapshot, session.req_header());
-        ctx.snapshot = Some(snapshot);
-        match found {
-            Ok(m) => {
-                ctx.route = Some(m);
-                Ok(false)
-            }
-            Err(e) => respond(session, ctx, &e).await,
+        ctx.snapshot = Some(snapshot.clone());
+        let path = match edge::normalize_path(session.req_header().uri.path()) {
+            Ok(p) => p,
+            Err(why) => return respond(session, ctx, &GatewayError::BadRequest(why)).await,
+        };
+        if let Some(login) = snapshot.auth.as_ref().and_then(|a| a.login.as_ref())
+            && path.path == login.path
+        {
+            let answer = crate::auth::login::serve(login, session, client_ip(session)).await;
+            return match answer {
+                Ok(body) => respond_json(session, ctx, body).await,
+                Err(e) => respond(session, ctx, &e).await,
+            };
         }
+        match match_route(&snapshot, session.req_header(), &path) {
+            Ok(m) => ctx.route = Some(m),
+            Err(e) => return respond(session, ctx, &e).await,
+        }
+        if let (Some(auth), Some(target)) = (snapshot.auth.as_ref(), ctx.target()) {
+            match auth
+                .authenticate(session.req_header(), &target.policy)
+                .await
+            {
+                Ok(identity) => ctx.identity = identity,
+                Err(failure) => {
+                    let err = match failure {
+                        AuthFailure::NoToken => GatewayError::Unauthorized {
+                            token_present: false,
+                        },
+                        AuthFailure::InvalidToken => GatewayError::Unauthorized {
+                            token_present: true,
+                        },
+                        AuthFailure::Forbidden => GatewayError::Forbidden,
+                    };
+                    return respond(session, ctx, &err).await;
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Picks a healthy backend of the matched route's service, skipping ones already tried.
@@ -124,19 +163,33 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Rewrites the path, and sets the forwarding headers the upstream relies on.
+    /// Rewrites the path, sets the forwarding headers, and replaces client-sent identity
+    /// headers with the verified identity's.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let (Some(route), Some(pool)) = (ctx.route.as_ref(), ctx.pool()) else {
+        let (Some(route), Some(pool), Some(target), Some(snapshot)) = (
+            ctx.route.as_ref(),
+            ctx.pool(),
+            ctx.target(),
+            ctx.snapshot.as_ref(),
+        ) else {
             return Ok(());
         };
-        let uri = match session.req_header().uri.query() {
-            Some(q) => Cow::Owned(format!("{}?{q}", route.upstream_path)),
-            None => Cow::Borrowed(route.upstream_path.as_str()),
+        let query = session
+            .req_header()
+            .uri
+            .query()
+            .map(|q| match &snapshot.auth {
+                Some(auth) => auth.strip_query(q),
+                None => Cow::Borrowed(q),
+            });
+        let uri = match query {
+            Some(q) if !q.is_empty() => Cow::Owned(format!("{}?{q}", route.upstream_path)),
+            _ => Cow::Borrowed(route.upstream_path.as_str()),
         };
         let uri = uri
             .parse::<http::Uri>()
@@ -144,6 +197,13 @@ impl ProxyHttp for Gateway {
         upstream.set_uri(uri);
         upstream.insert_header("x-gateway-route", pool.name.as_str())?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(auth) = &snapshot.auth {
+            auth.apply_upstream(
+                upstream,
+                ctx.identity.as_deref(),
+                target.policy.forward_authorization,
+            )?;
+        }
         forwarded_headers(session, upstream)
     }
 
@@ -228,8 +288,11 @@ impl ProxyHttp for Gateway {
     }
 }
 
-fn match_route(snapshot: &Snapshot, req: &RequestHeader) -> Result<RouteMatch, GatewayError> {
-    let path = edge::normalize_path(req.uri.path()).map_err(GatewayError::BadRequest)?;
+fn match_route(
+    snapshot: &Snapshot,
+    req: &RequestHeader,
+    path: &NormalizedPath,
+) -> Result<RouteMatch, GatewayError> {
     let segments = path.segments();
     let host = edge::request_host(
         req.headers.get(http::header::HOST).map(|h| h.as_bytes()),
@@ -328,6 +391,17 @@ fn classify(e: &Error) -> Option<GatewayError> {
 /// Writes a gateway-generated error and tells Pingora the request is answered.
 async fn respond(session: &mut Session, ctx: &RequestCtx, err: &GatewayError) -> Result<bool> {
     let (header, body) = err.to_response(&ctx.request_id);
+    write(session, header, body).await?;
+    Ok(true)
+}
+
+/// Writes a 200 JSON answer produced by the gateway itself (login).
+async fn respond_json(session: &mut Session, ctx: &RequestCtx, body: Bytes) -> Result<bool> {
+    let mut header = ResponseHeader::build(200, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    header.insert_header("x-request-id", ctx.request_id.as_str())?;
     write(session, header, body).await?;
     Ok(true)
 }

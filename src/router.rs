@@ -9,6 +9,7 @@
 //! beats a prefix/wildcard tail; a route ending exactly at the path beats a prefix ending there;
 //! among routes with the same pattern, one with a `host` beats one without, then file order.
 
+use crate::auth::{AuthMode, ScopeMatch};
 use crate::errors::GatewayError;
 use http::Method;
 use serde::Deserialize;
@@ -42,6 +43,21 @@ pub struct RouteConfig {
     /// Template for the upstream path, e.g. `/v2/users/{id}`; overrides `strip_prefix`.
     #[serde(default)]
     pub rewrite: Option<String>,
+    /// `none` (default), `optional` or `required` (needs the top-level `auth:` section).
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Roles admitted (any of); needs `auth: required`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Scopes from the `scope` claim; matched per `scope_match`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `all` (default) or `any`.
+    #[serde(default)]
+    pub scope_match: ScopeMatch,
+    /// Send the client's `Authorization` header upstream (default false: stripped).
+    #[serde(default)]
+    pub forward_authorization: bool,
 }
 
 fn default_true() -> bool {
@@ -171,11 +187,11 @@ pub struct RequestView<'a> {
 }
 
 impl<S> RouteTable<S> {
-    /// Compiles the configured routes. `resolve` maps a route's service name to its target, or
-    /// explains why it cannot.
+    /// Compiles the configured routes. `resolve` turns a route's config into its target (the
+    /// service and policies), or names the field and the reason it cannot.
     pub fn compile(
         configs: &[RouteConfig],
-        mut resolve: impl FnMut(&str) -> Result<S, String>,
+        mut resolve: impl FnMut(&RouteConfig) -> Result<S, (&'static str, String)>,
     ) -> Result<Self, RouteError> {
         let mut table = RouteTable {
             routes: Vec::with_capacity(configs.len()),
@@ -183,8 +199,8 @@ impl<S> RouteTable<S> {
         };
         for (index, cfg) in configs.iter().enumerate() {
             let key = |field: &str| format!("routes[{index}].{field}");
-            let target = resolve(&cfg.service).map_err(|reason| RouteError {
-                key: key("service"),
+            let target = resolve(cfg).map_err(|(field, reason)| RouteError {
+                key: key(field),
                 reason,
             })?;
             let route = compile_route(index, cfg, target, &key)?;
@@ -606,11 +622,16 @@ mod tests {
             service: service.into(),
             strip_prefix: true,
             rewrite: None,
+            auth: AuthMode::None,
+            roles: vec![],
+            scopes: vec![],
+            scope_match: ScopeMatch::All,
+            forward_authorization: false,
         }
     }
 
     fn table(routes: &[RouteConfig]) -> RouteTable<String> {
-        RouteTable::compile(routes, |s| Ok(s.to_string())).unwrap()
+        RouteTable::compile(routes, |r| Ok(r.service.clone())).unwrap()
     }
 
     fn find(
@@ -796,11 +817,11 @@ mod tests {
             ),
         ];
         for (routes, key) in cases {
-            let err = RouteTable::compile(&routes, |s| Ok(s.to_string())).unwrap_err();
+            let err = RouteTable::compile(&routes, |r| Ok(r.service.clone())).unwrap_err();
             assert_eq!(err.key, key, "{err}");
         }
-        let err = RouteTable::<()>::compile(&[route("/a", "ghost")], |s| {
-            Err(format!("unknown service {s:?}"))
+        let err = RouteTable::<()>::compile(&[route("/a", "ghost")], |r| {
+            Err(("service", format!("unknown service {:?}", r.service)))
         })
         .unwrap_err();
         assert_eq!(

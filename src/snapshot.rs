@@ -4,8 +4,9 @@
 //! it returns is known good, and request-path code never re-checks it. A request loads the
 //! pointer once and keeps that `Arc` for its whole life, so a reload never mixes two configs.
 
+use crate::auth::{Auth, AuthMode, RoutePolicy};
 use crate::config::{ConfigError, GatewayConfig};
-use crate::router::RouteTable;
+use crate::router::{RouteConfig, RouteTable};
 use crate::upstream::ServicePool;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -16,13 +17,22 @@ use std::sync::Arc;
 /// The shared, atomically swappable pointer to the current snapshot.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
+/// What a route leads to: its service and its policies.
+#[derive(Debug)]
+pub struct RouteTarget {
+    /// Index into the snapshot's services.
+    pub service: usize,
+    pub policy: RoutePolicy,
+}
+
 /// Everything the request path needs, compiled from one config file.
 pub struct Snapshot {
-    /// Routes; each route's target is an index into `services`.
-    pub routes: RouteTable<usize>,
+    pub routes: RouteTable<RouteTarget>,
     services: Vec<ServicePool>,
     /// Listener addresses (changing them needs a process upgrade, not a reload).
     pub listen: Vec<SocketAddr>,
+    /// JWT verification and login, if configured.
+    pub auth: Option<Arc<Auth>>,
 }
 
 impl Snapshot {
@@ -78,22 +88,41 @@ impl Snapshot {
                 "at least one route is required".into(),
             ));
         }
-        let routes = RouteTable::compile(&cfg.routes, |name| {
-            index.get(name).copied().ok_or_else(|| {
+        let base = file.parent().unwrap_or(Path::new("."));
+        let auth = cfg
+            .auth
+            .as_ref()
+            .map(|a| Auth::compile(&a.clone().relative_to(base)))
+            .transpose()
+            .map_err(|(k, r)| invalid(k, r))?
+            .map(Arc::new);
+        let routes = RouteTable::compile(&cfg.routes, |route| {
+            let service = index.get(route.service.as_str()).copied().ok_or_else(|| {
                 let known: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
-                format!(
-                    "unknown service {name:?} (defined services: {})",
-                    known.join(", ")
+                (
+                    "service",
+                    format!(
+                        "unknown service {:?} (defined services: {})",
+                        route.service,
+                        known.join(", ")
+                    ),
                 )
-            })
+            })?;
+            let policy = route_policy(route, auth.is_some())?;
+            Ok(RouteTarget { service, policy })
         })
         .map_err(|e| invalid(e.key, e.reason))?;
-        for pool in &services {
-            if !routes
-                .routes()
-                .iter()
-                .any(|r| services_name(&services, r.target) == pool.name)
-            {
+        if let Some(login) = auth.as_ref().and_then(|a| a.login.as_ref())
+            && let Some(r) = routes.routes().iter().find(|r| r.pattern == login.path)
+        {
+            log::warn!(
+                "{} has the login path {:?}; the login endpoint takes precedence",
+                r.name,
+                login.path
+            );
+        }
+        for (i, pool) in services.iter().enumerate() {
+            if !routes.routes().iter().any(|r| r.target.service == i) {
                 log::warn!("service {:?} is not used by any route", pool.name);
             }
         }
@@ -101,6 +130,7 @@ impl Snapshot {
             routes,
             services,
             listen,
+            auth,
         })
     }
 
@@ -113,8 +143,33 @@ impl Snapshot {
     pub fn services(&self) -> &[ServicePool] {
         &self.services
     }
+
+    /// JWKS sources to keep fresh.
+    pub fn jwks_sources(&self) -> &[Arc<crate::auth::jwks::JwksSource>] {
+        self.auth.as_ref().map_or(&[], |a| a.jwks.as_slice())
+    }
 }
 
-fn services_name(services: &[ServicePool], i: usize) -> &str {
-    &services[i].name
+/// Checks and compiles a route's auth settings.
+fn route_policy(
+    route: &RouteConfig,
+    auth_configured: bool,
+) -> Result<RoutePolicy, (&'static str, String)> {
+    let wants_identity = !route.roles.is_empty() || !route.scopes.is_empty();
+    if route.auth != AuthMode::None && !auth_configured {
+        return Err((
+            "auth",
+            "needs the top-level `auth:` section (keys or jwks)".into(),
+        ));
+    }
+    if wants_identity && route.auth != AuthMode::Required {
+        return Err(("auth", "`roles`/`scopes` need `auth: required`".into()));
+    }
+    Ok(RoutePolicy {
+        mode: route.auth,
+        roles: route.roles.clone(),
+        scopes: route.scopes.clone(),
+        scope_match: route.scope_match,
+        forward_authorization: route.forward_authorization,
+    })
 }
