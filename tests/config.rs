@@ -159,3 +159,52 @@ fn missing_file_and_bad_config_fail_a_normal_start_too() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].service"));
 }
+
+#[test]
+fn weak_secrets_and_inconsistent_auth_are_refused() {
+    let route = "  - path: /a\n    service: users\n    auth: required\n";
+    let auth = |keys: &str| format!("{SERVICES}auth:\n  keys:\n{keys}");
+    assert_rejected(
+        &config(&auth("    - {alg: HS256, secret: short}\n"), route),
+        &["auth.keys[0].secret", "at least 32 bytes"],
+    );
+    assert_rejected(
+        &config(
+            &auth("    - {alg: HS256, secret_env: APIGW_TEST_UNSET_VARIABLE}\n"),
+            route,
+        ),
+        &[
+            "auth.keys[0].secret_env",
+            "APIGW_TEST_UNSET_VARIABLE is not set",
+        ],
+    );
+    assert_rejected(
+        &config(
+            &auth("    - {alg: RS256, public_key_file: /nonexistent.pem}\n"),
+            route,
+        ),
+        &["auth.keys[0].public_key_file", "cannot read"],
+    );
+    assert_rejected(
+        &config(&auth("    - {alg: HS999, secret: x}\n"), route),
+        &["auth.keys[0]", "HS999"],
+    );
+    assert_rejected(&config(SERVICES, route), &["routes[0].auth", "auth:"]);
+    let roles_without_auth = "  - path: /a\n    service: users\n    roles: [admin]\n";
+    assert_rejected(
+        &config(
+            &auth("    - {alg: HS256, secret: 0123456789abcdef0123456789abcdef}\n"),
+            roles_without_auth,
+        ),
+        &["routes[0].auth", "roles"],
+    );
+    let login_without_private = format!(
+        "{SERVICES}auth:\n  keys:\n    - {{kid: k, alg: ES256, public_key_file: {}}}\n  login: {{users_file: {}, signing_key: k}}\n",
+        fixture("keys/ec256.pub.pem"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/conf/users.yaml")
+    );
+    assert_rejected(
+        &config(&login_without_private, route),
+        &["auth.keys[0]", "private_key_file"],
+    );
+}

@@ -201,3 +201,85 @@ fn response_complete(data: &[u8]) -> bool {
         .unwrap_or(0);
     data.len() >= head_end + 4 + length
 }
+
+/// A loopback HTTP server answering every request with a replaceable JSON body, counting
+/// requests; used as a JWKS endpoint. Stops accepting when dropped or stopped.
+pub struct JsonServer {
+    pub addr: SocketAddr,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl JsonServer {
+    pub async fn start(body: String) -> JsonServer {
+        use hyper::server::conn::http1;
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, h) = (body.clone(), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (b, h) = (b.clone(), h.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req| {
+                        h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let text = b.lock().unwrap().clone();
+                        async move {
+                            Ok::<_, hyper::Error>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(http_body_util::Full::new(hyper::body::Bytes::from(text)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        JsonServer {
+            addr,
+            body,
+            hits,
+            task: Some(task),
+        }
+    }
+
+    pub fn set_body(&self, body: String) {
+        *self.body.lock().unwrap() = body;
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops accepting connections (the port then refuses).
+    pub fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for JsonServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Absolute path of a test fixture.
+pub fn fixture(rel: &str) -> String {
+    format!("{}/tests/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"))
+}

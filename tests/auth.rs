@@ -1,0 +1,620 @@
+//! Authentication through the real gateway: tokens are minted here with the keys in
+//! tests/fixtures (never by the gateway), sent to the gateway binary, and the upstream's echo
+//! shows what identity reached it.
+
+mod common;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const SECRET: &str = "test-secret-0123456789-abcdefghijklmnop";
+const ISSUER: &str = "https://issuer.test";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn claims(extra: Value) -> Value {
+    let mut c = json!({"sub": "user-1", "role": "user", "iss": ISSUER, "aud": "api",
+                       "iat": now(), "exp": now() + 300});
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+fn pem(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(&format!("keys/{name}"))).unwrap()
+}
+
+fn encoding_key(alg: Algorithm) -> EncodingKey {
+    match alg {
+        Algorithm::HS256 => EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::RS256 | Algorithm::PS256 => EncodingKey::from_rsa_pem(&pem("rsa.pem")).unwrap(),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem("ec256.pem")).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem("ed25519.pem")).unwrap(),
+        other => panic!("no test key for {other:?}"),
+    }
+}
+
+fn kid_for(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "hs",
+        Algorithm::RS256 => "rs",
+        Algorithm::PS256 => "ps",
+        Algorithm::ES256 => "es",
+        _ => "ed",
+    }
+}
+
+/// A properly signed token.
+fn mint(alg: Algorithm, claims: &Value) -> String {
+    let mut h = Header::new(alg);
+    h.kid = Some(kid_for(alg).into());
+    jsonwebtoken::encode(&h, claims, &encoding_key(alg)).unwrap()
+}
+
+/// A token built by hand: any header and payload text, signed with `key` as `alg` (or not).
+fn raw(header: &str, payload: &str, sign: Option<(Algorithm, &EncodingKey)>) -> String {
+    let input = format!("{}.{}", B64.encode(header), B64.encode(payload));
+    let sig = match sign {
+        Some((alg, key)) => jsonwebtoken::crypto::sign(input.as_bytes(), key, alg).unwrap(),
+        None => String::new(),
+    };
+    format!("{input}.{sig}")
+}
+
+fn auth_config(upstream: &EchoServer) -> String {
+    format!(
+        "services:
+  api: {{backends: ['{up}']}}
+auth:
+  keys:
+    - {{kid: hs, alg: HS256, secret: {SECRET}}}
+    - {{alg: HS256, secret: {SECRET}}}
+    - {{kid: rs, alg: RS256, public_key_file: {rsa}}}
+    - {{kid: ps, alg: PS256, public_key_file: {rsa}}}
+    - {{kid: es, alg: ES256, public_key_file: {ec}}}
+    - {{kid: ed, alg: EdDSA, public_key_file: {ed}}}
+  issuer: {ISSUER}
+  audience: [api, other]
+  leeway: 30s
+  max_lifetime: 1d
+  max_token_bytes: 4096
+  token_sources: {{header: true, cookie: session, query: access_token}}
+  identity_headers: {{X-User-Id: sub, X-User-Role: role}}
+routes:
+  - {{path: /open, service: api}}
+  - {{path: /maybe, service: api, auth: optional}}
+  - {{path: /user, service: api, auth: required}}
+  - {{path: /admin, service: api, auth: required, roles: [admin]}}
+  - {{path: /scoped-all, service: api, auth: required, scopes: [read, write]}}
+  - {{path: /scoped-any, service: api, auth: required, scopes: [read, write], scope_match: any}}
+  - {{path: /fwd, service: api, auth: required, forward_authorization: true}}
+",
+        up = upstream.addr,
+        rsa = fixture("keys/rsa.pub.pem"),
+        ec = fixture("keys/ec256.pub.pem"),
+        ed = fixture("keys/ed25519.pub.pem"),
+    )
+}
+
+async fn get(
+    gw: &Gateway,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = client().get(gw.url(path));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    send(req).await
+}
+
+#[tokio::test]
+async fn every_supported_algorithm_is_accepted_and_identity_forwarded() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&auth_config(&up));
+    for alg in [
+        Algorithm::HS256,
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ] {
+        let token = mint(alg, &claims(json!({"sub": format!("u-{alg:?}")})));
+        let (status, _, body) = get(&gw, "/user/x", Some(&token)).await;
+        assert_eq!(status, 200, "{alg:?}: {body}");
+        assert_eq!(body["headers"]["x-user-id"], format!("u-{alg:?}"));
+        assert_eq!(body["headers"]["x-user-role"], "user");
+        assert!(
+            body["headers"].get("authorization").is_none(),
+            "token forwarded by default"
+        );
+    }
+    // The same token twice (second from the cache) still works.
+    let token = mint(Algorithm::RS256, &claims(json!({})));
+    assert_eq!(get(&gw, "/user", Some(&token)).await.0, 200);
+    assert_eq!(get(&gw, "/user", Some(&token)).await.0, 200);
+}
+
+#[tokio::test]
+async fn forged_malformed_and_out_of_policy_tokens_are_401() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&auth_config(&up));
+    let hs = EncodingKey::from_secret(SECRET.as_bytes());
+    let rsa_public_pem = pem("rsa.pub.pem");
+    let confusion_key = EncodingKey::from_secret(&rsa_public_pem);
+    let good = mint(Algorithm::HS256, &claims(json!({})));
+    let (head, _) = good.split_once('.').unwrap();
+    let payload = serde_json::to_string(&claims(json!({}))).unwrap();
+    let exp = now() + 300;
+    let mut cases: Vec<(&str, String)> = vec![
+        (
+            "tampered payload",
+            format!(
+                "{head}.{}.{}",
+                B64.encode(serde_json::to_string(&claims(json!({"role": "admin"}))).unwrap()),
+                good.rsplit('.').next().unwrap()
+            ),
+        ),
+        (
+            "stripped signature",
+            format!("{}.", good.rsplit_once('.').unwrap().0),
+        ),
+        (
+            "garbage signature",
+            format!(
+                "{}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                good.rsplit_once('.').unwrap().0
+            ),
+        ),
+        ("two segments", good.rsplit_once('.').unwrap().0.to_string()),
+        ("four segments", format!("{good}.x")),
+        (
+            "HS256 signed with the RSA public key, rs kid",
+            raw(
+                r#"{"alg":"HS256","kid":"rs"}"#,
+                &payload,
+                Some((Algorithm::HS256, &confusion_key)),
+            ),
+        ),
+        (
+            "HS256 signed with the RSA public key, no kid",
+            raw(
+                r#"{"alg":"HS256"}"#,
+                &payload,
+                Some((Algorithm::HS256, &confusion_key)),
+            ),
+        ),
+        (
+            "RS256 header on the HS key",
+            raw(
+                r#"{"alg":"RS256","kid":"hs"}"#,
+                &payload,
+                Some((Algorithm::RS256, &encoding_key(Algorithm::RS256))),
+            ),
+        ),
+        (
+            "expired beyond leeway",
+            mint(Algorithm::HS256, &claims(json!({"exp": now() - 120}))),
+        ),
+        (
+            "future nbf",
+            mint(Algorithm::HS256, &claims(json!({"nbf": now() + 3600}))),
+        ),
+        (
+            "nbf as a string",
+            raw(
+                r#"{"alg":"HS256","kid":"hs"}"#,
+                &format!(
+                    r#"{{"sub":"u","iss":"{ISSUER}","aud":"api","exp":{exp},"nbf":"99999999999"}}"#
+                ),
+                Some((Algorithm::HS256, &hs)),
+            ),
+        ),
+        (
+            "missing exp",
+            mint(Algorithm::HS256, &claims(json!({"exp": null}))),
+        ),
+        (
+            "exp as a string",
+            raw(
+                r#"{"alg":"HS256","kid":"hs"}"#,
+                &format!(r#"{{"sub":"u","iss":"{ISSUER}","aud":"api","exp":"{exp}"}}"#),
+                Some((Algorithm::HS256, &hs)),
+            ),
+        ),
+        (
+            "wrong iss",
+            mint(
+                Algorithm::HS256,
+                &claims(json!({"iss": "https://evil.test"})),
+            ),
+        ),
+        (
+            "missing iss",
+            mint(Algorithm::HS256, &claims(json!({"iss": null}))),
+        ),
+        (
+            "wrong aud",
+            mint(Algorithm::HS256, &claims(json!({"aud": "billing"}))),
+        ),
+        (
+            "missing aud",
+            mint(Algorithm::HS256, &claims(json!({"aud": null}))),
+        ),
+        (
+            "lifetime over max_lifetime",
+            mint(Algorithm::HS256, &claims(json!({"exp": now() + 3 * 86400}))),
+        ),
+        (
+            "crit header",
+            raw(
+                r#"{"alg":"HS256","kid":"hs","crit":["x-custom"],"x-custom":1}"#,
+                &payload,
+                Some((Algorithm::HS256, &hs)),
+            ),
+        ),
+        (
+            "duplicate role claim",
+            raw(
+                r#"{"alg":"HS256","kid":"hs"}"#,
+                &payload.replacen('{', r#"{"role":"admin","#, 1),
+                Some((Algorithm::HS256, &hs)),
+            ),
+        ),
+        (
+            "unknown kid",
+            raw(
+                r#"{"alg":"HS256","kid":"../../etc/passwd"}"#,
+                &payload,
+                Some((Algorithm::HS256, &hs)),
+            ),
+        ),
+        (
+            "oversized",
+            mint(Algorithm::HS256, &claims(json!({"pad": "x".repeat(5000)}))),
+        ),
+    ];
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        cases.push((
+            "alg none",
+            raw(&format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#), &payload, None),
+        ));
+    }
+    for (name, token) in &cases {
+        let (status, headers, body) = get(&gw, "/user", Some(token)).await;
+        assert_eq!(status, 401, "{name}: {body}");
+        assert_eq!(body["error"], "Invalid token", "{name}");
+        assert_eq!(
+            headers["www-authenticate"], r#"Bearer realm="apigateway", error="invalid_token""#,
+            "{name}"
+        );
+        assert!(
+            !body.to_string().contains(token.as_str()),
+            "{name}: token echoed"
+        );
+    }
+    assert_eq!(up.requests(), 0, "a refused request reached the upstream");
+    assert!(!gw.stderr().contains(&good[..40]), "token in the log");
+}
+
+#[tokio::test]
+async fn leeway_edges_and_header_forms() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&auth_config(&up));
+    let within = mint(Algorithm::HS256, &claims(json!({"exp": now() - 10})));
+    assert_eq!(
+        get(&gw, "/user", Some(&within)).await.0,
+        200,
+        "expired within leeway"
+    );
+
+    let token = mint(Algorithm::HS256, &claims(json!({})));
+    let c = client();
+    let lower = send(
+        c.get(gw.url("/user"))
+            .header("authorization", format!("bearer {token}")),
+    )
+    .await;
+    assert_eq!(lower.0, 200, "lowercase scheme");
+    let double_space = send(
+        c.get(gw.url("/user"))
+            .header("authorization", format!("Bearer  {token}")),
+    )
+    .await;
+    assert_eq!(double_space.0, 401);
+    let two = send(
+        c.get(gw.url("/user"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("authorization", format!("Bearer {token}")),
+    )
+    .await;
+    assert_eq!(two.0, 401, "two Authorization headers");
+    let empty = send(c.get(gw.url("/user")).header("authorization", "Bearer")).await;
+    assert_eq!(empty.0, 401);
+}
+
+#[tokio::test]
+async fn missing_token_roles_scopes_and_optional_routes() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&auth_config(&up));
+    let (status, headers, body) = get(&gw, "/user", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "No token provided");
+    assert_eq!(headers["www-authenticate"], r#"Bearer realm="apigateway""#);
+
+    let user = mint(Algorithm::HS256, &claims(json!({})));
+    let admin = mint(Algorithm::HS256, &claims(json!({"role": "admin"})));
+    let (status, headers, body) = get(&gw, "/admin", Some(&user)).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"], "Insufficient permissions");
+    assert_eq!(
+        headers["www-authenticate"],
+        r#"Bearer realm="apigateway", error="insufficient_scope""#
+    );
+    assert_eq!(get(&gw, "/admin", Some(&admin)).await.0, 200);
+    let case_differs = mint(Algorithm::HS256, &claims(json!({"role": "Admin"})));
+    assert_eq!(get(&gw, "/admin", Some(&case_differs)).await.0, 403);
+
+    let read = mint(Algorithm::HS256, &claims(json!({"scope": "read"})));
+    let both = mint(
+        Algorithm::HS256,
+        &claims(json!({"scope": "write read profile"})),
+    );
+    assert_eq!(get(&gw, "/scoped-all", Some(&read)).await.0, 403);
+    assert_eq!(get(&gw, "/scoped-all", Some(&both)).await.0, 200);
+    assert_eq!(get(&gw, "/scoped-any", Some(&read)).await.0, 200);
+
+    let (status, _, body) = get(&gw, "/maybe", None).await;
+    assert_eq!(status, 200);
+    assert!(body["headers"].get("x-user-id").is_none());
+    assert_eq!(
+        get(&gw, "/maybe", Some(&user)).await.2["headers"]["x-user-id"],
+        "user-1"
+    );
+    assert_eq!(
+        get(&gw, "/maybe", Some("not.a.token")).await.0,
+        401,
+        "bad token on optional route"
+    );
+}
+
+#[tokio::test]
+async fn cookie_and_query_tokens_are_used_then_removed() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&auth_config(&up));
+    let token = mint(Algorithm::ES256, &claims(json!({})));
+    let c = client();
+    let (status, _, body) = send(
+        c.get(gw.url("/user"))
+            .header("cookie", format!("theme=dark; session={token}")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["cookie"], "theme=dark");
+    let (status, _, body) =
+        send(c.get(gw.url(&format!("/user?a=1&access_token={token}&b=2")))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["query"], "a=1&b=2");
+    assert_eq!(body["headers"]["x-user-id"], "user-1");
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_upstreams() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&auth_config(&up));
+    let c = client();
+    let spoof = |req: reqwest::RequestBuilder| {
+        req.header("x-user-id", "admin")
+            .header("X-User-Role", "admin")
+    };
+    let (_, _, body) = send(spoof(c.get(gw.url("/open")))).await;
+    assert!(body["headers"].get("x-user-id").is_none(), "{body}");
+    assert!(body["headers"].get("x-user-role").is_none(), "{body}");
+    let token = mint(Algorithm::HS256, &claims(json!({})));
+    let (_, _, body) = send(spoof(c.get(gw.url("/user"))).bearer_auth(&token)).await;
+    assert_eq!(body["headers"]["x-user-id"], "user-1");
+    assert_eq!(body["headers"]["x-user-role"], "user");
+    // Authorization is forwarded only where the route asks for it.
+    let (_, _, body) = send(c.get(gw.url("/fwd")).bearer_auth(&token)).await;
+    assert_eq!(body["headers"]["authorization"], format!("Bearer {token}"));
+}
+
+#[tokio::test]
+async fn claims_that_would_inject_headers_are_refused() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&auth_config(&up));
+    let token = mint(Algorithm::HS256, &claims(json!({"sub": "x\r\nX-Admin: 1"})));
+    assert_eq!(get(&gw, "/user", Some(&token)).await.0, 401);
+    assert_eq!(up.requests(), 0);
+}
+
+fn jwks_doc(keys: &[(&str, &str)]) -> String {
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(kid, file)| {
+            let key = EncodingKey::from_rsa_pem(&pem(file)).unwrap();
+            let mut jwk = serde_json::to_value(
+                jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap(),
+            )
+            .unwrap();
+            jwk["kid"] = json!(kid);
+            jwk
+        })
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+fn mint_rs(kid: &str, file: &str) -> String {
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(
+        &h,
+        &claims(json!({})),
+        &EncodingKey::from_rsa_pem(&pem(file)).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn jwks_rotation_single_flight_and_stale_if_error() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let mut jwks = JsonServer::start(jwks_doc(&[("k1", "rsa.pem")])).await;
+    let gw = Gateway::start(&format!(
+        "services:\n  api: {{backends: ['{}']}}\nauth:\n  jwks:\n    - {{url: 'http://{}/jwks', ttl: 1h, min_refresh_interval: 2s}}\nroutes:\n  - {{path: /, service: api, auth: required}}\n",
+        up.addr, jwks.addr
+    ));
+    // The startup fetch happens in the background; wait until k1 is usable.
+    let k1 = mint_rs("k1", "rsa.pem");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&gw, "/", Some(&k1)).await.0 == 200
+        })
+        .await
+    );
+    let after_start = jwks.hits();
+
+    // A flood of unknown kids costs at most one fetch per interval.
+    for i in 0..40 {
+        let t = mint_rs(&format!("unknown-{i}"), "rsa.pem");
+        assert_eq!(get(&gw, "/", Some(&t)).await.0, 401);
+    }
+    assert!(
+        jwks.hits() - after_start <= 1,
+        "{} fetches for the flood",
+        jwks.hits() - after_start
+    );
+
+    // A new key published upstream is picked up without a restart.
+    jwks.set_body(jwks_doc(&[("k1", "rsa.pem"), ("k2", "rsa2.pem")]));
+    let k2 = mint_rs("k2", "rsa2.pem");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&gw, "/", Some(&k2)).await.0 == 200
+        })
+        .await
+    );
+
+    // With the JWKS server gone, known keys keep working (fresh tokens, not cached ones).
+    jwks.stop();
+    tokio::time::sleep(Duration::from_millis(2100)).await; // let the refresh interval pass
+    let unknown = mint_rs("k3", "rsa.pem");
+    assert_eq!(get(&gw, "/", Some(&unknown)).await.0, 401);
+    let fresh_k1 = jsonwebtoken::encode(
+        &{
+            let mut h = Header::new(Algorithm::RS256);
+            h.kid = Some("k1".into());
+            h
+        },
+        &claims(json!({"sub": "after-outage"})),
+        &EncodingKey::from_rsa_pem(&pem("rsa.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(get(&gw, "/", Some(&fresh_k1)).await.0, 200);
+    assert!(gw.stderr().contains("fetch failed"), "outage not logged");
+}
+
+#[tokio::test]
+async fn gateway_starts_when_jwks_url_is_down() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&format!(
+        "services:\n  api: {{backends: ['{}']}}\nauth:\n  jwks:\n    - {{url: 'http://{}/jwks', min_refresh_interval: 1s}}\nroutes:\n  - {{path: /, service: api, auth: required}}\n",
+        up.addr,
+        dead_addr()
+    ));
+    let t = mint_rs("k1", "rsa.pem");
+    assert_eq!(get(&gw, "/", Some(&t)).await.0, 401);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.stderr().contains("fetch failed")
+        })
+        .await
+    );
+}
+
+fn login_config(upstream: &EchoServer, attempts: u32) -> String {
+    format!(
+        "services:\n  api: {{backends: ['{}']}}\nauth:\n  keys:\n    - {{kid: login, alg: ES256, public_key_file: {pub_}, private_key_file: {priv_}}}\n  login: {{users_file: {users}, signing_key: login, token_ttl: 10m, attempts_per_minute: {attempts}}}\nroutes:\n  - {{path: /api, service: api, auth: required}}\n",
+        upstream.addr,
+        pub_ = fixture("keys/ec256.pub.pem"),
+        priv_ = fixture("keys/ec256.pem"),
+        users = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/users.yaml"),
+    )
+}
+
+async fn login(gw: &Gateway, body: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    send(
+        client()
+            .post(gw.url("/auth/login"))
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn login_issues_tokens_that_the_gateway_accepts() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&login_config(&up, 20));
+    let (status, _, body) =
+        login(&gw, r#"{"email":"test@example.com","password":"password"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 600);
+    let token = body["token"].as_str().unwrap();
+    let (status, _, echoed) = get(&gw, "/api/x", Some(token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(echoed["headers"]["x-user-id"], "test@example.com");
+    assert_eq!(echoed["headers"]["x-user-role"], "user");
+
+    let wrong = login(&gw, r#"{"email":"test@example.com","password":"nope"}"#).await;
+    let unknown = login(
+        &gw,
+        r#"{"email":"ghost@example.com","password":"password"}"#,
+    )
+    .await;
+    assert_eq!(wrong.0, 401);
+    assert_eq!(unknown.0, 401);
+    assert_eq!(
+        wrong.2["error"], unknown.2["error"],
+        "responses must not reveal which users exist"
+    );
+    assert_eq!(login(&gw, "{not json").await.0, 400);
+    assert_eq!(login(&gw, r#"{"email":"test@example.com"}"#).await.0, 400);
+    let (status, headers, _) = send(client().get(gw.url("/auth/login"))).await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "POST");
+    let big = format!(r#"{{"email":"a","password":"{}"}}"#, "x".repeat(20_000));
+    assert_eq!(login(&gw, &big).await.0, 413);
+}
+
+#[tokio::test]
+async fn login_attempts_are_throttled_per_client_ip() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&login_config(&up, 3));
+    for _ in 0..3 {
+        assert_eq!(
+            login(&gw, r#"{"email":"test@example.com","password":"bad"}"#)
+                .await
+                .0,
+            401
+        );
+    }
+    let (status, headers, body) =
+        login(&gw, r#"{"email":"test@example.com","password":"password"}"#).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "Too many login attempts");
+    assert_eq!(headers["retry-after"], "60");
+}
