@@ -2,6 +2,8 @@
 # Side-by-side proxy benchmark on one machine, interleaved rounds:
 #   gw-3       the gateway, proxy route, 3-route table        (threads: 1)
 #   gw-1000    the gateway, same route, 1,000-route table     (threads: 1)
+#   gw-hs      the gateway, route with `auth: required`, HS256 bearer token (identity headers)
+#   gw-rs      the same route with an RS256 token (verified once, then served from the cache)
 #   nginx      nginx as a plain reverse proxy, 1 worker, upstream keep-alive
 #   haproxy    HAProxy as a plain reverse proxy, 1 thread, http-reuse always
 #   direct     the upstream itself (nginx serving a small JSON body, 1 worker)
@@ -68,12 +70,14 @@ backend be
   server up 127.0.0.1:$UP
 CONF
 
+SECRET=bench-secret-0123456789abcdef-0123456789
 gw_config() { # $1 port, $2 number of extra routes
   {
     printf 'server: {threads: 1, pid_file: %s/gw%s.pid, upgrade_sock: %s/gw%s.sock}\n' "$WORK" "$1" "$WORK" "$1"
     printf "listen: ['127.0.0.1:%s']\nservices:\n" "$1"
     printf "  users: {backends: ['127.0.0.1:%s']}\n" "$UP"
-    printf "routes:\n  - {path: /api/users, service: users}\n  - {path: /api/products, service: users}\n  - {path: /api/orders, service: users}\n"
+    printf "auth:\n  keys:\n    - {kid: hs, alg: HS256, secret: %s}\n    - {kid: rs, alg: RS256, public_key_file: %s}\n" "$SECRET" "$PWD/tests/fixtures/keys/rsa.pub.pem"
+    printf "routes:\n  - {path: /api/users, service: users}\n  - {path: /api/secure, service: users, auth: required}\n  - {path: /api/orders, service: users}\n"
     for i in $(seq 1 "$2"); do printf '  - {path: /svc%s/items/:id, service: users}\n' "$i"; done
   } > "$WORK/gw$1.yaml"
 }
@@ -89,14 +93,24 @@ RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GW1K.yaml" & PIDS+=($!); GW
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
 for p in $UP $NGX $HAP $GW3 $GW1K; do wait_port "$p"; done
 
+# Tokens minted here with openssl, independently of the gateway.
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+PAYLOAD=$(printf '{"sub":"bench-user","role":"user","exp":%s}' "$(( $(date +%s) + 86400 ))" | b64url)
+HS_IN="$(printf '{"alg":"HS256","typ":"JWT","kid":"hs"}' | b64url).$PAYLOAD"
+RS_IN="$(printf '{"alg":"RS256","typ":"JWT","kid":"rs"}' | b64url).$PAYLOAD"
+HS_TOKEN="$HS_IN.$(printf %s "$HS_IN" | openssl dgst -sha256 -hmac "$SECRET" -binary | b64url)"
+RS_TOKEN="$RS_IN.$(printf %s "$RS_IN" | openssl dgst -sha256 -sign tests/fixtures/keys/rsa.pem -binary | b64url)"
+declare -A HDR=( [gw-hs]="Authorization: Bearer $HS_TOKEN" [gw-rs]="Authorization: Bearer $RS_TOKEN" )
+
 declare -A URL=( [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://127.0.0.1:$GW1K/api/users/42"
+                 [gw-hs]="http://127.0.0.1:$GW3/api/secure/42" [gw-rs]="http://127.0.0.1:$GW3/api/secure/42"
                  [nginx]="http://127.0.0.1:$NGX/api/users/42" [haproxy]="http://127.0.0.1:$HAP/api/users/42"
                  [direct]="http://127.0.0.1:$UP/42" )
-declare -A PID=( [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
-TARGETS=(gw-3 gw-1000 nginx haproxy direct)
+declare -A PID=( [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
+TARGETS=(gw-3 gw-1000 gw-hs gw-rs nginx haproxy direct)
 
 for t in "${TARGETS[@]}"; do
-  code=$(curl -s -o /dev/null -w '%{http_code}' "${URL[$t]}" || true)
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "${HDR[$t]:-X-Bench: 1}" "${URL[$t]}" || true)
   [ "$code" = 200 ] || { echo "$t answered $code"; exit 1; }
 done
 
@@ -106,7 +120,7 @@ mkdir -p "$RAW"
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
 for r in $(seq 1 "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
-    wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${URL[$t]}" > "$RAW/$t.round$r.txt"
+    wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "${HDR[$t]:-X-Bench: 1}" "${URL[$t]}" > "$RAW/$t.round$r.txt"
     rps=$(awk '/Requests\/sec/ {print $2}' "$RAW/$t.round$r.txt")
     p50=$(awk '$1=="50%" {print $2}' "$RAW/$t.round$r.txt" | to_ms)
     p99=$(awk '$1=="99%" {print $2}' "$RAW/$t.round$r.txt" | to_ms)
@@ -133,5 +147,9 @@ NGX_RPS=$(awk '$1=="nginx" {print $2}' "$RAW/summary.txt" | median)
   GW3_RPS=$(awk '$1=="gw-3" {print $2}' "$RAW/summary.txt" | median)
   GW1K_RPS=$(awk '$1=="gw-1000" {print $2}' "$RAW/summary.txt" | median)
   echo
+  HS_RPS=$(awk '$1=="gw-hs" {print $2}' "$RAW/summary.txt" | median)
+  RS_RPS=$(awk '$1=="gw-rs" {print $2}' "$RAW/summary.txt" | median)
   echo "1,000 routes vs 3 routes: $(awk -v a="$GW1K_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
+  echo "HS256 auth route vs no-auth route: $(awk -v a="$HS_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
+  echo "RS256 vs HS256 (token cache): $(awk -v a="$RS_RPS" -v b="$HS_RPS" 'BEGIN {printf "%.3f", a/b}')×"
 } | tee "$RAW/table.md"

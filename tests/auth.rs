@@ -486,10 +486,14 @@ async fn jwks_rotation_single_flight_and_stale_if_error() {
     );
     let after_start = jwks.hits();
 
-    // A flood of unknown kids costs at most one fetch per interval.
-    for i in 0..40 {
+    // A concurrent flood of unknown kids costs at most one fetch per interval.
+    let flood = (0..40).map(|i| {
         let t = mint_rs(&format!("unknown-{i}"), "rsa.pem");
-        assert_eq!(get(&gw, "/", Some(&t)).await.0, 401);
+        let gw = &gw;
+        async move { get(gw, "/", Some(&t)).await.0 }
+    });
+    for status in futures::future::join_all(flood).await {
+        assert_eq!(status, 401);
     }
     assert!(
         jwks.hits() - after_start <= 1,
@@ -617,4 +621,50 @@ async fn login_attempts_are_throttled_per_client_ip() {
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"], "Too many login attempts");
     assert_eq!(headers["retry-after"], "60");
+}
+
+#[tokio::test]
+async fn jwks_file_keys_are_loaded_at_startup() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks_doc(&[("file-key", "rsa2.pem")])).unwrap();
+    let gw = Gateway::start(&format!(
+        "services:\n  api: {{backends: ['{}']}}\nauth:\n  jwks:\n    - {{file: '{}'}}\nroutes:\n  - {{path: /, service: api, auth: required}}\n",
+        up.addr,
+        path.display()
+    ));
+    assert_eq!(
+        get(&gw, "/", Some(&mint_rs("file-key", "rsa2.pem")))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(&gw, "/", Some(&mint_rs("file-key", "rsa.pem"))).await.0,
+        401
+    );
+}
+
+#[tokio::test]
+async fn cached_tokens_stop_working_at_exp() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&format!(
+        "services:\n  api: {{backends: ['{}']}}\nauth:\n  keys: [{{kid: hs, alg: HS256, secret: {SECRET}}}]\n  leeway: 0s\nroutes:\n  - {{path: /, service: api, auth: required}}\n",
+        up.addr
+    ));
+    let short = mint(Algorithm::HS256, &json!({"sub": "u", "exp": now() + 2}));
+    assert_eq!(get(&gw, "/", Some(&short)).await.0, 200);
+    assert_eq!(
+        get(&gw, "/", Some(&short)).await.0,
+        200,
+        "served from the cache"
+    );
+    // Expiry is a wall-clock property: nothing to poll for but the clock itself.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(
+        get(&gw, "/", Some(&short)).await.0,
+        401,
+        "the cache outlived exp"
+    );
 }

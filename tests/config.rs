@@ -208,3 +208,41 @@ fn weak_secrets_and_inconsistent_auth_are_refused() {
         &["auth.keys[0]", "private_key_file"],
     );
 }
+
+#[test]
+fn hash_password_prints_an_argon2id_hash_the_users_file_accepts() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_apigateway"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret-pass\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
+    // The hash works in a users file the gateway loads.
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.yaml");
+    std::fs::write(
+        &users,
+        format!(
+            "users:\n  - {{email: a@b.c, password_hash: '{}', roles: [user]}}\n",
+            hash.trim()
+        ),
+    )
+    .unwrap();
+    let yaml = format!(
+        "{SERVICES}auth:\n  keys: [{{kid: k, alg: HS256, secret: 0123456789abcdef0123456789abcdef}}]\n  login: {{users_file: {}, signing_key: k}}\n",
+        users.display()
+    );
+    let (ok, out, _) = check_config(&config(&yaml, "  - path: /a\n    service: users\n"));
+    assert!(ok, "{out}");
+}
