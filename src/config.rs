@@ -6,6 +6,7 @@
 //! [`GatewayConfig`]. Semantic checks happen when the config is compiled into a snapshot.
 
 use crate::auth::AuthConfig;
+use crate::limits::RateLimitsConfig;
 use crate::router::RouteConfig;
 use crate::upstream::ServiceConfig;
 use serde::{Deserialize, Deserializer};
@@ -30,6 +31,12 @@ pub struct GatewayConfig {
     /// JWT verification, identity headers and the login endpoint.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// Rate-limit policies and their store.
+    #[serde(default)]
+    pub rate_limits: Option<RateLimitsConfig>,
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed when finding the client IP.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// The subset of Pingora's `ServerConf` a user can set, with defaults that fit systemd.

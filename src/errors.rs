@@ -35,6 +35,10 @@ pub enum GatewayError {
     TooManyLoginAttempts { retry_after: u64 },
     /// A request body over the size the endpoint accepts.
     PayloadTooLarge,
+    /// A rate-limit policy refused the request; the report fills the headers.
+    RateLimited(Box<crate::limits::LimitReport>),
+    /// The shared rate-limit store is down and `on_store_error: deny`.
+    LimiterUnavailable,
 }
 
 impl GatewayError {
@@ -51,6 +55,8 @@ impl GatewayError {
             GatewayError::Forbidden => 403,
             GatewayError::TooManyLoginAttempts { .. } => 429,
             GatewayError::PayloadTooLarge => 413,
+            GatewayError::RateLimited(_) => 429,
+            GatewayError::LimiterUnavailable => 503,
         }
     }
 
@@ -103,6 +109,10 @@ impl GatewayError {
             GatewayError::TooManyLoginAttempts { retry_after } => {
                 let _ = header.insert_header("retry-after", retry_after.to_string());
             }
+            GatewayError::RateLimited(report) => report.write(&mut header),
+            GatewayError::LimiterUnavailable => {
+                let _ = header.insert_header("retry-after", "1");
+            }
             _ => {}
         }
         if !request_id.is_empty() {
@@ -134,6 +144,8 @@ impl fmt::Display for GatewayError {
             GatewayError::InvalidCredentials => f.write_str("Invalid email or password"),
             GatewayError::TooManyLoginAttempts { .. } => f.write_str("Too many login attempts"),
             GatewayError::PayloadTooLarge => f.write_str("Request body too large"),
+            GatewayError::RateLimited(_) => f.write_str("Rate limit exceeded"),
+            GatewayError::LimiterUnavailable => f.write_str("Rate limiter unavailable"),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod edge;
 pub mod errors;
+pub mod limits;
 pub mod proxy;
 pub mod router;
 pub mod snapshot;

@@ -2,6 +2,7 @@
 
 use apigateway::auth::jwks::JwksRefresher;
 use apigateway::config::GatewayConfig;
+use apigateway::limits::LimiterSweeper;
 use apigateway::proxy::Gateway;
 use apigateway::snapshot::Snapshot;
 use apigateway::upstream::HealthChecker;
@@ -99,7 +100,13 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
     ));
     server.add_service(background_service(
         "jwks refresh",
-        JwksRefresher { snapshot: shared },
+        JwksRefresher {
+            snapshot: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "rate limiter sweep",
+        LimiterSweeper { snapshot: shared },
     ));
     log::info!("apigateway listening on {listen:?}");
     server.run_forever()

@@ -7,6 +7,7 @@ use crate::auth::AuthFailure;
 use crate::auth::jwt::Identity;
 use crate::edge::{self, NormalizedPath};
 use crate::errors::GatewayError;
+use crate::limits::{Decision, KeyInputs, LimitReport};
 use crate::router::{RequestView, RouteMatch};
 use crate::snapshot::{RouteTarget, SharedSnapshot, Snapshot};
 use crate::upstream::{HashKey, ServicePool};
@@ -18,6 +19,7 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,6 +44,12 @@ pub struct RequestCtx {
     pub route: Option<RouteMatch>,
     /// The verified caller, if the route authenticated one.
     pub identity: Option<Arc<Identity>>,
+    /// The client address (the peer, or behind trusted proxies the forwarded one).
+    pub client_ip: Option<IpAddr>,
+    /// Rate-limit state reported on the response.
+    limit_report: Option<LimitReport>,
+    /// Concurrency slots held until the request ends (released on drop).
+    _limit_guards: Vec<pingora_limits::inflight::Guard>,
     /// Backends already tried for this request (skipped on retry).
     tried: Vec<SocketAddr>,
     /// A gateway-level error decided in an earlier phase, rendered by `fail_to_proxy`.
@@ -71,6 +79,9 @@ impl ProxyHttp for Gateway {
             request_id: String::new(),
             route: None,
             identity: None,
+            client_ip: None,
+            limit_report: None,
+            _limit_guards: Vec::new(),
             tried: Vec::new(),
             error: None,
             started: Instant::now(),
@@ -90,6 +101,12 @@ impl ProxyHttp for Gateway {
         );
         let snapshot = self.snapshot.load_full();
         ctx.snapshot = Some(snapshot.clone());
+        ctx.client_ip = peer_ip(session).map(|peer| {
+            let xff = session.req_header().headers.get_all("x-forwarded-for");
+            snapshot
+                .client_ip
+                .resolve(peer, xff.iter().map(|v| v.as_bytes()))
+        });
         let path = match edge::normalize_path(session.req_header().uri.path()) {
             Ok(p) => p,
             Err(why) => return respond(session, ctx, &GatewayError::BadRequest(why)).await,
@@ -97,7 +114,7 @@ impl ProxyHttp for Gateway {
         if let Some(login) = snapshot.auth.as_ref().and_then(|a| a.login.as_ref())
             && path.path == login.path
         {
-            let answer = crate::auth::login::serve(login, session, client_ip(session)).await;
+            let answer = crate::auth::login::serve(login, session, ctx.client_ip).await;
             return match answer {
                 Ok(body) => respond_json(session, ctx, body).await,
                 Err(e) => respond(session, ctx, &e).await,
@@ -127,6 +144,29 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        if let (Some(limiter), Some(target)) = (snapshot.limiter.as_ref(), ctx.target())
+            && !target.limits.is_empty()
+        {
+            let inputs = KeyInputs {
+                client_ip: ctx.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                identity: ctx.identity.as_deref(),
+                headers: &session.req_header().headers,
+                route: ctx.route.as_ref().map_or(0, |r| r.route),
+            };
+            match limiter.check(&target.limits, &inputs).await {
+                Decision::Admit { report, guards } => {
+                    ctx.limit_report = report;
+                    ctx._limit_guards = guards;
+                }
+                Decision::Refuse(report) => {
+                    let err = GatewayError::RateLimited(Box::new(report));
+                    return respond(session, ctx, &err).await;
+                }
+                Decision::StoreDown => {
+                    return respond(session, ctx, &GatewayError::LimiterUnavailable).await;
+                }
+            }
+        }
         Ok(false)
     }
 
@@ -141,7 +181,7 @@ impl ProxyHttp for Gateway {
             ctx.error = Some(GatewayError::Internal);
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
         };
-        let key = hash_key(pool.hash_key(), session);
+        let key = hash_key(pool.hash_key(), session, ctx.client_ip);
         match pool.select(&key, &ctx.tried) {
             Some(backend) => {
                 let peer = pool.peer(&backend);
@@ -215,6 +255,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(report) = &ctx.limit_report {
+            report.write(upstream_response);
+        }
         Ok(())
     }
 
@@ -306,11 +349,15 @@ fn match_route(
     })
 }
 
-fn hash_key<'a>(key: Option<&HashKey>, session: &'a Session) -> Cow<'a, [u8]> {
+fn hash_key<'a>(
+    key: Option<&HashKey>,
+    session: &'a Session,
+    client: Option<IpAddr>,
+) -> Cow<'a, [u8]> {
     match key {
         None => Cow::Borrowed(&[]),
         Some(HashKey::ClientIp) => Cow::Owned(
-            client_ip(session)
+            client
                 .map(|ip| ip.to_string().into_bytes())
                 .unwrap_or_default(),
         ),
@@ -325,7 +372,8 @@ fn hash_key<'a>(key: Option<&HashKey>, session: &'a Session) -> Cow<'a, [u8]> {
     }
 }
 
-fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+/// The socket peer's address.
+fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -335,7 +383,7 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 /// `X-Forwarded-For` gets the peer appended; `X-Forwarded-Proto`/`-Host` describe the hop the
 /// client made to us, so client-sent values are replaced.
 fn forwarded_headers(session: &Session, upstream: &mut RequestHeader) -> Result<()> {
-    if let Some(ip) = client_ip(session) {
+    if let Some(ip) = peer_ip(session) {
         let xff = match upstream
             .headers
             .get("x-forwarded-for")

@@ -58,6 +58,9 @@ pub struct RouteConfig {
     /// Send the client's `Authorization` header upstream (default false: stripped).
     #[serde(default)]
     pub forward_authorization: bool,
+    /// Rate-limit policies that must all admit; absent = `rate_limits.default`, `[]` = none.
+    #[serde(default)]
+    pub rate_limits: Option<Vec<String>>,
 }
 
 fn default_true() -> bool {
@@ -627,6 +630,7 @@ mod tests {
             scopes: vec![],
             scope_match: ScopeMatch::All,
             forward_authorization: false,
+            rate_limits: None,
         }
     }
 

@@ -6,6 +6,8 @@
 
 use crate::auth::{Auth, AuthMode, RoutePolicy};
 use crate::config::{ConfigError, GatewayConfig};
+use crate::edge::ClientIpResolver;
+use crate::limits::Limiter;
 use crate::router::{RouteConfig, RouteTable};
 use crate::upstream::ServicePool;
 use arc_swap::ArcSwap;
@@ -23,6 +25,8 @@ pub struct RouteTarget {
     /// Index into the snapshot's services.
     pub service: usize,
     pub policy: RoutePolicy,
+    /// Rate-limit policy indexes (into the limiter) that must all admit.
+    pub limits: Vec<usize>,
 }
 
 /// Everything the request path needs, compiled from one config file.
@@ -33,6 +37,10 @@ pub struct Snapshot {
     pub listen: Vec<SocketAddr>,
     /// JWT verification and login, if configured.
     pub auth: Option<Arc<Auth>>,
+    /// Rate-limit policies and stores, if configured.
+    pub limiter: Option<Limiter>,
+    /// Finds the client address behind trusted proxies.
+    pub client_ip: ClientIpResolver,
 }
 
 impl Snapshot {
@@ -96,6 +104,14 @@ impl Snapshot {
             .transpose()
             .map_err(|(k, r)| invalid(k, r))?
             .map(Arc::new);
+        let limiter = cfg
+            .rate_limits
+            .as_ref()
+            .map(Limiter::compile)
+            .transpose()
+            .map_err(|(k, r)| invalid(k, r))?;
+        let client_ip =
+            ClientIpResolver::compile(&cfg.trusted_proxies).map_err(|(k, r)| invalid(k, r))?;
         let routes = RouteTable::compile(&cfg.routes, |route| {
             let service = index.get(route.service.as_str()).copied().ok_or_else(|| {
                 let known: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
@@ -109,7 +125,23 @@ impl Snapshot {
                 )
             })?;
             let policy = route_policy(route, auth.is_some())?;
-            Ok(RouteTarget { service, policy })
+            let limits = match &limiter {
+                Some(l) => l
+                    .route_policies(route.rate_limits.as_deref())
+                    .map_err(|e| ("rate_limits", e))?,
+                None if route.rate_limits.as_ref().is_some_and(|r| !r.is_empty()) => {
+                    return Err((
+                        "rate_limits",
+                        "needs the top-level `rate_limits:` section".into(),
+                    ));
+                }
+                None => Vec::new(),
+            };
+            Ok(RouteTarget {
+                service,
+                policy,
+                limits,
+            })
         })
         .map_err(|e| invalid(e.key, e.reason))?;
         if let Some(login) = auth.as_ref().and_then(|a| a.login.as_ref())
@@ -131,6 +163,8 @@ impl Snapshot {
             services,
             listen,
             auth,
+            limiter,
+            client_ip,
         })
     }
 

@@ -1,0 +1,419 @@
+//! Per-client rate limiting: named GCRA policies, keys taken only from verified identity or the
+//! resolved client address, exact `X-RateLimit-*` / `RateLimit-*` headers, an in-process store
+//! and a Redis store shared by a cluster, and optional per-key concurrency limits.
+
+pub mod local;
+pub mod redis_store;
+
+use crate::config::de_duration;
+use crate::snapshot::SharedSnapshot;
+use async_trait::async_trait;
+use local::{Gcra, LocalStore, Verdict};
+use pingora::http::ResponseHeader;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use redis_store::{RedisConfig, RedisStore};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The top-level `rate_limits:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Named policies.
+    pub policies: BTreeMap<String, PolicyConfig>,
+    /// Policy applied to routes that do not list `rate_limits`.
+    #[serde(default)]
+    pub default: Option<String>,
+    /// `local` (default, per process) or `redis` (shared by every instance).
+    #[serde(default)]
+    pub store: StoreKind,
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+    /// What a Redis outage means: `allow`, `deny` (503) or `local` (default: per-process limits).
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+    /// Keys tracked in the local store before it starts forgetting active keys.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+    /// How often idle keys are dropped from the local store.
+    #[serde(default = "default_sweep", deserialize_with = "de_duration")]
+    pub sweep_interval: Duration,
+}
+
+fn default_max_keys() -> usize {
+    1_000_000
+}
+fn default_sweep() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// One named policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Requests admitted per `period`, sustained.
+    pub requests: u64,
+    #[serde(deserialize_with = "de_duration")]
+    pub period: Duration,
+    /// Requests admitted at once (bucket size); default `requests`.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// `user` (default), `ip`, `header:NAME`, `claim:NAME`, `route` or `global`.
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// Optional cap on requests in flight per key.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+}
+
+fn default_key() -> String {
+    "user".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    Allow,
+    Deny,
+    #[default]
+    Local,
+}
+
+/// What a policy keys on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// Verified `sub`, else the client IP.
+    User,
+    Ip,
+    /// A request header, else the client IP.
+    Header(http::HeaderName),
+    /// A verified claim, else the client IP.
+    Claim(crate::auth::ClaimPath),
+    Route,
+    Global,
+}
+
+/// A compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    pub name: String,
+    pub gcra: Gcra,
+    pub key: KeySource,
+    pub concurrency: Option<u32>,
+}
+
+/// Where the caller's identity comes from when building keys.
+pub struct KeyInputs<'a> {
+    pub client_ip: IpAddr,
+    pub identity: Option<&'a crate::auth::jwt::Identity>,
+    pub headers: &'a http::HeaderMap,
+    pub route: usize,
+}
+
+/// The policy closest to exhaustion, reported in the headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitReport {
+    pub policy: String,
+    pub limit: u64,
+    pub window_secs: u64,
+    pub verdict: Verdict,
+}
+
+impl LimitReport {
+    /// Adds `X-RateLimit-*` and the IETF draft `RateLimit-Policy` / `RateLimit` headers.
+    pub fn write(&self, h: &mut ResponseHeader) {
+        let v = &self.verdict;
+        let _ = h.insert_header("x-ratelimit-limit", self.limit.to_string());
+        let _ = h.insert_header("x-ratelimit-remaining", v.remaining.to_string());
+        let _ = h.insert_header("x-ratelimit-reset", v.reset_secs.to_string());
+        let _ = h.insert_header(
+            "ratelimit-policy",
+            format!(
+                "\"{}\";q={};w={}",
+                self.policy, self.limit, self.window_secs
+            ),
+        );
+        let _ = h.insert_header(
+            "ratelimit",
+            format!("\"{}\";r={};t={}", self.policy, v.remaining, v.reset_secs),
+        );
+        if !v.allowed {
+            let _ = h.insert_header("retry-after", v.retry_after_secs.to_string());
+        }
+    }
+}
+
+/// The outcome of all policies of a route.
+pub enum Decision {
+    /// Admitted; report (if any) goes on the response; guards hold concurrency slots.
+    Admit {
+        report: Option<LimitReport>,
+        guards: Vec<pingora_limits::inflight::Guard>,
+    },
+    /// Refused with 429.
+    Refuse(LimitReport),
+    /// The shared store is down and `on_store_error: deny`.
+    StoreDown,
+}
+
+/// The compiled `rate_limits:` section.
+pub struct Limiter {
+    policies: Vec<Arc<Policy>>,
+    by_name: BTreeMap<String, usize>,
+    default: Option<usize>,
+    pub local: LocalStore,
+    redis: Option<RedisStore>,
+    on_store_error: OnStoreError,
+    inflight: pingora_limits::inflight::Inflight,
+    pub sweep_interval: Duration,
+}
+
+impl Limiter {
+    pub fn compile(cfg: &RateLimitsConfig) -> Result<Self, (String, String)> {
+        let mut policies = Vec::new();
+        let mut by_name = BTreeMap::new();
+        for (name, p) in &cfg.policies {
+            let key = format!("rate_limits.policies.{name}");
+            policies.push(Arc::new(compile_policy(name, p, &key)?));
+            by_name.insert(name.clone(), policies.len() - 1);
+        }
+        let default = match &cfg.default {
+            Some(d) => Some(*by_name.get(d).ok_or_else(|| {
+                (
+                    "rate_limits.default".to_string(),
+                    format!("no policy named {d:?}"),
+                )
+            })?),
+            None => None,
+        };
+        let redis = match (cfg.store, &cfg.redis) {
+            (StoreKind::Redis, Some(r)) => Some(RedisStore::compile(r)?),
+            (StoreKind::Redis, None) => {
+                return Err((
+                    "rate_limits.redis".into(),
+                    "required with store: redis".into(),
+                ));
+            }
+            (StoreKind::Local, _) => None,
+        };
+        if cfg.max_keys == 0 {
+            return Err(("rate_limits.max_keys".into(), "must be at least 1".into()));
+        }
+        Ok(Limiter {
+            policies,
+            by_name,
+            default,
+            local: LocalStore::new(cfg.max_keys),
+            redis,
+            on_store_error: cfg.on_store_error,
+            inflight: pingora_limits::inflight::Inflight::new(),
+            sweep_interval: cfg.sweep_interval.max(Duration::from_millis(100)),
+        })
+    }
+
+    /// Resolves a route's `rate_limits` list (None = the default policy) into policy indexes.
+    pub fn route_policies(&self, names: Option<&[String]>) -> Result<Vec<usize>, String> {
+        match names {
+            None => Ok(self.default.into_iter().collect()),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    self.by_name.get(n).copied().ok_or_else(|| {
+                        let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+                        format!("no policy named {n:?} (defined: {})", known.join(", "))
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies every listed policy; all must admit.
+    pub async fn check(&self, policy_ids: &[usize], inputs: &KeyInputs<'_>) -> Decision {
+        let mut report: Option<LimitReport> = None;
+        let mut guards = Vec::new();
+        for &id in policy_ids {
+            let policy = &self.policies[id];
+            let key = key_text(policy, inputs);
+            let verdict = match self.verdict(policy, &key).await {
+                Some(v) => v,
+                None if self.on_store_error == OnStoreError::Deny => return Decision::StoreDown,
+                None => continue,
+            };
+            let this = LimitReport {
+                policy: policy.name.clone(),
+                limit: policy.gcra.requests,
+                window_secs: policy.gcra.period.as_secs().max(1),
+                verdict,
+            };
+            if !verdict.allowed {
+                return Decision::Refuse(this);
+            }
+            if let Some(max) = policy.concurrency {
+                let (guard, in_flight) = self.inflight.incr(&key, 1);
+                if in_flight > max as isize {
+                    let mut refused = this;
+                    refused.verdict.allowed = false;
+                    refused.verdict.retry_after_secs = 1;
+                    return Decision::Refuse(refused);
+                }
+                guards.push(guard);
+            }
+            let closer = report.as_ref().is_none_or(|r| {
+                ratio(verdict.remaining, this.limit) < ratio(r.verdict.remaining, r.limit)
+            });
+            if closer {
+                report = Some(this);
+            }
+        }
+        Decision::Admit { report, guards }
+    }
+
+    /// `None` when the shared store failed and the configured answer is not `local`.
+    async fn verdict(&self, policy: &Policy, key: &[u8]) -> Option<Verdict> {
+        let local = || {
+            self.local
+                .check(self.local.key(&[policy.name.as_bytes(), key]), &policy.gcra)
+        };
+        let Some(redis) = &self.redis else {
+            return Some(local());
+        };
+        // Fixed-size, deterministic Redis keys whatever the header or claim value.
+        let digest = Sha256::digest([policy.name.as_bytes(), b"\xff", key].concat());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        match redis.check(&hex, &policy.gcra).await {
+            Ok(v) => Some(v),
+            Err(_) if self.on_store_error == OnStoreError::Local => Some(local()),
+            Err(_) => None,
+        }
+    }
+}
+
+fn ratio(remaining: u64, limit: u64) -> f64 {
+    remaining as f64 / limit.max(1) as f64
+}
+
+/// The text a policy keys on. Anonymous callers of identity-keyed policies fall back to their
+/// address, and an IPv6 address counts as its /64 (one subscriber usually owns the whole /64).
+fn key_text(policy: &Policy, inputs: &KeyInputs<'_>) -> Vec<u8> {
+    let ip = || match inputs.client_ip {
+        IpAddr::V4(v4) => format!("ip:{v4}").into_bytes(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]).into_bytes()
+        }
+    };
+    match &policy.key {
+        KeySource::User => match inputs.identity.and_then(|i| i.subject.as_deref()) {
+            Some(sub) => [b"user:".as_slice(), sub.as_bytes()].concat(),
+            None => ip(),
+        },
+        KeySource::Ip => ip(),
+        KeySource::Header(name) => match inputs.headers.get(name) {
+            Some(v) => [b"hdr:".as_slice(), v.as_bytes()].concat(),
+            None => ip(),
+        },
+        KeySource::Claim(path) => {
+            let values = inputs
+                .identity
+                .map(|i| crate::auth::jwt::strings_at(&i.claims, path))
+                .unwrap_or_default();
+            if values.is_empty() {
+                ip()
+            } else {
+                format!("claim:{}", values.join(",")).into_bytes()
+            }
+        }
+        KeySource::Route => format!("route:{}", inputs.route).into_bytes(),
+        KeySource::Global => b"global".to_vec(),
+    }
+}
+
+fn compile_policy(name: &str, p: &PolicyConfig, key: &str) -> Result<Policy, (String, String)> {
+    if p.requests == 0 {
+        return Err((format!("{key}.requests"), "must be at least 1".into()));
+    }
+    if p.period < Duration::from_millis(1) {
+        return Err((format!("{key}.period"), "must be at least 1ms".into()));
+    }
+    let burst = p.burst.unwrap_or(p.requests);
+    if burst == 0 {
+        return Err((format!("{key}.burst"), "must be at least 1".into()));
+    }
+    if p.concurrency == Some(0) {
+        return Err((format!("{key}.concurrency"), "must be at least 1".into()));
+    }
+    let source = match p.key.as_str() {
+        "user" => KeySource::User,
+        "ip" => KeySource::Ip,
+        "route" => KeySource::Route,
+        "global" => KeySource::Global,
+        other => {
+            if let Some(h) = other.strip_prefix("header:") {
+                KeySource::Header(
+                    http::HeaderName::from_bytes(h.trim().as_bytes()).map_err(|_| {
+                        (format!("{key}.key"), format!("invalid header name {h:?}"))
+                    })?,
+                )
+            } else if let Some(c) = other.strip_prefix("claim:") {
+                KeySource::Claim(
+                    crate::auth::ClaimPath::parse(c.trim())
+                        .map_err(|e| (format!("{key}.key"), e))?,
+                )
+            } else {
+                return Err((
+                    format!("{key}.key"),
+                    format!(
+                        "unknown key {other:?} (expected user, ip, header:NAME, claim:NAME, route or global)"
+                    ),
+                ));
+            }
+        }
+    };
+    Ok(Policy {
+        name: name.to_string(),
+        gcra: Gcra {
+            requests: p.requests,
+            period: p.period,
+            burst,
+        },
+        key: source,
+        concurrency: p.concurrency,
+    })
+}
+
+/// Background service dropping idle keys from the local store.
+pub struct LimiterSweeper {
+    pub snapshot: SharedSnapshot,
+}
+
+#[async_trait]
+impl BackgroundService for LimiterSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let interval = match &self.snapshot.load().limiter {
+                Some(limiter) => {
+                    limiter.local.sweep();
+                    limiter.sweep_interval
+                }
+                None => Duration::from_secs(10),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
