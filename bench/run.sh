@@ -4,6 +4,9 @@
 #   gw-1000    the gateway, same route, 1,000-route table     (threads: 1)
 #   gw-hs      the gateway, route with `auth: required`, HS256 bearer token (identity headers)
 #   gw-rs      the same route with an RS256 token (verified once, then served from the cache)
+#   gw-full    the full pipeline: route + HS256 auth + per-user rate limit (never trips) +
+#              identity headers + forwarded headers
+# Then: RSS of a gateway after 1,000,000 distinct rate-limit keys.
 #   nginx      nginx as a plain reverse proxy, 1 worker, upstream keep-alive
 #   haproxy    HAProxy as a plain reverse proxy, 1 thread, http-reuse always
 #   direct     the upstream itself (nginx serving a small JSON body, 1 worker)
@@ -77,7 +80,8 @@ gw_config() { # $1 port, $2 number of extra routes
     printf "listen: ['127.0.0.1:%s']\nservices:\n" "$1"
     printf "  users: {backends: ['127.0.0.1:%s']}\n" "$UP"
     printf "auth:\n  keys:\n    - {kid: hs, alg: HS256, secret: %s}\n    - {kid: rs, alg: RS256, public_key_file: %s}\n" "$SECRET" "$PWD/tests/fixtures/keys/rsa.pub.pem"
-    printf "routes:\n  - {path: /api/users, service: users}\n  - {path: /api/secure, service: users, auth: required}\n  - {path: /api/orders, service: users}\n"
+    printf "rate_limits:\n  max_keys: 2000000\n  policies:\n    bench_user: {requests: 1000000000, period: 1s, key: user}\n    keyed: {requests: 1, period: 1h, key: 'header:x-key'}\n"
+    printf "routes:\n  - {path: /api/users, service: users}\n  - {path: /api/secure, service: users, auth: required}\n  - {path: /api/full, service: users, auth: required, rate_limits: [bench_user]}\n  - {path: /api/keyed, service: users, rate_limits: [keyed]}\n"
     for i in $(seq 1 "$2"); do printf '  - {path: /svc%s/items/:id, service: users}\n' "$i"; done
   } > "$WORK/gw$1.yaml"
 }
@@ -100,14 +104,15 @@ HS_IN="$(printf '{"alg":"HS256","typ":"JWT","kid":"hs"}' | b64url).$PAYLOAD"
 RS_IN="$(printf '{"alg":"RS256","typ":"JWT","kid":"rs"}' | b64url).$PAYLOAD"
 HS_TOKEN="$HS_IN.$(printf %s "$HS_IN" | openssl dgst -sha256 -hmac "$SECRET" -binary | b64url)"
 RS_TOKEN="$RS_IN.$(printf %s "$RS_IN" | openssl dgst -sha256 -sign tests/fixtures/keys/rsa.pem -binary | b64url)"
-declare -A HDR=( [gw-hs]="Authorization: Bearer $HS_TOKEN" [gw-rs]="Authorization: Bearer $RS_TOKEN" )
+declare -A HDR=( [gw-hs]="Authorization: Bearer $HS_TOKEN" [gw-rs]="Authorization: Bearer $RS_TOKEN" [gw-full]="Authorization: Bearer $HS_TOKEN" )
 
 declare -A URL=( [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://127.0.0.1:$GW1K/api/users/42"
                  [gw-hs]="http://127.0.0.1:$GW3/api/secure/42" [gw-rs]="http://127.0.0.1:$GW3/api/secure/42"
+                 [gw-full]="http://127.0.0.1:$GW3/api/full/42"
                  [nginx]="http://127.0.0.1:$NGX/api/users/42" [haproxy]="http://127.0.0.1:$HAP/api/users/42"
                  [direct]="http://127.0.0.1:$UP/42" )
-declare -A PID=( [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
-TARGETS=(gw-3 gw-1000 gw-hs gw-rs nginx haproxy direct)
+declare -A PID=( [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
+TARGETS=(gw-3 gw-1000 gw-hs gw-rs gw-full nginx haproxy direct)
 
 for t in "${TARGETS[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "${HDR[$t]:-X-Bench: 1}" "${URL[$t]}" || true)
@@ -151,5 +156,26 @@ NGX_RPS=$(awk '$1=="nginx" {print $2}' "$RAW/summary.txt" | median)
   RS_RPS=$(awk '$1=="gw-rs" {print $2}' "$RAW/summary.txt" | median)
   echo "1,000 routes vs 3 routes: $(awk -v a="$GW1K_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
   echo "HS256 auth route vs no-auth route: $(awk -v a="$HS_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
+  FULL_RPS=$(awk '$1=="gw-full" {print $2}' "$RAW/summary.txt" | median)
   echo "RS256 vs HS256 (token cache): $(awk -v a="$RS_RPS" -v b="$HS_RPS" 'BEGIN {printf "%.3f", a/b}')×"
+  echo "Full pipeline (auth + rate limit) vs auth only: $(awk -v a="$FULL_RPS" -v b="$HS_RPS" 'BEGIN {printf "%.3f", a/b}')×"
 } | tee "$RAW/table.md"
+
+# One million distinct limiter keys: a fresh gateway, one request per key (x-key header).
+KEYS_DURATION=${KEYS_DURATION:-40s}
+if [ "${1:-}" = "--smoke" ]; then KEYS_DURATION=1s; fi
+GWK=$(port); gw_config "$GWK" 0
+RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GWK.yaml" & PIDS+=($!); GWK_PID=$!
+wait_port "$GWK"
+cat > "$WORK/keys.lua" <<'LUA'
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/api/keyed/1", {["x-key"] = "k" .. counter})
+end
+LUA
+RSS_BEFORE=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$GWK_PID/status")
+wrk -t1 -c50 -d"$KEYS_DURATION" -s "$WORK/keys.lua" "http://127.0.0.1:$GWK/" > "$RAW/keys.txt"
+SENT=$(awk '/requests in/ {print $1}' "$RAW/keys.txt")
+RSS_AFTER=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$GWK_PID/status")
+echo "Distinct limiter keys: $SENT requests with distinct keys; RSS $RSS_BEFORE MiB -> $RSS_AFTER MiB" | tee -a "$RAW/table.md"

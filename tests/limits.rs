@@ -331,3 +331,85 @@ async fn redis_outage_follows_on_store_error_and_recovers() {
         .await
     );
 }
+
+#[tokio::test]
+async fn several_policies_all_apply_and_the_closest_to_exhaustion_is_reported() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&config(
+        &up,
+        "  policies:\n    roomy: {requests: 100, period: 60s, key: ip}\n    tight: {requests: 3, period: 60s, key: global}\n",
+        "  - {path: /, service: api, rate_limits: [roomy, tight]}\n",
+        "",
+    ));
+    let c = client();
+    let (_, h, _) = send(c.get(gw.url("/"))).await;
+    assert_eq!(header(&h, "ratelimit-policy"), "\"tight\";q=3;w=60");
+    assert_eq!(header(&h, "x-ratelimit-remaining"), "2");
+    send(c.get(gw.url("/"))).await;
+    send(c.get(gw.url("/"))).await;
+    // `tight` is global: another client is refused too, and told which policy refused it.
+    let (status, h, _) = send(client_from("127.0.0.5").get(gw.url("/"))).await;
+    assert_eq!(status, 429);
+    assert_eq!(header(&h, "ratelimit"), "\"tight\";r=0;t=60");
+}
+
+#[tokio::test]
+async fn claim_and_route_keys() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&config(
+        &up,
+        "  policies:\n    per_tenant: {requests: 2, period: 60s, key: 'claim:tenant'}\n    per_route: {requests: 2, period: 60s, key: route}\n",
+        "  - {path: /t, service: api, auth: required, rate_limits: [per_tenant]}\n  - {path: /r, service: api, rate_limits: [per_route]}\n",
+        "",
+    ));
+    let mint = |sub: &str, tenant: &str| {
+        let claims = json!({"sub": sub, "tenant": tenant, "exp": jsonwebtoken::get_current_timestamp() + 600});
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some("k".into());
+        jsonwebtoken::encode(
+            &h,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let c = client();
+    // Two users of tenant acme share its bucket; tenant globex has its own.
+    assert_eq!(
+        send(c.get(gw.url("/t")).bearer_auth(mint("u1", "acme")))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        send(c.get(gw.url("/t")).bearer_auth(mint("u2", "acme")))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        send(c.get(gw.url("/t")).bearer_auth(mint("u3", "acme")))
+            .await
+            .0,
+        429
+    );
+    assert_eq!(
+        send(c.get(gw.url("/t")).bearer_auth(mint("u1", "globex")))
+            .await
+            .0,
+        200
+    );
+    // A route key is shared by every client of the route.
+    assert_eq!(
+        send(client_from("127.0.0.6").get(gw.url("/r"))).await.0,
+        200
+    );
+    assert_eq!(
+        send(client_from("127.0.0.7").get(gw.url("/r"))).await.0,
+        200
+    );
+    assert_eq!(
+        send(client_from("127.0.0.8").get(gw.url("/r"))).await.0,
+        429
+    );
+}

@@ -134,7 +134,7 @@ impl JwtVerifier {
 
     /// Verifies a token (already size-checked) and returns the identity it proves.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
-        let header = parse_header(token)?;
+        // Cache first: only tokens that passed every check below were ever cached.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = now_secs();
         let generation = self.jwks_generation();
@@ -144,6 +144,7 @@ impl JwtVerifier {
             }
             self.cache.remove(&digest);
         }
+        let header = parse_header(token)?;
         let alg: Algorithm = header
             .alg
             .parse()

@@ -8,6 +8,7 @@ pub mod redis_store;
 use crate::config::de_duration;
 use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
 use local::{Gcra, LocalStore, Verdict};
 use pingora::http::ResponseHeader;
 use pingora::server::ShutdownWatch;
@@ -109,10 +110,12 @@ pub enum KeySource {
 /// A compiled policy.
 #[derive(Debug)]
 pub struct Policy {
-    pub name: String,
+    pub name: Arc<str>,
     pub gcra: Gcra,
     pub key: KeySource,
     pub concurrency: Option<u32>,
+    limit_value: HeaderValue,
+    policy_value: HeaderValue,
 }
 
 /// Where the caller's identity comes from when building keys.
@@ -126,35 +129,41 @@ pub struct KeyInputs<'a> {
 /// The policy closest to exhaustion, reported in the headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitReport {
-    pub policy: String,
+    pub policy: Arc<str>,
     pub limit: u64,
     pub window_secs: u64,
     pub verdict: Verdict,
+    /// Precomputed per policy: `X-RateLimit-Limit` and `RateLimit-Policy` values.
+    limit_value: HeaderValue,
+    policy_value: HeaderValue,
 }
 
 impl LimitReport {
     /// Adds `X-RateLimit-*` and the IETF draft `RateLimit-Policy` / `RateLimit` headers.
     pub fn write(&self, h: &mut ResponseHeader) {
         let v = &self.verdict;
-        let _ = h.insert_header("x-ratelimit-limit", self.limit.to_string());
-        let _ = h.insert_header("x-ratelimit-remaining", v.remaining.to_string());
-        let _ = h.insert_header("x-ratelimit-reset", v.reset_secs.to_string());
+        let _ = h.insert_header(X_LIMIT, self.limit_value.clone());
+        let _ = h.insert_header(X_REMAINING, HeaderValue::from(v.remaining));
+        let _ = h.insert_header(X_RESET, HeaderValue::from(v.reset_secs));
+        let _ = h.insert_header(POLICY, self.policy_value.clone());
         let _ = h.insert_header(
-            "ratelimit-policy",
-            format!(
-                "\"{}\";q={};w={}",
-                self.policy, self.limit, self.window_secs
-            ),
-        );
-        let _ = h.insert_header(
-            "ratelimit",
+            RATELIMIT,
             format!("\"{}\";r={};t={}", self.policy, v.remaining, v.reset_secs),
         );
         if !v.allowed {
-            let _ = h.insert_header("retry-after", v.retry_after_secs.to_string());
+            let _ = h.insert_header(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(v.retry_after_secs),
+            );
         }
     }
 }
+
+const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The outcome of all policies of a route.
 pub enum Decision {
@@ -257,6 +266,8 @@ impl Limiter {
                 limit: policy.gcra.requests,
                 window_secs: policy.gcra.period.as_secs().max(1),
                 verdict,
+                limit_value: policy.limit_value.clone(),
+                policy_value: policy.policy_value.clone(),
             };
             if !verdict.allowed {
                 return Decision::Refuse(this);
@@ -382,8 +393,21 @@ fn compile_policy(name: &str, p: &PolicyConfig, key: &str) -> Result<Policy, (St
             }
         }
     };
+    let policy_value = HeaderValue::from_str(&format!(
+        "\"{name}\";q={};w={}",
+        p.requests,
+        p.period.as_secs().max(1)
+    ))
+    .map_err(|_| {
+        (
+            key.to_string(),
+            "policy name must be printable ASCII".to_string(),
+        )
+    })?;
     Ok(Policy {
-        name: name.to_string(),
+        limit_value: HeaderValue::from(p.requests),
+        policy_value,
+        name: Arc::from(name),
         gcra: Gcra {
             requests: p.requests,
             period: p.period,
