@@ -9,7 +9,12 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "limits-secret-0123456789-abcdefghijklmn";
 
 fn token(sub: &str) -> String {
-    let claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
+    token_with(json!({"sub": sub}))
+}
+
+/// An HS256 token with these claims plus a 10-minute `exp`.
+fn token_with(mut claims: serde_json::Value) -> String {
+    claims["exp"] = json!(jsonwebtoken::get_current_timestamp() + 600);
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     h.kid = Some("k".into());
     jsonwebtoken::encode(
@@ -362,43 +367,21 @@ async fn claim_and_route_keys() {
         "  - {path: /t, service: api, auth: required, rate_limits: [per_tenant]}\n  - {path: /r, service: api, rate_limits: [per_route]}\n",
         "",
     ));
-    let mint = |sub: &str, tenant: &str| {
-        let claims = json!({"sub": sub, "tenant": tenant, "exp": jsonwebtoken::get_current_timestamp() + 600});
-        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-        h.kid = Some("k".into());
-        jsonwebtoken::encode(
-            &h,
-            &claims,
-            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .unwrap()
-    };
     let c = client();
     // Two users of tenant acme share its bucket; tenant globex has its own.
-    assert_eq!(
-        send(c.get(gw.url("/t")).bearer_auth(mint("u1", "acme")))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        send(c.get(gw.url("/t")).bearer_auth(mint("u2", "acme")))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        send(c.get(gw.url("/t")).bearer_auth(mint("u3", "acme")))
-            .await
-            .0,
-        429
-    );
-    assert_eq!(
-        send(c.get(gw.url("/t")).bearer_auth(mint("u1", "globex")))
-            .await
-            .0,
-        200
-    );
+    for (sub, tenant, expected) in [
+        ("u1", "acme", 200),
+        ("u2", "acme", 200),
+        ("u3", "acme", 429),
+        ("u1", "globex", 200),
+    ] {
+        let t = token_with(json!({"sub": sub, "tenant": tenant}));
+        assert_eq!(
+            send(c.get(gw.url("/t")).bearer_auth(t)).await.0,
+            expected,
+            "{sub}@{tenant}"
+        );
+    }
     // A route key is shared by every client of the route.
     assert_eq!(
         send(client_from("127.0.0.6").get(gw.url("/r"))).await.0,
