@@ -39,6 +39,14 @@ pub enum GatewayError {
     RateLimited(Box<crate::limits::LimitReport>),
     /// The shared rate-limit store is down and `on_store_error: deny`.
     LimiterUnavailable,
+    /// A required call of an aggregate route failed.
+    AggregateCallFailed { call: String, reason: String },
+    /// Two calls of a `top_level` aggregate set the same field and `on_conflict: error`.
+    AggregateConflict {
+        field: String,
+        first: String,
+        second: String,
+    },
 }
 
 impl GatewayError {
@@ -57,6 +65,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => 413,
             GatewayError::RateLimited(_) => 429,
             GatewayError::LimiterUnavailable => 503,
+            GatewayError::AggregateCallFailed { .. } | GatewayError::AggregateConflict { .. } => {
+                502
+            }
         }
     }
 
@@ -146,6 +157,17 @@ impl fmt::Display for GatewayError {
             GatewayError::PayloadTooLarge => f.write_str("Request body too large"),
             GatewayError::RateLimited(_) => f.write_str("Rate limit exceeded"),
             GatewayError::LimiterUnavailable => f.write_str("Rate limiter unavailable"),
+            GatewayError::AggregateCallFailed { call, reason } => {
+                write!(f, "Aggregate call {call:?} failed: {reason}")
+            }
+            GatewayError::AggregateConflict {
+                field,
+                first,
+                second,
+            } => write!(
+                f,
+                "Aggregate conflict: calls {first:?} and {second:?} both set {field:?}"
+            ),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! its config struct, its compiled runtime form and its tests. [`snapshot`] compiles the YAML
 //! file into the immutable form the proxy reads through one swappable pointer.
 
+pub mod aggregate;
 pub mod auth;
 pub mod config;
 pub mod edge;

@@ -3,6 +3,7 @@
 //! Each phase only orchestrates; the logic lives in the module that owns it (`edge`, `router`,
 //! `upstream`, `errors`). Per-request state lives in the typed [`RequestCtx`].
 
+use crate::aggregate::{Aggregate, CallContext, Outcome};
 use crate::auth::AuthFailure;
 use crate::auth::jwt::Identity;
 use crate::edge::{self, NormalizedPath};
@@ -13,6 +14,7 @@ use crate::snapshot::{RouteTarget, SharedSnapshot, Snapshot};
 use crate::upstream::{HashKey, ServicePool};
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::l4::socket::SocketAddr;
@@ -26,11 +28,65 @@ use std::time::Instant;
 /// The gateway's proxy logic; one instance serves every listener.
 pub struct Gateway {
     snapshot: SharedSnapshot,
+    /// Client for aggregate sub-calls; created on first use, inside the running server (a
+    /// daemon forks after startup, and connection pools must live in the child).
+    connector: once_cell::sync::OnceCell<Connector>,
 }
 
 impl Gateway {
     pub fn new(snapshot: SharedSnapshot) -> Self {
-        Gateway { snapshot }
+        Gateway {
+            snapshot,
+            connector: once_cell::sync::OnceCell::new(),
+        }
+    }
+
+    /// Runs an aggregate route and writes its answer.
+    async fn aggregate(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        agg: &Aggregate,
+    ) -> Result<bool> {
+        let (Some(snapshot), Some(route)) = (ctx.snapshot.as_ref(), ctx.route.as_ref()) else {
+            return respond(session, ctx, &GatewayError::Internal).await;
+        };
+        let connector = self.connector.get_or_init(|| Connector::new(None));
+        let cx = CallContext {
+            snapshot,
+            connector,
+            params: &route.params,
+            identity: ctx.identity.as_deref(),
+            query: session.req_header().uri.query(),
+            request_id: &ctx.request_id,
+            client_ip: ctx.client_ip,
+        };
+        match agg.run(&cx).await {
+            Outcome::Merged { body, complete } => {
+                let completed = if complete { "true" } else { "false" };
+                respond_json(session, ctx, body, &[("x-gateway-completed", completed)]).await
+            }
+            Outcome::CallFailed { call, reason } => {
+                respond(
+                    session,
+                    ctx,
+                    &GatewayError::AggregateCallFailed { call, reason },
+                )
+                .await
+            }
+            Outcome::Conflict {
+                field,
+                first,
+                second,
+            } => {
+                let err = GatewayError::AggregateConflict {
+                    field,
+                    first,
+                    second,
+                };
+                respond(session, ctx, &err).await
+            }
+        }
     }
 }
 
@@ -64,7 +120,7 @@ impl RequestCtx {
     }
 
     fn pool(&self) -> Option<&ServicePool> {
-        Some(self.snapshot.as_ref()?.service(self.target()?.service))
+        Some(self.snapshot.as_ref()?.service(self.target()?.service?))
     }
 }
 
@@ -116,7 +172,7 @@ impl ProxyHttp for Gateway {
         {
             let answer = crate::auth::login::serve(login, session, ctx.client_ip).await;
             return match answer {
-                Ok(body) => respond_json(session, ctx, body).await,
+                Ok(body) => respond_json(session, ctx, body, &[]).await,
                 Err(e) => respond(session, ctx, &e).await,
             };
         }
@@ -166,6 +222,9 @@ impl ProxyHttp for Gateway {
                     return respond(session, ctx, &GatewayError::LimiterUnavailable).await;
                 }
             }
+        }
+        if let Some(agg) = ctx.target().and_then(|t| t.aggregate.clone()) {
+            return self.aggregate(session, ctx, &agg).await;
         }
         Ok(false)
     }
@@ -443,13 +502,24 @@ async fn respond(session: &mut Session, ctx: &RequestCtx, err: &GatewayError) ->
     Ok(true)
 }
 
-/// Writes a 200 JSON answer produced by the gateway itself (login).
-async fn respond_json(session: &mut Session, ctx: &RequestCtx, body: Bytes) -> Result<bool> {
-    let mut header = ResponseHeader::build(200, Some(4))?;
+/// Writes a 200 JSON answer produced by the gateway itself (login, aggregates).
+async fn respond_json(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    body: Bytes,
+    extra: &[(&'static str, &str)],
+) -> Result<bool> {
+    let mut header = ResponseHeader::build(200, Some(8))?;
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("cache-control", "no-store")?;
     header.insert_header("x-request-id", ctx.request_id.as_str())?;
+    for (name, value) in extra {
+        header.insert_header(*name, *value)?;
+    }
+    if let Some(report) = &ctx.limit_report {
+        report.write(&mut header);
+    }
     write(session, header, body).await?;
     Ok(true)
 }

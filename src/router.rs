@@ -35,8 +35,12 @@ pub struct RouteConfig {
     /// Host filter: `api.example.com` or `*.example.com`; absent means any host.
     #[serde(default)]
     pub host: Option<String>,
-    /// Name of the service in `services:` that receives the traffic.
-    pub service: String,
+    /// Name of the service in `services:` that receives the traffic (or use `aggregate`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Fan out to several services and merge their JSON instead of proxying.
+    #[serde(default)]
+    pub aggregate: Option<crate::aggregate::AggregateConfig>,
     /// Remove the part of the path matched by the pattern before forwarding (default true).
     #[serde(default = "default_true")]
     pub strip_prefix: bool,
@@ -472,6 +476,25 @@ fn compile_route<S>(
     })
 }
 
+/// Names of a pattern's parameters and named wildcard, in order (empty if it does not parse;
+/// the route table reports that error).
+pub fn param_names(pattern: &str) -> Vec<String> {
+    let Ok((segments, tail)) = parse_pattern(pattern) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Param(n) => Some(n.to_string()),
+            Segment::Literal(_) => None,
+        })
+        .collect();
+    if let Tail::Rest(Some(n)) = tail {
+        names.push(n.to_string());
+    }
+    names
+}
+
 fn parse_pattern(path: &str) -> Result<(Vec<Segment>, Tail), String> {
     if !path.starts_with('/') {
         return Err(format!("pattern {path:?} must start with `/`"));
@@ -622,7 +645,8 @@ mod tests {
             match_kind: MatchKind::Prefix,
             methods: vec![],
             host: None,
-            service: service.into(),
+            service: Some(service.into()),
+            aggregate: None,
             strip_prefix: true,
             rewrite: None,
             auth: AuthMode::None,
@@ -635,7 +659,7 @@ mod tests {
     }
 
     fn table(routes: &[RouteConfig]) -> RouteTable<String> {
-        RouteTable::compile(routes, |r| Ok(r.service.clone())).unwrap()
+        RouteTable::compile(routes, |r| Ok(r.service.clone().unwrap_or_default())).unwrap()
     }
 
     fn find(
@@ -821,11 +845,15 @@ mod tests {
             ),
         ];
         for (routes, key) in cases {
-            let err = RouteTable::compile(&routes, |r| Ok(r.service.clone())).unwrap_err();
+            let err = RouteTable::compile(&routes, |r| Ok(r.service.clone().unwrap_or_default()))
+                .unwrap_err();
             assert_eq!(err.key, key, "{err}");
         }
         let err = RouteTable::<()>::compile(&[route("/a", "ghost")], |r| {
-            Err(("service", format!("unknown service {:?}", r.service)))
+            Err((
+                "service",
+                format!("unknown service {:?}", r.service.as_deref().unwrap_or("")),
+            ))
         })
         .unwrap_err();
         assert_eq!(

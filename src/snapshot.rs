@@ -4,6 +4,7 @@
 //! it returns is known good, and request-path code never re-checks it. A request loads the
 //! pointer once and keeps that `Arc` for its whole life, so a reload never mixes two configs.
 
+use crate::aggregate::Aggregate;
 use crate::auth::{Auth, AuthMode, RoutePolicy};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::edge::ClientIpResolver;
@@ -19,11 +20,13 @@ use std::sync::Arc;
 /// The shared, atomically swappable pointer to the current snapshot.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
-/// What a route leads to: its service and its policies.
+/// What a route leads to: its service (or fan-out) and its policies.
 #[derive(Debug)]
 pub struct RouteTarget {
-    /// Index into the snapshot's services.
-    pub service: usize,
+    /// Index into the snapshot's services, for proxy routes.
+    pub service: Option<usize>,
+    /// The fan-out, for aggregate routes.
+    pub aggregate: Option<Arc<Aggregate>>,
     pub policy: RoutePolicy,
     /// Rate-limit policy indexes (into the limiter) that must all admit.
     pub limits: Vec<usize>,
@@ -113,17 +116,7 @@ impl Snapshot {
         let client_ip =
             ClientIpResolver::compile(&cfg.trusted_proxies).map_err(|(k, r)| invalid(k, r))?;
         let routes = RouteTable::compile(&cfg.routes, |route| {
-            let service = index.get(route.service.as_str()).copied().ok_or_else(|| {
-                let known: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
-                (
-                    "service",
-                    format!(
-                        "unknown service {:?} (defined services: {})",
-                        route.service,
-                        known.join(", ")
-                    ),
-                )
-            })?;
+            let (service, aggregate) = route_destination(route, &index, cfg)?;
             let policy = route_policy(route, auth.is_some())?;
             let limits = match &limiter {
                 Some(l) => l
@@ -139,6 +132,7 @@ impl Snapshot {
             };
             Ok(RouteTarget {
                 service,
+                aggregate,
                 policy,
                 limits,
             })
@@ -154,7 +148,14 @@ impl Snapshot {
             );
         }
         for (i, pool) in services.iter().enumerate() {
-            if !routes.routes().iter().any(|r| r.target.service == i) {
+            let used = routes.routes().iter().any(|r| {
+                r.target.service == Some(i)
+                    || r.target
+                        .aggregate
+                        .as_ref()
+                        .is_some_and(|a| a.services().any(|s| s == i))
+            });
+            if !used {
                 log::warn!("service {:?} is not used by any route", pool.name);
             }
         }
@@ -181,6 +182,43 @@ impl Snapshot {
     /// JWKS sources to keep fresh.
     pub fn jwks_sources(&self) -> &[Arc<crate::auth::jwks::JwksSource>] {
         self.auth.as_ref().map_or(&[], |a| a.jwks.as_slice())
+    }
+}
+
+/// A route's destination: a service to proxy to, or a fan-out.
+type Destination = (Option<usize>, Option<Arc<Aggregate>>);
+
+/// A route's destination: exactly one of `service` or `aggregate`.
+fn route_destination(
+    route: &RouteConfig,
+    index: &HashMap<&str, usize>,
+    cfg: &GatewayConfig,
+) -> Result<Destination, (&'static str, String)> {
+    match (&route.service, &route.aggregate) {
+        (Some(name), None) => {
+            let service = index.get(name.as_str()).copied().ok_or_else(|| {
+                let known: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
+                (
+                    "service",
+                    format!(
+                        "unknown service {name:?} (defined services: {})",
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            Ok((Some(service), None))
+        }
+        (None, Some(agg)) => {
+            let params = crate::router::param_names(&route.path);
+            let authenticated = route.auth == AuthMode::Required;
+            let compiled = Aggregate::compile(agg, "aggregate", index, &params, authenticated)
+                .map_err(|(k, r)| ("aggregate", format!("{k}: {r}")))?;
+            Ok((None, Some(Arc::new(compiled))))
+        }
+        _ => Err((
+            "service",
+            "set exactly one of `service` or `aggregate`".into(),
+        )),
     }
 }
 

@@ -1,7 +1,8 @@
 //! A real HTTP/1.1 upstream for tests and the demo: answers JSON echoing what it received.
 //!
-//! `GET /health` answers 200 or 503 depending on [`EchoServer::set_healthy`]; any request with
-//! `?sleep_ms=N` waits N ms before answering (bounded to 30 s), to provoke gateway timeouts.
+//! `GET /health` answers 200 or 503 depending on [`EchoServer::set_healthy`]. Query options:
+//! `sleep_ms=N` waits N ms before answering (bounded to 30 s); `status=N` answers that status;
+//! `raw=1` answers plain text instead of JSON; `pad=N` adds an N-byte `pad` field.
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -93,6 +94,25 @@ async fn handle(
     {
         tokio::time::sleep(Duration::from_millis(ms.min(30_000))).await;
     }
+    let option = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u16>().ok())
+    };
+    if query.split('&').any(|kv| kv == "raw=1") {
+        return Ok(Response::builder()
+            .status(option("status").unwrap_or(200))
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(b"plain text, not JSON")))
+            .expect("static response parts are valid"));
+    }
+    let status = option("status").unwrap_or(200);
+    let pad = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("pad="))
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|n| "x".repeat(n.min(10 << 20)));
     let mut headers = serde_json::Map::new();
     for (name, value) in req.headers() {
         let value =
@@ -108,7 +128,7 @@ async fn handle(
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let body = req.into_body().collect().await?.to_bytes();
-    let answer = serde_json::json!({
+    let mut answer = serde_json::json!({
         "service": state.name,
         "method": method,
         "path": path,
@@ -116,7 +136,10 @@ async fn handle(
         "headers": headers,
         "body_bytes": body.len(),
     });
-    Ok(json(200, answer.to_string()))
+    if let Some(pad) = pad {
+        answer["pad"] = serde_json::Value::String(pad);
+    }
+    Ok(json(status, answer.to_string()))
 }
 
 fn json(status: u16, body: String) -> Response<Full<Bytes>> {
