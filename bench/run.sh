@@ -6,6 +6,7 @@
 #   gw-rs      the same route with an RS256 token (verified once, then served from the cache)
 #   gw-full    the full pipeline: route + HS256 auth + per-user rate limit (never trips) +
 #              identity headers + forwarded headers
+#   gw-agg     an aggregate route: 3 concurrent sub-calls to the upstream, JSON merged
 # Then: RSS of a gateway after 1,000,000 distinct rate-limit keys.
 #   nginx      nginx as a plain reverse proxy, 1 worker, upstream keep-alive
 #   haproxy    HAProxy as a plain reverse proxy, 1 thread, http-reuse always
@@ -82,6 +83,7 @@ gw_config() { # $1 port, $2 number of extra routes
     printf "auth:\n  keys:\n    - {kid: hs, alg: HS256, secret: %s}\n    - {kid: rs, alg: RS256, public_key_file: %s}\n" "$SECRET" "$PWD/tests/fixtures/keys/rsa.pub.pem"
     printf "rate_limits:\n  max_keys: 2000000\n  policies:\n    bench_user: {requests: 1000000000, period: 1s, key: user}\n    keyed: {requests: 1, period: 1h, key: 'header:x-key'}\n"
     printf "routes:\n  - {path: /api/users, service: users}\n  - {path: /api/secure, service: users, auth: required}\n  - {path: /api/full, service: users, auth: required, rate_limits: [bench_user]}\n  - {path: /api/keyed, service: users, rate_limits: [keyed]}\n"
+    printf "  - {path: /api/agg, aggregate: {calls: [{key: a, service: users, path: /1}, {key: b, service: users, path: /2}, {key: c, service: users, path: /3}]}}\n"
     for i in $(seq 1 "$2"); do printf '  - {path: /svc%s/items/:id, service: users}\n' "$i"; done
   } > "$WORK/gw$1.yaml"
 }
@@ -108,11 +110,11 @@ declare -A HDR=( [gw-hs]="Authorization: Bearer $HS_TOKEN" [gw-rs]="Authorizatio
 
 declare -A URL=( [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://127.0.0.1:$GW1K/api/users/42"
                  [gw-hs]="http://127.0.0.1:$GW3/api/secure/42" [gw-rs]="http://127.0.0.1:$GW3/api/secure/42"
-                 [gw-full]="http://127.0.0.1:$GW3/api/full/42"
+                 [gw-full]="http://127.0.0.1:$GW3/api/full/42" [gw-agg]="http://127.0.0.1:$GW3/api/agg"
                  [nginx]="http://127.0.0.1:$NGX/api/users/42" [haproxy]="http://127.0.0.1:$HAP/api/users/42"
                  [direct]="http://127.0.0.1:$UP/42" )
-declare -A PID=( [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
-TARGETS=(gw-3 gw-1000 gw-hs gw-rs gw-full nginx haproxy direct)
+declare -A PID=( [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [gw-agg]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
+TARGETS=(gw-3 gw-1000 gw-hs gw-rs gw-full gw-agg nginx haproxy direct)
 
 for t in "${TARGETS[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "${HDR[$t]:-X-Bench: 1}" "${URL[$t]}" || true)
@@ -158,7 +160,9 @@ NGX_RPS=$(awk '$1=="nginx" {print $2}' "$RAW/summary.txt" | median)
   echo "HS256 auth route vs no-auth route: $(awk -v a="$HS_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
   FULL_RPS=$(awk '$1=="gw-full" {print $2}' "$RAW/summary.txt" | median)
   echo "RS256 vs HS256 (token cache): $(awk -v a="$RS_RPS" -v b="$HS_RPS" 'BEGIN {printf "%.3f", a/b}')×"
+  AGG_RPS=$(awk '$1=="gw-agg" {print $2}' "$RAW/summary.txt" | median)
   echo "Full pipeline (auth + rate limit) vs auth only: $(awk -v a="$FULL_RPS" -v b="$HS_RPS" 'BEGIN {printf "%.3f", a/b}')×"
+  echo "Aggregate of 3 calls vs single proxied call: $(awk -v a="$AGG_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
 } | tee "$RAW/table.md"
 
 # One million distinct limiter keys: a fresh gateway, one request per key (x-key header).
