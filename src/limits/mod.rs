@@ -8,7 +8,7 @@ pub mod redis_store;
 use crate::config::de_duration;
 use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use local::{Gcra, LocalStore, Verdict};
 use pingora::http::ResponseHeader;
 use pingora::server::ShutdownWatch;
@@ -159,11 +159,13 @@ impl LimitReport {
     }
 }
 
-const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+// `&'static str` names: Pingora keeps their bytes as the case-preserved name without copying
+// (a `HeaderName` would be copied into a fresh buffer first).
+const X_LIMIT: &str = "x-ratelimit-limit";
+const X_REMAINING: &str = "x-ratelimit-remaining";
+const X_RESET: &str = "x-ratelimit-reset";
+const POLICY: &str = "ratelimit-policy";
+const RATELIMIT: &str = "ratelimit";
 
 /// The outcome of all policies of a route.
 pub enum Decision {
