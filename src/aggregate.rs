@@ -6,10 +6,10 @@
 //! `ServicePool`s as proxied traffic, so they share health state, timeouts and keep-alive
 //! behaviour, and no second HTTP stack is involved.
 
-use crate::auth::ClaimPath;
-use crate::auth::jwt::{Identity, strings_at};
+use crate::auth::jwt::Identity;
 use crate::config::{de_duration, de_opt_duration};
 use crate::snapshot::Snapshot;
+use crate::template::{Template, TemplateScope, TemplateVars};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
 use pingora::connectors::http::Connector;
@@ -96,18 +96,11 @@ pub enum ConflictPolicy {
 }
 
 #[derive(Debug)]
-enum Part {
-    Literal(String),
-    Param(String),
-    Claim(ClaimPath),
-}
-
-#[derive(Debug)]
 struct Call {
     key: String,
     service: usize,
     method: Method,
-    path: Vec<Part>,
+    path: Template,
     pass_query: bool,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
@@ -192,8 +185,16 @@ impl Aggregate {
                         format!("invalid method {:?}", c.method),
                     )
                 })?;
-            let path = parse_template(&c.path, params, authenticated)
-                .map_err(|r| (format!("{ck}.path"), r))?;
+            let scope = TemplateScope {
+                params,
+                claims: authenticated,
+            };
+            let path = if c.path.starts_with('/') {
+                Template::parse(&c.path, &scope)
+            } else {
+                Err(format!("{:?} must start with `/`", c.path))
+            }
+            .map_err(|r| (format!("{ck}.path"), r))?;
             let mut headers = Vec::new();
             for (name, value) in &c.headers {
                 let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -409,33 +410,21 @@ impl Aggregate {
     }
 
     fn render(&self, call: &Call, cx: &CallContext<'_>) -> Result<String, String> {
-        let mut out = String::new();
-        for part in &call.path {
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Param(name) => {
-                    let v = cx
-                        .params
-                        .iter()
-                        .find(|(n, _)| &**n == name)
-                        .map(|(_, v)| v.as_str());
-                    out.push_str(v.ok_or_else(|| format!("route parameter {name} missing"))?);
-                }
-                Part::Claim(path) => {
-                    let values = cx
-                        .identity
-                        .map(|i| strings_at(&i.claims, path))
-                        .unwrap_or_default();
-                    let value = values
-                        .first()
-                        .ok_or_else(|| format!("claim {path} missing"))?;
-                    out.extend(percent_encoding::utf8_percent_encode(
-                        value,
-                        UNRESERVED_KEPT,
-                    ));
-                }
-            }
-        }
+        let vars = TemplateVars {
+            params: cx.params,
+            identity: cx.identity,
+            request_id: cx.request_id,
+            client_ip: cx.client_ip,
+        };
+        let mut out = call
+            .path
+            .render(&vars, |value, out| {
+                out.extend(percent_encoding::utf8_percent_encode(
+                    value,
+                    UNRESERVED_KEPT,
+                ))
+            })
+            .map_err(|m| m.to_string())?;
         if call.pass_query
             && let Some(q) = cx.query.filter(|q| !q.is_empty())
         {
@@ -453,39 +442,3 @@ const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPH
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
-
-fn parse_template(t: &str, params: &[String], authenticated: bool) -> Result<Vec<Part>, String> {
-    if !t.starts_with('/') {
-        return Err(format!("{t:?} must start with `/`"));
-    }
-    let mut parts = Vec::new();
-    let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            parts.push(Part::Literal(rest[..open].to_string()));
-        }
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("{t:?}: unclosed `{{`"))?;
-        let name = &rest[open + 1..open + close];
-        if let Some(claim) = name.strip_prefix("claim.") {
-            if !authenticated {
-                return Err(format!(
-                    "{t:?} uses {{{name}}}: claims need `auth: required` on the route"
-                ));
-            }
-            parts.push(Part::Claim(ClaimPath::parse(claim)?));
-        } else if params.iter().any(|p| p == name) {
-            parts.push(Part::Param(name.to_string()));
-        } else {
-            return Err(format!(
-                "{t:?} uses {{{name}}}: not a route parameter (defined: {params:?}) nor claim.NAME"
-            ));
-        }
-        rest = &rest[open + close + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Literal(rest.to_string()));
-    }
-    Ok(parts)
-}

@@ -37,6 +37,15 @@ pub struct GatewayConfig {
     /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed when finding the client IP.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// CORS for every route that does not set its own.
+    #[serde(default)]
+    pub cors: Option<crate::edge::cors::CorsConfig>,
+    /// The security-header preset and its overrides (on by default).
+    #[serde(default)]
+    pub security_headers: Option<crate::edge::headers::SecurityHeadersConfig>,
+    /// Request size limits.
+    #[serde(default)]
+    pub limits: crate::edge::EdgeLimits,
 }
 
 /// The subset of Pingora's `ServerConf` a user can set, with defaults that fit systemd.

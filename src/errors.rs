@@ -35,6 +35,14 @@ pub enum GatewayError {
     TooManyLoginAttempts { retry_after: u64 },
     /// A request body over the size the endpoint accepts.
     PayloadTooLarge,
+    /// A request target longer than `limits.max_uri_bytes`.
+    UriTooLong,
+    /// More header bytes or header fields than `limits` allow.
+    HeadersTooLarge,
+    /// A header transform would have produced a value with CR, LF or NUL (from a claim).
+    UnsafeHeaderValue { header: String },
+    /// A JSON request body transform got a body that is not a JSON object.
+    InvalidJsonBody,
     /// A rate-limit policy refused the request; the report fills the headers.
     RateLimited(Box<crate::limits::LimitReport>),
     /// The shared rate-limit store is down and `on_store_error: deny`.
@@ -63,6 +71,9 @@ impl GatewayError {
             GatewayError::Forbidden => 403,
             GatewayError::TooManyLoginAttempts { .. } => 429,
             GatewayError::PayloadTooLarge => 413,
+            GatewayError::UriTooLong => 414,
+            GatewayError::HeadersTooLarge => 431,
+            GatewayError::UnsafeHeaderValue { .. } | GatewayError::InvalidJsonBody => 400,
             GatewayError::RateLimited(_) => 429,
             GatewayError::LimiterUnavailable => 503,
             GatewayError::AggregateCallFailed { .. } | GatewayError::AggregateConflict { .. } => {
@@ -155,6 +166,15 @@ impl fmt::Display for GatewayError {
             GatewayError::InvalidCredentials => f.write_str("Invalid email or password"),
             GatewayError::TooManyLoginAttempts { .. } => f.write_str("Too many login attempts"),
             GatewayError::PayloadTooLarge => f.write_str("Request body too large"),
+            GatewayError::UriTooLong => f.write_str("Request URI too long"),
+            GatewayError::HeadersTooLarge => f.write_str("Request header fields too large"),
+            GatewayError::UnsafeHeaderValue { header } => write!(
+                f,
+                "Bad request: the value for header {header} would contain CR, LF or NUL"
+            ),
+            GatewayError::InvalidJsonBody => {
+                f.write_str("Bad request: the body must be a JSON object")
+            }
             GatewayError::RateLimited(_) => f.write_str("Rate limit exceeded"),
             GatewayError::LimiterUnavailable => f.write_str("Rate limiter unavailable"),
             GatewayError::AggregateCallFailed { call, reason } => {

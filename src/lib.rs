@@ -13,4 +13,6 @@ pub mod limits;
 pub mod proxy;
 pub mod router;
 pub mod snapshot;
+pub mod template;
+pub mod transform;
 pub mod upstream;

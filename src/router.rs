@@ -65,6 +65,21 @@ pub struct RouteConfig {
     /// Rate-limit policies that must all admit; absent = `rate_limits.default`, `[]` = none.
     #[serde(default)]
     pub rate_limits: Option<Vec<String>>,
+    /// CORS policy replacing the top-level `cors:` for this route.
+    #[serde(default)]
+    pub cors: Option<crate::edge::cors::CorsConfig>,
+    /// Security headers merged over the top-level `security_headers:`.
+    #[serde(default)]
+    pub security_headers: Option<crate::edge::headers::SecurityHeadersConfig>,
+    /// Request transformation (headers, query, JSON body).
+    #[serde(default)]
+    pub request: Option<crate::transform::RequestTransformConfig>,
+    /// Response transformation (headers, JSON body).
+    #[serde(default)]
+    pub response: Option<crate::transform::ResponseTransformConfig>,
+    /// Largest request body for this route (default `limits.max_body_bytes`).
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }
 
 fn default_true() -> bool {
@@ -198,7 +213,7 @@ impl<S> RouteTable<S> {
     /// service and policies), or names the field and the reason it cannot.
     pub fn compile(
         configs: &[RouteConfig],
-        mut resolve: impl FnMut(&RouteConfig) -> Result<S, (&'static str, String)>,
+        mut resolve: impl FnMut(&RouteConfig) -> Result<S, (String, String)>,
     ) -> Result<Self, RouteError> {
         let mut table = RouteTable {
             routes: Vec::with_capacity(configs.len()),
@@ -207,7 +222,7 @@ impl<S> RouteTable<S> {
         for (index, cfg) in configs.iter().enumerate() {
             let key = |field: &str| format!("routes[{index}].{field}");
             let target = resolve(cfg).map_err(|(field, reason)| RouteError {
-                key: key(field),
+                key: key(&field),
                 reason,
             })?;
             let route = compile_route(index, cfg, target, &key)?;
@@ -655,6 +670,11 @@ mod tests {
             scope_match: ScopeMatch::All,
             forward_authorization: false,
             rate_limits: None,
+            cors: None,
+            security_headers: None,
+            request: None,
+            response: None,
+            max_body_bytes: None,
         }
     }
 
@@ -851,7 +871,7 @@ mod tests {
         }
         let err = RouteTable::<()>::compile(&[route("/a", "ghost")], |r| {
             Err((
-                "service",
+                "service".to_string(),
                 format!("unknown service {:?}", r.service.as_deref().unwrap_or("")),
             ))
         })

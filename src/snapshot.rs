@@ -7,9 +7,13 @@
 use crate::aggregate::Aggregate;
 use crate::auth::{Auth, AuthMode, RoutePolicy};
 use crate::config::{ConfigError, GatewayConfig};
-use crate::edge::ClientIpResolver;
+use crate::edge::cors::Cors;
+use crate::edge::headers::{SecurityHeaders, SecurityHeadersConfig};
+use crate::edge::{ClientIpResolver, EdgeLimits};
 use crate::limits::Limiter;
 use crate::router::{RouteConfig, RouteTable};
+use crate::template::TemplateScope;
+use crate::transform::RouteTransforms;
 use crate::upstream::ServicePool;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -30,6 +34,14 @@ pub struct RouteTarget {
     pub policy: RoutePolicy,
     /// Rate-limit policy indexes (into the limiter) that must all admit.
     pub limits: Vec<usize>,
+    /// The route's CORS policy (its own, or the top-level one), if any.
+    pub cors: Option<Arc<Cors>>,
+    /// Security headers after merging the route's block over the top-level one.
+    pub security: Arc<SecurityHeaders>,
+    /// Request/response transforms, if configured.
+    pub transforms: Option<Arc<RouteTransforms>>,
+    /// Largest request body.
+    pub max_body: u64,
 }
 
 /// Everything the request path needs, compiled from one config file.
@@ -44,6 +56,12 @@ pub struct Snapshot {
     pub limiter: Option<Limiter>,
     /// Finds the client address behind trusted proxies.
     pub client_ip: ClientIpResolver,
+    /// The top-level CORS policy, for answers given before a route is known (404, 400).
+    pub cors: Option<Arc<Cors>>,
+    /// The top-level security headers, for answers given before a route is known.
+    pub security: Arc<SecurityHeaders>,
+    /// Request size limits.
+    pub limits: EdgeLimits,
 }
 
 impl Snapshot {
@@ -115,16 +133,36 @@ impl Snapshot {
             .map_err(|(k, r)| invalid(k, r))?;
         let client_ip =
             ClientIpResolver::compile(&cfg.trusted_proxies).map_err(|(k, r)| invalid(k, r))?;
+        let global_cors = cfg
+            .cors
+            .as_ref()
+            .map(|c| Cors::compile(c, "cors"))
+            .transpose()
+            .map_err(|(k, r)| invalid(k, r))?
+            .flatten()
+            .map(Arc::new);
+        let global_security = Arc::new(
+            SecurityHeaders::compile(cfg.security_headers.as_ref(), None, "security_headers")
+                .map_err(|(k, r)| invalid(k, r))?,
+        );
         let routes = RouteTable::compile(&cfg.routes, |route| {
-            let (service, aggregate) = route_destination(route, &index, cfg)?;
-            let policy = route_policy(route, auth.is_some())?;
+            let static_key = |(k, r): (&'static str, String)| (k.to_string(), r);
+            let (service, aggregate) = route_destination(route, &index, cfg).map_err(static_key)?;
+            let policy = route_policy(route, auth.is_some()).map_err(static_key)?;
+            let edge = route_edge(
+                route,
+                &global_cors,
+                &global_security,
+                cfg.security_headers.as_ref(),
+                &cfg.limits,
+            )?;
             let limits = match &limiter {
                 Some(l) => l
                     .route_policies(route.rate_limits.as_deref())
-                    .map_err(|e| ("rate_limits", e))?,
+                    .map_err(|e| ("rate_limits".to_string(), e))?,
                 None if route.rate_limits.as_ref().is_some_and(|r| !r.is_empty()) => {
                     return Err((
-                        "rate_limits",
+                        "rate_limits".into(),
                         "needs the top-level `rate_limits:` section".into(),
                     ));
                 }
@@ -135,6 +173,10 @@ impl Snapshot {
                 aggregate,
                 policy,
                 limits,
+                cors: edge.cors,
+                security: edge.security,
+                transforms: edge.transforms,
+                max_body: edge.max_body,
             })
         })
         .map_err(|e| invalid(e.key, e.reason))?;
@@ -166,6 +208,9 @@ impl Snapshot {
             auth,
             limiter,
             client_ip,
+            cors: global_cors,
+            security: global_security,
+            limits: cfg.limits.clone(),
         })
     }
 
@@ -243,5 +288,49 @@ fn route_policy(
         scopes: route.scopes.clone(),
         scope_match: route.scope_match,
         forward_authorization: route.forward_authorization,
+    })
+}
+
+/// A route's edge policies, compiled.
+struct RouteEdge {
+    cors: Option<Arc<Cors>>,
+    security: Arc<SecurityHeaders>,
+    transforms: Option<Arc<RouteTransforms>>,
+    max_body: u64,
+}
+
+/// Compiles a route's CORS, security headers, transforms and body limit.
+fn route_edge(
+    route: &RouteConfig,
+    global_cors: &Option<Arc<Cors>>,
+    global_security: &Arc<SecurityHeaders>,
+    global_security_cfg: Option<&SecurityHeadersConfig>,
+    limits: &EdgeLimits,
+) -> Result<RouteEdge, (String, String)> {
+    let cors = match &route.cors {
+        Some(c) => Cors::compile(c, "cors")?.map(Arc::new),
+        None => global_cors.clone(),
+    };
+    let security = match &route.security_headers {
+        Some(own) => Arc::new(SecurityHeaders::compile(
+            global_security_cfg,
+            Some(own),
+            "security_headers",
+        )?),
+        None => global_security.clone(),
+    };
+    let params = crate::router::param_names(&route.path);
+    let scope = TemplateScope {
+        params: &params,
+        claims: route.auth != AuthMode::None,
+    };
+    let transforms =
+        RouteTransforms::compile(route.request.as_ref(), route.response.as_ref(), &scope)?
+            .map(Arc::new);
+    Ok(RouteEdge {
+        cors,
+        security,
+        transforms,
+        max_body: route.max_body_bytes.unwrap_or(limits.max_body_bytes),
     })
 }

@@ -15,7 +15,7 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use pingora::upstreams::peer::{HttpPeer, PeerOptions};
+use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy, PeerOptions};
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 use std::net::ToSocketAddrs;
@@ -350,6 +350,9 @@ fn build_health_check(
 
 fn peer_options(t: &Timeouts) -> PeerOptions {
     let mut o = PeerOptions::new();
+    // Until a route opts into WebSocket (#9), no upgrade handshake is forwarded: a backend
+    // answering `101` to a request the gateway did not mean to tunnel would bypass it.
+    o.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
     o.connection_timeout = Some(t.connect);
     o.total_connection_timeout = Some(t.connect);
     o.read_timeout = Some(t.read);

@@ -1,0 +1,246 @@
+//! Edge hygiene applied before routing: path normalization, host extraction, request ids,
+//! request size limits; CORS, security headers and forwarding headers in the submodules.
+//!
+//! The router and every later check must see the same path the upstream receives, so the path
+//! is normalized once here and the normalized form is what gets routed and forwarded.
+
+mod client_ip;
+pub mod cors;
+pub mod headers;
+
+pub use client_ip::ClientIpResolver;
+
+use crate::errors::GatewayError;
+use pingora::http::RequestHeader;
+use serde::Deserialize;
+
+/// The `limits:` section: request sizes refused with nginx-like statuses before any work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeLimits {
+    /// Longest request target (path and query) in bytes: 414 above.
+    pub max_uri_bytes: usize,
+    /// Total bytes of header names and values: 431 above.
+    pub max_header_bytes: usize,
+    /// Most header fields: 431 above (Pingora itself refuses more than 256 with 400).
+    pub max_headers: usize,
+    /// Largest request body; routes may override with `max_body_bytes`. 413 above, from
+    /// `Content-Length` before reading, or while streaming a chunked body.
+    pub max_body_bytes: u64,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        EdgeLimits {
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+impl EdgeLimits {
+    /// Checks the request line and header block.
+    pub fn check_head(&self, req: &RequestHeader) -> Result<(), GatewayError> {
+        if req.raw_path().len() > self.max_uri_bytes {
+            return Err(GatewayError::UriTooLong);
+        }
+        if req.headers.len() > self.max_headers {
+            return Err(GatewayError::HeadersTooLarge);
+        }
+        let bytes: usize = req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if bytes > self.max_header_bytes {
+            return Err(GatewayError::HeadersTooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// Checks a declared `Content-Length` against a body limit.
+pub fn check_content_length(req: &RequestHeader, max: u64) -> Result<(), GatewayError> {
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max => Err(GatewayError::PayloadTooLarge),
+        _ => Ok(()),
+    }
+}
+
+/// A normalized request path: dot segments resolved and empty segments dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalizedPath {
+    /// The normalized path, always starting with `/`.
+    pub path: String,
+    /// Whether the original path ended with `/` (after at least one segment).
+    pub trailing_slash: bool,
+}
+
+impl NormalizedPath {
+    /// The path's segments, without empty ones.
+    pub fn segments(&self) -> Vec<&str> {
+        self.path.split('/').filter(|s| !s.is_empty()).collect()
+    }
+}
+
+/// Normalizes a request path (RFC 3986 §6.2.2): percent-encoded unreserved characters are
+/// decoded (so `%2e` is a dot and `%61` an `a`), other escapes are kept with uppercase hex,
+/// dot segments are resolved and repeated slashes merged (nginx `merge_slashes`).
+///
+/// Refused with 400, because upstreams disagree on what they mean and a router that guessed
+/// differently would authorize one path and forward another: an encoded slash, backslash or NUL
+/// (`%2F`, `%5C`, `%00`), a raw backslash, a `;` (matrix parameters, which servlet containers
+/// strip before routing), a malformed escape, and a path climbing above `/`.
+pub fn normalize_path(raw: &str) -> Result<NormalizedPath, &'static str> {
+    if !raw.starts_with('/') {
+        return Err("path must start with /");
+    }
+    let decoded = decode_unreserved(raw)?;
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                if out.pop().is_none() {
+                    return Err("path escapes the root");
+                }
+            }
+            _ => out.push(seg),
+        }
+    }
+    let last = decoded.rsplit('/').next().unwrap_or("");
+    let trailing_slash = !out.is_empty() && matches!(last, "" | "." | "..");
+    let mut path = String::with_capacity(decoded.len());
+    for seg in &out {
+        path.push('/');
+        path.push_str(seg);
+    }
+    if path.is_empty() || trailing_slash {
+        path.push('/');
+    }
+    Ok(NormalizedPath {
+        path,
+        trailing_slash,
+    })
+}
+
+/// Decodes `%XX` escapes of unreserved characters and refuses the ambiguous ones.
+fn decode_unreserved(raw: &str) -> Result<String, &'static str> {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => {
+                let hi = chars.next().and_then(|c| c.to_digit(16));
+                let lo = chars.next().and_then(|c| c.to_digit(16));
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err("malformed percent-encoding in path");
+                };
+                match (hi * 16 + lo) as u8 {
+                    b'/' | b'\\' | 0 => return Err("encoded slash, backslash or NUL in path"),
+                    b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => out.push(b as char),
+                    b => {
+                        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                        out.push('%');
+                        out.push(HEX[(b >> 4) as usize] as char);
+                        out.push(HEX[(b & 15) as usize] as char);
+                    }
+                }
+            }
+            '\\' => return Err("backslash in path"),
+            ';' => return Err("`;` (matrix parameters) in path"),
+            c if c.is_control() => return Err("control character in path"),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// The request's host, lowercase, without port or trailing dot; empty if absent.
+/// `uri_host` is the authority of an absolute-form target.
+pub fn request_host(host_header: Option<&[u8]>, uri_host: Option<&str>) -> String {
+    // An absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2); Pingora forwards
+    // that authority as `Host`, so routing on it keeps routing and forwarding consistent.
+    let raw = uri_host
+        .or_else(|| host_header.and_then(|h| std::str::from_utf8(h).ok()))
+        .unwrap_or("");
+    let without_port = if raw.starts_with('[') {
+        raw.split_inclusive(']').next().unwrap_or(raw)
+    } else {
+        raw.split(':').next().unwrap_or(raw)
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Keeps a client's `X-Request-Id` when it is well formed (1–128 of `[A-Za-z0-9._:-]`), so
+/// traces can span the gateway; otherwise generates a fresh UUID.
+pub fn request_id(incoming: Option<&[u8]>) -> String {
+    match incoming {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 128
+                && v.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b)) =>
+        {
+            // Checked ASCII above, so this cannot fail.
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_dots_and_slashes() {
+        let n = |p| normalize_path(p).map(|n| n.path);
+        assert_eq!(n("/"), Ok("/".into()));
+        assert_eq!(n("//api///users"), Ok("/api/users".into()));
+        assert_eq!(n("/api/./users/../orders"), Ok("/api/orders".into()));
+        assert_eq!(n("/api/%2e%2E/admin"), Ok("/admin".into()));
+        assert_eq!(n("/api/.%2e/admin"), Ok("/admin".into()));
+        assert_eq!(n("/api/users/"), Ok("/api/users/".into()));
+        assert_eq!(n("/api/users/."), Ok("/api/users/".into()));
+        assert_eq!(n("/.."), Err("path escapes the root"));
+        assert_eq!(n("/a/../../etc"), Err("path escapes the root"));
+        assert_eq!(n("/a..b/..."), Ok("/a..b/...".into()));
+        assert!(n("relative").is_err());
+        assert_eq!(n("/%61pi/x%2dy%41"), Ok("/api/x-yA".into()));
+        assert_eq!(n("/a%20b/%c3%a9"), Ok("/a%20b/%C3%A9".into()));
+        assert_eq!(n("/a/%252e%252e/b"), Ok("/a/%252e%252e/b".into()));
+        for bad in [
+            "/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a;x", "/a%zz", "/a%4",
+        ] {
+            assert!(n(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_strips_port_case_and_dot() {
+        assert_eq!(
+            request_host(Some(b"API.Example.com.:8080"), None),
+            "api.example.com"
+        );
+        assert_eq!(request_host(Some(b"[::1]:8080"), None), "[::1]");
+        assert_eq!(request_host(None, Some("h.test")), "h.test");
+        assert_eq!(request_host(Some(b"b.test"), Some("a.test")), "a.test");
+        assert_eq!(request_host(None, None), "");
+    }
+
+    #[test]
+    fn request_id_kept_only_when_well_formed() {
+        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
+        assert_ne!(request_id(Some(b"bad id\r\n")), "bad id\r\n");
+        assert_eq!(request_id(Some(&[b'a'; 129])).len(), 36);
+        assert_eq!(request_id(None).len(), 36);
+    }
+}

@@ -1,0 +1,103 @@
+//! Responses the gateway writes itself (errors, login, aggregates, CORS preflights), and the
+//! headers every response gets whoever produced it.
+
+use super::RequestCtx;
+use crate::errors::GatewayError;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+/// Adds what every response carries: the request id, the rate-limit report, the security
+/// headers and CORS of the route (or the top-level ones when no route matched).
+pub(super) fn decorate(ctx: &RequestCtx, h: &mut ResponseHeader) {
+    let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
+    if let Some(report) = &ctx.limit_report {
+        report.write(h);
+    }
+    let (security, cors) = match (ctx.target(), ctx.snapshot.as_ref()) {
+        (Some(t), _) => (Some(&t.security), t.cors.as_ref()),
+        (None, Some(s)) => (Some(&s.security), s.cors.as_ref()),
+        (None, None) => (None, None),
+    };
+    if let Some(security) = security {
+        security.apply(h, ctx.tls);
+    }
+    if let Some(cors) = cors {
+        cors.apply(h, ctx.origin.as_ref());
+    }
+}
+
+/// Writes a gateway-generated error and tells Pingora the request is answered.
+pub(super) async fn respond(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    err: &GatewayError,
+) -> Result<bool> {
+    let (mut header, body) = err.to_response(&ctx.request_id);
+    decorate(ctx, &mut header);
+    write(session, header, body).await?;
+    Ok(true)
+}
+
+/// Writes a 200 JSON answer produced by the gateway itself (login, aggregates), with the
+/// route's response header transforms.
+pub(super) async fn respond_json(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    body: Bytes,
+    extra: &[(&'static str, &str)],
+) -> Result<bool> {
+    let mut header = ResponseHeader::build(200, Some(8))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    for (name, value) in extra {
+        header.insert_header(*name, *value)?;
+    }
+    decorate(ctx, &mut header);
+    if let (Some(t), Some(p)) = (
+        ctx.target().and_then(|t| t.transforms.as_ref()),
+        ctx.prepared.as_ref(),
+    ) {
+        t.apply_response_headers(&mut header, p);
+    }
+    write(session, header, body).await?;
+    Ok(true)
+}
+
+/// Writes a complete response (no body for HEAD).
+pub(super) async fn write(
+    session: &mut Session,
+    header: ResponseHeader,
+    body: Bytes,
+) -> Result<()> {
+    let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Maps a Pingora error to what the client should see; `None` when the client is already gone.
+pub(super) fn classify(e: &Error) -> Option<GatewayError> {
+    use ErrorType::*;
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(400), _) => Some(GatewayError::BadRequest("malformed request")),
+        (HTTPStatus(504), _) => Some(GatewayError::UpstreamTimeout),
+        (HTTPStatus(c), _) if (500..600).contains(c) => Some(GatewayError::UpstreamUnavailable),
+        (HTTPStatus(_), _) => Some(GatewayError::Internal),
+        (
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout,
+            ErrorSource::Upstream,
+        ) => Some(GatewayError::UpstreamTimeout),
+        (_, ErrorSource::Upstream) => Some(GatewayError::UpstreamUnavailable),
+        (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => None,
+        (ReadTimedout, ErrorSource::Downstream) => None,
+        (_, ErrorSource::Downstream) => Some(GatewayError::BadRequest("malformed request")),
+        _ => Some(GatewayError::Internal),
+    }
+}

@@ -1,0 +1,331 @@
+//! JSON body operations by dotted path, and the buffer that collects a streamed body for them.
+//!
+//! Pingora's body filters see the body chunk by chunk and `response_body_filter` is synchronous,
+//! so a body is collected in a [`BodyBuffer`], rewritten once at end of stream, and emitted as
+//! one chunk. Bodies over the cap are never held whole: the buffer flushes what it has and
+//! passes the rest through.
+
+use super::OrderedMap;
+use crate::template::{Template, TemplateScope, TemplateVars, verbatim};
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// A `body:` block of `request:` or `response:`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct JsonOpsConfig {
+    /// Dotted paths to delete.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// `from.path: to.path`, moving the value (no-op when `from` is absent).
+    #[serde(default)]
+    pub rename: OrderedMap<String>,
+    /// `path: value`, replacing any existing value; string values are templates.
+    #[serde(default)]
+    pub set: OrderedMap<Value>,
+    /// `path: value`, only where the path is absent.
+    #[serde(default)]
+    pub add: OrderedMap<Value>,
+    /// Largest body rewritten (default 1 MiB). Larger requests get 413; larger responses pass
+    /// through untouched.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_max_body() -> usize {
+    1 << 20
+}
+
+/// A dotted path such as `user.address.city`.
+#[derive(Debug, Clone)]
+struct JsonPath(Vec<String>);
+
+impl JsonPath {
+    fn parse(s: &str) -> Result<Self, String> {
+        let parts: Vec<String> = s.split('.').map(String::from).collect();
+        if parts.iter().any(String::is_empty) {
+            return Err(format!(
+                "invalid JSON path {s:?} (use dotted names, e.g. a.b)"
+            ));
+        }
+        Ok(JsonPath(parts))
+    }
+
+    /// The parent object of the last segment, creating intermediate objects if `create`.
+    fn parent<'a>(
+        &self,
+        root: &'a mut Map<String, Value>,
+        create: bool,
+    ) -> Option<&'a mut Map<String, Value>> {
+        let mut obj = root;
+        for seg in &self.0[..self.0.len() - 1] {
+            if create && !obj.get(seg).is_some_and(Value::is_object) {
+                obj.insert(seg.clone(), Value::Object(Map::new()));
+            }
+            obj = obj.get_mut(seg)?.as_object_mut()?;
+        }
+        Some(obj)
+    }
+
+    fn last(&self) -> &str {
+        &self.0[self.0.len() - 1]
+    }
+
+    fn take(&self, root: &mut Map<String, Value>) -> Option<Value> {
+        // shift_remove keeps the other fields in their order (remove would swap in the last).
+        self.parent(root, false)?.shift_remove(self.last())
+    }
+
+    fn exists(&self, root: &mut Map<String, Value>) -> bool {
+        self.parent(root, false)
+            .is_some_and(|p| p.contains_key(self.last()))
+    }
+
+    fn put(&self, root: &mut Map<String, Value>, value: Value) {
+        if let Some(p) = self.parent(root, true) {
+            p.insert(self.last().to_string(), value);
+        }
+    }
+}
+
+/// A value to write: fixed JSON, or a string template rendered per request.
+#[derive(Debug, Clone)]
+enum NewValue {
+    Fixed(Value),
+    Template(Template),
+}
+
+/// Compiled JSON operations, applied in the order remove, rename, set, add.
+#[derive(Debug, Clone)]
+pub struct JsonOps {
+    remove: Vec<JsonPath>,
+    rename: Vec<(JsonPath, JsonPath)>,
+    set: Vec<(JsonPath, NewValue)>,
+    add: Vec<(JsonPath, NewValue)>,
+    pub max_body: usize,
+}
+
+/// Why a body could not be rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonError {
+    /// Not JSON (or nested deeper than serde_json's 128 levels).
+    Invalid,
+    /// Valid JSON whose top level is not an object: paths cannot apply.
+    NotAnObject,
+}
+
+impl JsonOps {
+    /// Compiles a `body:` block; `key` is its key path for errors.
+    pub fn compile(
+        cfg: &JsonOpsConfig,
+        key: &str,
+        scope: &TemplateScope<'_>,
+    ) -> Result<Self, (String, String)> {
+        let path = |k: &str, p: &str| JsonPath::parse(p).map_err(|r| (format!("{key}.{k}"), r));
+        let value = |k: &str, v: &Value| match v {
+            Value::String(s) => Template::parse(s, scope)
+                .map(NewValue::Template)
+                .map_err(|r| (format!("{key}.{k}"), r)),
+            other => Ok(NewValue::Fixed(other.clone())),
+        };
+        if cfg.max_body_bytes == 0 {
+            return Err((format!("{key}.max_body_bytes"), "must be positive".into()));
+        }
+        Ok(JsonOps {
+            remove: cfg
+                .remove
+                .iter()
+                .map(|p| path("remove", p))
+                .collect::<Result<_, _>>()?,
+            rename: cfg
+                .rename
+                .iter()
+                .map(|(f, t)| Ok((path("rename", f)?, path("rename", t)?)))
+                .collect::<Result<_, (String, String)>>()?,
+            set: cfg
+                .set
+                .iter()
+                .map(|(p, v)| Ok((path("set", p)?, value("set", v)?)))
+                .collect::<Result<_, (String, String)>>()?,
+            add: cfg
+                .add
+                .iter()
+                .map(|(p, v)| Ok((path("add", p)?, value("add", v)?)))
+                .collect::<Result<_, (String, String)>>()?,
+            max_body: cfg.max_body_bytes,
+        })
+    }
+
+    /// Rewrites a JSON body. A template whose variable is missing (anonymous caller) skips
+    /// its operation.
+    pub fn apply(&self, body: &[u8], vars: &TemplateVars<'_>) -> Result<Vec<u8>, JsonError> {
+        let mut doc: Value = serde_json::from_slice(body).map_err(|_| JsonError::Invalid)?;
+        let root = doc.as_object_mut().ok_or(JsonError::NotAnObject)?;
+        for p in &self.remove {
+            p.take(root);
+        }
+        for (from, to) in &self.rename {
+            if let Some(v) = from.take(root) {
+                to.put(root, v);
+            }
+        }
+        for (p, v) in &self.set {
+            if let Some(v) = render(v, vars) {
+                p.put(root, v);
+            }
+        }
+        for (p, v) in &self.add {
+            if !p.exists(root)
+                && let Some(v) = render(v, vars)
+            {
+                p.put(root, v);
+            }
+        }
+        serde_json::to_vec(&doc).map_err(|_| JsonError::Invalid)
+    }
+}
+
+fn render(v: &NewValue, vars: &TemplateVars<'_>) -> Option<Value> {
+    match v {
+        NewValue::Fixed(v) => Some(v.clone()),
+        NewValue::Template(t) => t.render(vars, verbatim).ok().map(Value::String),
+    }
+}
+
+/// Collects a body up to a cap.
+#[derive(Debug)]
+pub struct BodyBuffer {
+    buf: BytesMut,
+    cap: usize,
+    /// The cap was exceeded: everything from then on passes through.
+    pub overflowed: bool,
+}
+
+/// What to do with the current chunk.
+pub enum Collected {
+    /// Keep collecting; emit nothing now.
+    Pending,
+    /// End of stream: here is the whole body.
+    Complete(Bytes),
+    /// The cap was exceeded; emit this (everything held so far plus the chunk) unchanged.
+    Overflow(Bytes),
+    /// Already overflowed earlier: emit the chunk unchanged.
+    PassThrough,
+}
+
+impl BodyBuffer {
+    pub fn new(cap: usize) -> Self {
+        BodyBuffer {
+            buf: BytesMut::new(),
+            cap,
+            overflowed: false,
+        }
+    }
+
+    /// Takes one chunk from a body filter.
+    pub fn push(&mut self, chunk: Option<&Bytes>, end_of_stream: bool) -> Collected {
+        if self.overflowed {
+            return Collected::PassThrough;
+        }
+        if let Some(c) = chunk {
+            self.buf.extend_from_slice(c);
+        }
+        if self.buf.len() > self.cap {
+            self.overflowed = true;
+            return Collected::Overflow(self.buf.split().freeze());
+        }
+        if end_of_stream {
+            Collected::Complete(self.buf.split().freeze())
+        } else {
+            Collected::Pending
+        }
+    }
+}
+
+/// Whether a `Content-Type` value is JSON (`application/json`, `application/*+json`).
+pub fn is_json(content_type: Option<&[u8]>) -> bool {
+    let Some(ct) = content_type.and_then(|c| std::str::from_utf8(c).ok()) else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(yaml: &str) -> JsonOps {
+        let cfg: JsonOpsConfig = serde_yaml::from_str(yaml).unwrap();
+        let scope = TemplateScope {
+            params: &[],
+            claims: false,
+        };
+        JsonOps::compile(&cfg, "body", &scope).unwrap()
+    }
+
+    fn vars() -> TemplateVars<'static> {
+        TemplateVars {
+            params: &[],
+            identity: None,
+            request_id: "rid-1",
+            client_ip: None,
+        }
+    }
+
+    #[test]
+    fn remove_rename_set_add_in_order() {
+        let o = ops(
+            "remove: [secret, a.hidden]\nrename: {name: user.name}\nset: {v: 2, rid: '{request_id}'}\nadd: {v: 3, new.x: true}\n",
+        );
+        let out = o
+            .apply(
+                br#"{"secret":1,"a":{"hidden":1,"k":2},"name":"n","v":1}"#,
+                &vars(),
+            )
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":{"k":2},"v":2,"user":{"name":"n"},"rid":"rid-1","new":{"x":true}}"#
+        );
+    }
+
+    #[test]
+    fn non_objects_and_garbage_are_reported() {
+        let o = ops("remove: [x]\n");
+        assert_eq!(o.apply(b"[1,2]", &vars()), Err(JsonError::NotAnObject));
+        assert_eq!(o.apply(b"{nope", &vars()), Err(JsonError::Invalid));
+    }
+
+    #[test]
+    fn buffer_overflows_into_pass_through() {
+        let mut b = BodyBuffer::new(4);
+        assert!(matches!(
+            b.push(Some(&Bytes::from_static(b"ab")), false),
+            Collected::Pending
+        ));
+        match b.push(Some(&Bytes::from_static(b"cde")), false) {
+            Collected::Overflow(all) => assert_eq!(&all[..], b"abcde"),
+            _ => panic!("expected overflow"),
+        }
+        assert!(matches!(
+            b.push(Some(&Bytes::from_static(b"f")), true),
+            Collected::PassThrough
+        ));
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json(Some(b"application/json; charset=utf-8")));
+        assert!(is_json(Some(b"application/problem+json")));
+        assert!(!is_json(Some(b"text/html")));
+        assert!(!is_json(None));
+    }
+}
