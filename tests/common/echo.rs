@@ -2,7 +2,9 @@
 //!
 //! `GET /health` answers 200 or 503 depending on [`EchoServer::set_healthy`]. Query options:
 //! `sleep_ms=N` waits N ms before answering (bounded to 30 s); `status=N` answers that status;
-//! `raw=1` answers plain text instead of JSON; `pad=N` adds an N-byte `pad` field.
+//! `raw=1` answers plain text instead of JSON; `pad=N` adds an N-byte `pad` field; `hop=1` adds
+//! hop-by-hop and identifying headers (`Connection: X-Internal`, `Keep-Alive`, `Server`...);
+//! `gzip=1` gzips the JSON whatever the request accepts. Statuses 204 and 304 have no body.
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -135,11 +137,47 @@ async fn handle(
         "query": query,
         "headers": headers,
         "body_bytes": body.len(),
+        "body": String::from_utf8_lossy(&body),
     });
     if let Some(pad) = pad {
         answer["pad"] = serde_json::Value::String(pad);
     }
-    Ok(json(status, answer.to_string()))
+    if status == 204 || status == 304 {
+        return Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::new()))
+            .expect("static response parts are valid"));
+    }
+    let flag = |name: &str| query.split('&').any(|kv| kv == name);
+    let mut response = json(status, answer.to_string());
+    if flag("gzip=1") {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(answer.to_string().as_bytes())
+            .expect("writing to a Vec cannot fail");
+        let zipped = gz.finish().expect("writing to a Vec cannot fail");
+        response = Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(Full::new(Bytes::from(zipped)))
+            .expect("static response parts are valid");
+    }
+    if flag("hop=1") {
+        let h = response.headers_mut();
+        for (n, v) in [
+            ("connection", "X-Internal"),
+            ("x-internal", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("server", "echo/1.0"),
+            ("x-powered-by", "PHP/5.1"),
+            ("x-kept", "yes"),
+        ] {
+            h.insert(n, http::HeaderValue::from_static(v));
+        }
+    }
+    Ok(response)
 }
 
 fn json(status: u16, body: String) -> Response<Full<Bytes>> {
