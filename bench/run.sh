@@ -7,6 +7,9 @@
 #   gw-full    the full pipeline: route + HS256 auth + per-user rate limit (never trips) +
 #              identity headers + forwarded headers
 #   gw-agg     an aggregate route: 3 concurrent sub-calls to the upstream, JSON merged
+#   gw-hdr     gw-3's route plus a request header set (templated) and a response header set
+#   gw-kb      a proxy route to a 1 KB JSON answer
+#   gw-kbt     the same with a JSON response-body transform (rename + remove + set)
 # Then: RSS of a gateway after 1,000,000 distinct rate-limit keys.
 #   nginx      nginx as a plain reverse proxy, 1 worker, upstream keep-alive
 #   haproxy    HAProxy as a plain reverse proxy, 1 thread, http-reuse always
@@ -40,13 +43,15 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); NGX=$(port); HAP=$(port); GW3=$(port); GW1K=$(port)
 
-# Upstream: nginx answering a small JSON body.
+# Upstream: nginx answering a small JSON body, and a 1 KB one on /kb.
+KB_JSON=$(python3 -c 'import json; print(json.dumps({"id": 42, "service": "catalog", "internal": {"cost": 3}, "items": [{"sku": "sku-%03d" % i, "name": "item number %d" % i, "price": i * 1.5} for i in range(17)]}, separators=(",", ":")))')
 mkdir -p "$WORK/up" "$WORK/ngx"
 cat > "$WORK/up/nginx.conf" <<CONF
 master_process off; worker_processes 1; daemon off; pid $WORK/up/nginx.pid; error_log stderr error;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$UP;
+    location /kb { default_type application/json; return 200 '$KB_JSON'; }
     location / { default_type application/json; return 200 '{"id":42,"name":"demo user","ok":true}'; } } }
 CONF
 cat > "$WORK/ngx/nginx.conf" <<CONF
@@ -83,6 +88,9 @@ gw_config() { # $1 port, $2 number of extra routes
     printf "auth:\n  keys:\n    - {kid: hs, alg: HS256, secret: %s}\n    - {kid: rs, alg: RS256, public_key_file: %s}\n" "$SECRET" "$PWD/tests/fixtures/keys/rsa.pub.pem"
     printf "rate_limits:\n  max_keys: 2000000\n  policies:\n    bench_user: {requests: 1000000000, period: 1s, key: user}\n    keyed: {requests: 1, period: 1h, key: 'header:x-key'}\n"
     printf "routes:\n  - {path: /api/users, service: users}\n  - {path: /api/secure, service: users, auth: required}\n  - {path: /api/full, service: users, auth: required, rate_limits: [bench_user]}\n  - {path: /api/keyed, service: users, rate_limits: [keyed]}\n"
+    printf "  - {path: /api/hdr, service: users, request: {headers: {set: {x-trace: '{request_id}'}}}, response: {headers: {set: {x-served-by: gateway}}}}\n"
+    printf "  - {path: /api/kb, service: users, rewrite: /kb}\n"
+    printf "  - {path: /api/kbt, service: users, rewrite: /kb, response: {body: {rename: {service: catalog_name}, remove: [internal], set: {gateway: true}}}}\n"
     printf "  - {path: /api/agg, aggregate: {calls: [{key: a, service: users, path: /1}, {key: b, service: users, path: /2}, {key: c, service: users, path: /3}]}}\n"
     for i in $(seq 1 "$2"); do printf '  - {path: /svc%s/items/:id, service: users}\n' "$i"; done
   } > "$WORK/gw$1.yaml"
@@ -111,10 +119,12 @@ declare -A HDR=( [gw-hs]="Authorization: Bearer $HS_TOKEN" [gw-rs]="Authorizatio
 declare -A URL=( [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://127.0.0.1:$GW1K/api/users/42"
                  [gw-hs]="http://127.0.0.1:$GW3/api/secure/42" [gw-rs]="http://127.0.0.1:$GW3/api/secure/42"
                  [gw-full]="http://127.0.0.1:$GW3/api/full/42" [gw-agg]="http://127.0.0.1:$GW3/api/agg"
+                 [gw-hdr]="http://127.0.0.1:$GW3/api/hdr/42" [gw-kb]="http://127.0.0.1:$GW3/api/kb"
+                 [gw-kbt]="http://127.0.0.1:$GW3/api/kbt"
                  [nginx]="http://127.0.0.1:$NGX/api/users/42" [haproxy]="http://127.0.0.1:$HAP/api/users/42"
                  [direct]="http://127.0.0.1:$UP/42" )
-declare -A PID=( [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [gw-agg]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
-TARGETS=(gw-3 gw-1000 gw-hs gw-rs gw-full gw-agg nginx haproxy direct)
+declare -A PID=( [gw-hdr]=$GW3_PID [gw-kb]=$GW3_PID [gw-kbt]=$GW3_PID [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [gw-agg]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
+TARGETS=(gw-3 gw-1000 gw-hs gw-rs gw-full gw-agg gw-hdr gw-kb gw-kbt nginx haproxy direct)
 
 for t in "${TARGETS[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "${HDR[$t]:-X-Bench: 1}" "${URL[$t]}" || true)
@@ -163,6 +173,11 @@ NGX_RPS=$(awk '$1=="nginx" {print $2}' "$RAW/summary.txt" | median)
   AGG_RPS=$(awk '$1=="gw-agg" {print $2}' "$RAW/summary.txt" | median)
   echo "Full pipeline (auth + rate limit) vs auth only: $(awk -v a="$FULL_RPS" -v b="$HS_RPS" 'BEGIN {printf "%.3f", a/b}')×"
   echo "Aggregate of 3 calls vs single proxied call: $(awk -v a="$AGG_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
+  HDR_RPS=$(awk '$1=="gw-hdr" {print $2}' "$RAW/summary.txt" | median)
+  KB_RPS=$(awk '$1=="gw-kb" {print $2}' "$RAW/summary.txt" | median)
+  KBT_RPS=$(awk '$1=="gw-kbt" {print $2}' "$RAW/summary.txt" | median)
+  echo "Header transform route vs plain route: $(awk -v a="$HDR_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
+  echo "JSON response-body transform (1 KB) vs plain 1 KB: $(awk -v a="$KBT_RPS" -v b="$KB_RPS" 'BEGIN {printf "%.3f", a/b}')×"
 } | tee "$RAW/table.md"
 
 # One million distinct limiter keys: a fresh gateway, one request per key (x-key header).
