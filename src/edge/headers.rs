@@ -2,6 +2,7 @@
 //! and the forwarding headers sent upstream.
 
 use crate::transform::OrderedMap;
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
@@ -27,18 +28,20 @@ pub struct SecurityHeadersConfig {
 
 /// The helmet-like default.
 const PRESET: [(&str, &str); 5] = [
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
-    ("cross-origin-opener-policy", "same-origin"),
-    ("cross-origin-resource-policy", "same-origin"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
 ];
 const DEFAULT_HSTS: &str = "max-age=31536000; includeSubDomains";
 
 /// A compiled security-header policy.
 #[derive(Debug, Clone, Default)]
 pub struct SecurityHeaders {
-    set: Vec<(HeaderName, HeaderValue)>,
+    /// Name, its spelling on the wire (kept as bytes so Pingora's case-preserving map takes
+    /// it without re-rendering the name on every response), value.
+    set: Vec<(HeaderName, Bytes, HeaderValue)>,
     hide: Vec<HeaderName>,
     hsts: Option<HeaderValue>,
 }
@@ -65,18 +68,23 @@ impl SecurityHeaders {
         let value = |v: &str| {
             HeaderValue::from_str(v).map_err(|_| err(format!("invalid header value {v:?}")))
         };
-        let mut set: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        let mut set: Vec<(HeaderName, Bytes, HeaderValue)> = Vec::new();
         let mut hsts = Some(DEFAULT_HSTS.to_string());
         if enabled {
             for (n, v) in PRESET {
-                set.push((HeaderName::from_static(n), HeaderValue::from_static(v)));
+                let lower = HeaderName::from_bytes(n.as_bytes()).expect("preset names are valid");
+                set.push((
+                    lower,
+                    Bytes::from_static(n.as_bytes()),
+                    HeaderValue::from_static(v),
+                ));
             }
             for layer in &layers {
-                for (n, v) in layer.headers.iter() {
-                    let n = name(n)?;
-                    set.retain(|(k, _)| *k != n);
+                for (spelled, v) in layer.headers.iter() {
+                    let n = name(spelled)?;
+                    set.retain(|(k, _, _)| *k != n);
                     if let Some(v) = v {
-                        set.push((n, value(v)?));
+                        set.push((n, Bytes::from(spelled.clone()), value(v)?));
                     }
                 }
                 if let Some(h) = &layer.strict_transport_security {
@@ -104,8 +112,8 @@ impl SecurityHeaders {
 
     /// Sets the policy's headers; HSTS only when the client connection is TLS.
     pub fn apply(&self, resp: &mut ResponseHeader, tls: bool) {
-        for (n, v) in &self.set {
-            let _ = resp.insert_header(n.clone(), v.clone());
+        for (_, spelled, v) in &self.set {
+            let _ = resp.insert_header(spelled.clone(), v.clone());
         }
         if tls && let Some(h) = &self.hsts {
             let _ = resp.insert_header("strict-transport-security", h.clone());
