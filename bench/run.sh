@@ -15,7 +15,7 @@
 #   haproxy    HAProxy as a plain reverse proxy, 1 thread, http-reuse always
 #   direct     the upstream itself (nginx serving a small JSON body, 1 worker)
 # Prints req/s, p50 and p99 (medians over rounds), peak RSS and each ratio to nginx.
-# Usage: bench/run.sh [--smoke]   (env: ROUNDS, DURATION, CONNECTIONS)
+# Usage: bench/run.sh [--smoke]   (env: ROUNDS, DURATION, CONNECTIONS, BENCH_TARGETS, KEYS_DURATION)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -124,7 +124,8 @@ declare -A URL=( [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://1
                  [nginx]="http://127.0.0.1:$NGX/api/users/42" [haproxy]="http://127.0.0.1:$HAP/api/users/42"
                  [direct]="http://127.0.0.1:$UP/42" )
 declare -A PID=( [gw-hdr]=$GW3_PID [gw-kb]=$GW3_PID [gw-kbt]=$GW3_PID [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [gw-agg]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
-TARGETS=(gw-3 gw-1000 gw-hs gw-rs gw-full gw-agg gw-hdr gw-kb gw-kbt nginx haproxy direct)
+# BENCH_TARGETS="gw-3 gw-hdr nginx" runs a subset (the summary lines of absent targets are empty).
+TARGETS=(${BENCH_TARGETS:-gw-3 gw-1000 gw-hs gw-rs gw-full gw-agg gw-hdr gw-kb gw-kbt nginx haproxy direct})
 
 for t in "${TARGETS[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "${HDR[$t]:-X-Bench: 1}" "${URL[$t]}" || true)

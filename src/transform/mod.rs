@@ -8,6 +8,7 @@
 pub mod json;
 
 use crate::template::{Template, TemplateScope, TemplateVars};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use json::{JsonOps, JsonOpsConfig};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -129,12 +130,29 @@ enum HeaderSource {
     Template(Template),
 }
 
+/// A header name and its spelling as configured. Pingora keeps a case-preserving copy of every
+/// name; handing it the spelling as ready bytes avoids rendering the name on every request.
+#[derive(Debug, Clone)]
+pub struct WireName {
+    pub name: HeaderName,
+    pub spelled: Bytes,
+}
+
+impl WireName {
+    fn parse(n: &str) -> Option<Self> {
+        Some(WireName {
+            name: HeaderName::from_bytes(n.as_bytes()).ok()?,
+            spelled: Bytes::from(n.to_string()),
+        })
+    }
+}
+
 /// Compiled header operations.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
     remove: Vec<HeaderName>,
-    rename: Vec<(HeaderName, HeaderName)>,
-    writes: Vec<(Write, HeaderName, HeaderSource)>,
+    rename: Vec<(HeaderName, WireName)>,
+    writes: Vec<(Write, WireName, HeaderSource)>,
     templated: usize,
 }
 
@@ -149,9 +167,9 @@ impl HeaderOps {
         scope: &TemplateScope<'_>,
     ) -> Result<Self, (String, String)> {
         let name = |k: &str, n: &str| {
-            let parsed = HeaderName::from_bytes(n.as_bytes())
-                .map_err(|_| (format!("{key}.{k}"), format!("invalid header name {n:?}")))?;
-            if PROTECTED.contains(&parsed.as_str()) {
+            let parsed = WireName::parse(n)
+                .ok_or_else(|| (format!("{key}.{k}"), format!("invalid header name {n:?}")))?;
+            if PROTECTED.contains(&parsed.name.as_str()) {
                 return Err((
                     format!("{key}.{k}"),
                     format!("{n:?} is managed by the proxy and cannot be transformed"),
@@ -163,12 +181,12 @@ impl HeaderOps {
             remove: cfg
                 .remove
                 .iter()
-                .map(|n| name("remove", n))
+                .map(|n| name("remove", n).map(|w| w.name))
                 .collect::<Result<_, _>>()?,
             rename: cfg
                 .rename
                 .iter()
-                .map(|(f, t)| Ok((name("rename", f)?, name("rename", t)?)))
+                .map(|(f, t)| Ok((name("rename", f)?.name, name("rename", t)?)))
                 .collect::<Result<_, (String, String)>>()?,
             ..Default::default()
         };
@@ -209,7 +227,7 @@ impl HeaderOps {
                 let value = match t.render(vars, crate::template::verbatim) {
                     Ok(v) => Some(
                         HeaderValue::from_str(&v)
-                            .map_err(|_| UnsafeHeaderValue(name.to_string()))?,
+                            .map_err(|_| UnsafeHeaderValue(name.name.to_string()))?,
                     ),
                     Err(_) => None,
                 };
@@ -228,9 +246,9 @@ impl HeaderOps {
             let values: Vec<HeaderValue> = target.map().get_all(from).iter().cloned().collect();
             if !values.is_empty() {
                 target.remove(from);
-                target.remove(to);
+                target.remove(&to.name);
                 for v in values {
-                    target.append(to.clone(), v);
+                    target.append(to, v);
                 }
             }
         }
@@ -244,10 +262,10 @@ impl HeaderOps {
                 },
             };
             match kind {
-                Write::Set => target.insert(name.clone(), value),
-                Write::Add if target.map().contains_key(name) => {}
-                Write::Add => target.insert(name.clone(), value),
-                Write::Append => target.append(name.clone(), value),
+                Write::Set => target.insert(name, value),
+                Write::Add if target.map().contains_key(&name.name) => {}
+                Write::Add => target.insert(name, value),
+                Write::Append => target.append(name, value),
             }
         }
     }
@@ -261,8 +279,8 @@ impl HeaderOps {
 /// copy of names beside the `HeaderMap` and so must be edited through their own methods.
 pub trait HeaderEdit {
     fn map(&self) -> &HeaderMap;
-    fn insert(&mut self, name: HeaderName, value: HeaderValue);
-    fn append(&mut self, name: HeaderName, value: HeaderValue);
+    fn insert(&mut self, name: &WireName, value: HeaderValue);
+    fn append(&mut self, name: &WireName, value: HeaderValue);
     fn remove(&mut self, name: &HeaderName);
 }
 
@@ -272,12 +290,12 @@ macro_rules! header_edit {
             fn map(&self) -> &HeaderMap {
                 &self.headers
             }
-            fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+            fn insert(&mut self, name: &WireName, value: HeaderValue) {
                 // Only fails on invalid values, which a HeaderValue cannot be.
-                let _ = self.insert_header(name, value);
+                let _ = self.insert_header(name.spelled.clone(), value);
             }
-            fn append(&mut self, name: HeaderName, value: HeaderValue) {
-                let _ = self.append_header(name, value);
+            fn append(&mut self, name: &WireName, value: HeaderValue) {
+                let _ = self.append_header(name.spelled.clone(), value);
             }
             fn remove(&mut self, name: &HeaderName) {
                 self.remove_header(name);
