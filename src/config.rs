@@ -46,6 +46,12 @@ pub struct GatewayConfig {
     /// Request size limits.
     #[serde(default)]
     pub limits: crate::edge::EdgeLimits,
+    /// The admin listener (metrics and health endpoints).
+    #[serde(default)]
+    pub admin: crate::admin::AdminConfig,
+    /// The JSON access log.
+    #[serde(default)]
+    pub access_log: crate::access_log::AccessLogConfig,
 }
 
 /// The subset of Pingora's `ServerConf` a user can set, with defaults that fit systemd.
@@ -170,6 +176,31 @@ impl GatewayConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         serde_yaml::from_str(text).map_err(|e| e.to_string())
     }
+}
+
+/// A short hash of a config file's bytes (the `config_hash` label of `apigateway_build_info`).
+pub fn file_hash(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    match std::fs::read(path) {
+        Ok(bytes) => Sha256::digest(&bytes)[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        Err(_) => "unreadable".into(),
+    }
+}
+
+/// Deserializes an optional `ip:port` address.
+pub fn de_opt_socket<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let raw: Option<String> = Option::deserialize(d)?;
+    raw.map(|s| {
+        s.parse().map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is not an ip:port address ({e})"))
+        })
+    })
+    .transpose()
 }
 
 /// Like [`de_duration`], for optional keys.

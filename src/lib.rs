@@ -4,13 +4,17 @@
 //! its config struct, its compiled runtime form and its tests. [`snapshot`] compiles the YAML
 //! file into the immutable form the proxy reads through one swappable pointer.
 
+pub mod access_log;
+pub mod admin;
 pub mod aggregate;
 pub mod auth;
 pub mod config;
 pub mod edge;
 pub mod errors;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
+pub mod reloader;
 pub mod router;
 pub mod snapshot;
 pub mod template;

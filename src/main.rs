@@ -1,9 +1,11 @@
 //! `apigateway -c FILE [-t] [-d] [-u]`: load and compile the config, then run the Pingora server.
 
+use apigateway::admin::AdminApp;
 use apigateway::auth::jwks::JwksRefresher;
 use apigateway::config::GatewayConfig;
 use apigateway::limits::LimiterSweeper;
 use apigateway::proxy::Gateway;
+use apigateway::reloader::ConfigReloader;
 use apigateway::snapshot::Snapshot;
 use apigateway::upstream::HealthChecker;
 use arc_swap::ArcSwap;
@@ -47,9 +49,13 @@ enum Command {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     if let Some(Command::HashPassword) = cli.command {
         return hash_password();
+    }
+    // A daemon changes its directory to `/`: keep an absolute path for reloads.
+    if let Ok(abs) = std::fs::canonicalize(&cli.conf) {
+        cli.conf = abs;
     }
     let (cfg, snapshot) = match GatewayConfig::load(&cli.conf)
         .and_then(|cfg| Snapshot::compile(&cfg, &cli.conf).map(|s| (cfg, s)))
@@ -74,6 +80,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
     let listen = snapshot.listen.clone();
+    let admin_listen = snapshot.admin.listen;
+    apigateway::metrics::set_config_hash(&apigateway::config::file_hash(&cli.conf));
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let opt = Opt {
         upgrade: cli.upgrade,
@@ -92,6 +100,23 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+    if let Some(addr) = admin_listen {
+        let mut admin = pingora::services::listening::Service::new(
+            "admin".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(AdminApp),
+        );
+        admin.add_tcp(&addr.to_string());
+        admin.threads = Some(1);
+        server.add_service(admin);
+        log::info!("admin endpoints (/metrics, /healthz, /readyz) on {addr}");
+    }
+    server.add_service(background_service(
+        "config reload",
+        ConfigReloader {
+            path: cli.conf.clone(),
+            snapshot: shared.clone(),
+        },
+    ));
     server.add_service(background_service(
         "health checks",
         HealthChecker {

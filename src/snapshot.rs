@@ -11,6 +11,7 @@ use crate::edge::cors::Cors;
 use crate::edge::headers::{SecurityHeaders, SecurityHeadersConfig};
 use crate::edge::{ClientIpResolver, EdgeLimits};
 use crate::limits::Limiter;
+use crate::metrics::RouteMetrics;
 use crate::router::{RouteConfig, RouteTable};
 use crate::template::TemplateScope;
 use crate::transform::RouteTransforms;
@@ -42,12 +43,14 @@ pub struct RouteTarget {
     pub transforms: Option<Arc<RouteTransforms>>,
     /// Largest request body.
     pub max_body: u64,
+    /// The route's request counters and latency histogram.
+    pub metrics: RouteMetrics,
 }
 
 /// Everything the request path needs, compiled from one config file.
 pub struct Snapshot {
     pub routes: RouteTable<RouteTarget>,
-    services: Vec<ServicePool>,
+    services: Vec<Arc<ServicePool>>,
     /// Listener addresses (changing them needs a process upgrade, not a reload).
     pub listen: Vec<SocketAddr>,
     /// JWT verification and login, if configured.
@@ -62,6 +65,22 @@ pub struct Snapshot {
     pub security: Arc<SecurityHeaders>,
     /// Request size limits.
     pub limits: EdgeLimits,
+    /// Pingora process settings (changing them needs a process upgrade, not a reload).
+    pub server: crate::config::ServerSettings,
+    /// The access log settings.
+    pub access_log: crate::access_log::AccessLogConfig,
+    /// The admin listener address (changing it needs a process upgrade).
+    pub admin: crate::admin::AdminConfig,
+    /// What long-lived state was compiled from, to keep it across reloads.
+    fingerprints: Fingerprints,
+}
+
+/// Identities of the parts that carry state: a reload reuses a part whose fingerprint is
+/// unchanged (health state of a pool; the token cache and JWKS of `auth`).
+#[derive(Default)]
+struct Fingerprints {
+    services: Vec<String>,
+    auth: Option<[u8; 32]>,
 }
 
 impl Snapshot {
@@ -73,6 +92,16 @@ impl Snapshot {
 
     /// Compiles a parsed config; errors name `file` and the offending key.
     pub fn compile(cfg: &GatewayConfig, file: &Path) -> Result<Self, ConfigError> {
+        Self::compile_with(cfg, file, None)
+    }
+
+    /// Compiles a config as a reload of `previous`: service pools, auth (token cache, JWKS)
+    /// and the rate-limit store whose config did not change are carried over.
+    pub fn compile_with(
+        cfg: &GatewayConfig,
+        file: &Path,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, ConfigError> {
         let invalid = |key: String, reason: String| ConfigError::Invalid {
             file: file.to_path_buf(),
             key,
@@ -99,17 +128,28 @@ impl Snapshot {
             .collect::<Result<Vec<_>, _>>()?;
 
         let mut services = Vec::with_capacity(cfg.services.len());
+        let mut fingerprints = Fingerprints::default();
         let mut index = HashMap::new();
         for (name, svc) in &cfg.services {
             let key = format!("services.{name}");
-            // ServicePool errors already start with the key path; split it back off.
-            let pool =
-                ServicePool::compile(name, svc, &key).map_err(|e| match e.split_once(": ") {
-                    Some((k, r)) => invalid(k.to_string(), r.to_string()),
-                    None => invalid(key.clone(), e),
-                })?;
+            let fingerprint = format!("{name}|{svc:?}");
+            let kept = previous.and_then(|p| {
+                let i = p.fingerprints.services.iter().position(|f| *f == fingerprint)?;
+                Some(p.services[i].clone())
+            });
+            let pool = match kept {
+                Some(pool) => pool,
+                // ServicePool errors already start with the key path; split it back off.
+                None => Arc::new(ServicePool::compile(name, svc, &key).map_err(|e| {
+                    match e.split_once(": ") {
+                        Some((k, r)) => invalid(k.to_string(), r.to_string()),
+                        None => invalid(key.clone(), e),
+                    }
+                })?),
+            };
             index.insert(name.as_str(), services.len());
             services.push(pool);
+            fingerprints.services.push(fingerprint);
         }
         if cfg.routes.is_empty() {
             return Err(invalid(
@@ -118,17 +158,21 @@ impl Snapshot {
             ));
         }
         let base = file.parent().unwrap_or(Path::new("."));
-        let auth = cfg
-            .auth
-            .as_ref()
-            .map(|a| Auth::compile(&a.clone().relative_to(base)))
-            .transpose()
-            .map_err(|(k, r)| invalid(k, r))?
-            .map(Arc::new);
+        let auth_cfg = cfg.auth.as_ref().map(|a| a.clone().relative_to(base));
+        fingerprints.auth = auth_cfg.as_ref().map(auth_fingerprint);
+        let kept_auth = previous
+            .filter(|p| p.fingerprints.auth.is_some() && p.fingerprints.auth == fingerprints.auth)
+            .and_then(|p| p.auth.clone());
+        let auth = match (kept_auth, &auth_cfg) {
+            (Some(kept), _) => Some(kept),
+            (None, Some(a)) => Some(Arc::new(Auth::compile(a).map_err(|(k, r)| invalid(k, r))?)),
+            (None, None) => None,
+        };
+        let previous_limiter = previous.and_then(|p| p.limiter.as_ref());
         let limiter = cfg
             .rate_limits
             .as_ref()
-            .map(Limiter::compile)
+            .map(|l| Limiter::compile(l, previous_limiter))
             .transpose()
             .map_err(|(k, r)| invalid(k, r))?;
         let client_ip =
@@ -145,9 +189,16 @@ impl Snapshot {
             SecurityHeaders::compile(cfg.security_headers.as_ref(), None, "security_headers")
                 .map_err(|(k, r)| invalid(k, r))?,
         );
+        let mut route_index = 0;
         let routes = RouteTable::compile(&cfg.routes, |route| {
+            let name = route
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("routes[{route_index}]"));
+            route_index += 1;
             let static_key = |(k, r): (&'static str, String)| (k.to_string(), r);
             let (service, aggregate) = route_destination(route, &index, cfg).map_err(static_key)?;
+            let aggregate_route = aggregate.is_some();
             let policy = route_policy(route, auth.is_some()).map_err(static_key)?;
             let edge = route_edge(
                 route,
@@ -177,6 +228,13 @@ impl Snapshot {
                 security: edge.security,
                 transforms: edge.transforms,
                 max_body: edge.max_body,
+                metrics: RouteMetrics::new(
+                    &name,
+                    route
+                        .service
+                        .as_deref()
+                        .unwrap_or(if aggregate_route { "aggregate" } else { "" }),
+                ),
             })
         })
         .map_err(|e| invalid(e.key, e.reason))?;
@@ -211,6 +269,10 @@ impl Snapshot {
             cors: global_cors,
             security: global_security,
             limits: cfg.limits.clone(),
+            server: cfg.server.clone(),
+            access_log: cfg.access_log.clone(),
+            admin: cfg.admin.clone(),
+            fingerprints,
         })
     }
 
@@ -220,7 +282,7 @@ impl Snapshot {
     }
 
     /// All services.
-    pub fn services(&self) -> &[ServicePool] {
+    pub fn services(&self) -> &[Arc<ServicePool>] {
         &self.services
     }
 
@@ -333,4 +395,20 @@ fn route_edge(
         transforms,
         max_body: route.max_body_bytes.unwrap_or(limits.max_body_bytes),
     })
+}
+
+/// The auth section's identity: its settings and the bytes of every file it reads (keys, key
+/// sets, users), so rotating a key file and reloading never keeps tokens cached under old keys.
+fn auth_fingerprint(cfg: &crate::auth::AuthConfig) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{cfg:?}").as_bytes());
+    for file in cfg.referenced_files() {
+        h.update(file.as_os_str().as_encoded_bytes());
+        match std::fs::read(file) {
+            Ok(bytes) => h.update(&bytes),
+            Err(_) => h.update(b"\0unreadable"),
+        }
+    }
+    h.finalize().into()
 }

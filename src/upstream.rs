@@ -163,6 +163,8 @@ pub struct ServicePool {
     /// Extra attempts after a failed one (see [`ServiceConfig::retries`]).
     pub retries: usize,
     peer_options: PeerOptions,
+    /// Time from picking a backend to its response header.
+    pub upstream_latency: prometheus::Histogram,
     health_interval: Option<Duration>,
     backend_count: usize,
 }
@@ -230,6 +232,7 @@ impl ServicePool {
             hash_key,
             retries: cfg.retries,
             peer_options: peer_options(&cfg.timeouts),
+            upstream_latency: crate::metrics::upstream_histogram(name),
             health_interval: cfg.health_check.as_ref().map(|h| h.interval),
             backend_count,
         })
@@ -267,9 +270,13 @@ impl ServicePool {
     }
 
     async fn run_health_check(&self) {
-        match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.backends().run_health_check(true).await,
-            Balancer::Consistent(lb) => lb.backends().run_health_check(true).await,
+        let backends = match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Consistent(lb) => lb.backends(),
+        };
+        backends.run_health_check(true).await;
+        for b in backends.get_backend().iter() {
+            crate::metrics::backend_health(&self.name, &b.addr.to_string(), backends.ready(b));
         }
     }
 }
@@ -388,6 +395,7 @@ impl BackgroundService for HealthChecker {
                 next = next.min(*when);
             }
             futures::future::join_all(checks).await;
+            crate::metrics::health_checked();
             let sleep = next.saturating_duration_since(Instant::now());
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}

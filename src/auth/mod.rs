@@ -79,6 +79,24 @@ fn default_roles_claim() -> String {
 impl AuthConfig {
     /// Resolves relative file paths against `base` (the config file's directory), so the
     /// config works whatever directory the gateway is started from.
+    /// Every file this section reads.
+    pub fn referenced_files(&self) -> Vec<&std::path::Path> {
+        let mut files: Vec<&std::path::Path> = Vec::new();
+        for k in &self.keys {
+            for f in [&k.secret_file, &k.public_key_file, &k.private_key_file]
+                .into_iter()
+                .flatten()
+            {
+                files.push(f);
+            }
+        }
+        files.extend(self.jwks.iter().filter_map(|j| j.file.as_deref()));
+        if let Some(l) = &self.login {
+            files.push(&l.users_file);
+        }
+        files
+    }
+
     pub fn relative_to(mut self, base: &std::path::Path) -> Self {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {

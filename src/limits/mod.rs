@@ -111,6 +111,9 @@ pub enum KeySource {
 #[derive(Debug)]
 pub struct Policy {
     pub name: Arc<str>,
+    /// Prefix of this policy's store keys: its name and settings, so a reload that keeps the
+    /// policy keeps its counters and one that changes it starts fresh.
+    store_id: Box<[u8]>,
     pub gcra: Gcra,
     pub key: KeySource,
     pub concurrency: Option<u32>,
@@ -185,15 +188,23 @@ pub struct Limiter {
     policies: Vec<Arc<Policy>>,
     by_name: BTreeMap<String, usize>,
     default: Option<usize>,
-    pub local: LocalStore,
+    /// Shared with the next snapshot on reload (see [`Limiter::compile`]).
+    pub local: Arc<LocalStore>,
+    max_keys: usize,
     redis: Option<RedisStore>,
     on_store_error: OnStoreError,
-    inflight: pingora_limits::inflight::Inflight,
+    inflight: Arc<pingora_limits::inflight::Inflight>,
     pub sweep_interval: Duration,
 }
 
 impl Limiter {
-    pub fn compile(cfg: &RateLimitsConfig) -> Result<Self, (String, String)> {
+    /// Compiles the `rate_limits:` section. With the previous snapshot's limiter, its key store
+    /// and in-flight counters are kept (store keys carry each policy's settings, so only
+    /// unchanged policies find their old counters).
+    pub fn compile(
+        cfg: &RateLimitsConfig,
+        previous: Option<&Limiter>,
+    ) -> Result<Self, (String, String)> {
         let mut policies = Vec::new();
         let mut by_name = BTreeMap::new();
         for (name, p) in &cfg.policies {
@@ -223,14 +234,19 @@ impl Limiter {
         if cfg.max_keys == 0 {
             return Err(("rate_limits.max_keys".into(), "must be at least 1".into()));
         }
+        let kept = previous.filter(|p| p.max_keys == cfg.max_keys);
         Ok(Limiter {
             policies,
             by_name,
             default,
-            local: LocalStore::new(cfg.max_keys),
+            local: kept.map_or_else(|| Arc::new(LocalStore::new(cfg.max_keys)), |p| p.local.clone()),
+            max_keys: cfg.max_keys,
             redis,
             on_store_error: cfg.on_store_error,
-            inflight: pingora_limits::inflight::Inflight::new(),
+            inflight: kept.map_or_else(
+                || Arc::new(pingora_limits::inflight::Inflight::new()),
+                |p| p.inflight.clone(),
+            ),
             sweep_interval: cfg.sweep_interval.max(Duration::from_millis(100)),
         })
     }
@@ -298,13 +314,13 @@ impl Limiter {
     async fn verdict(&self, policy: &Policy, key: &[u8]) -> Option<Verdict> {
         let local = || {
             self.local
-                .check(self.local.key(&[policy.name.as_bytes(), key]), &policy.gcra)
+                .check(self.local.key(&[&policy.store_id, key]), &policy.gcra)
         };
         let Some(redis) = &self.redis else {
             return Some(local());
         };
         // Fixed-size, deterministic Redis keys whatever the header or claim value.
-        let digest = Sha256::digest([policy.name.as_bytes(), b"\xff", key].concat());
+        let digest = Sha256::digest([&policy.store_id[..], b"\xff", key].concat());
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         match redis.check(&hex, &policy.gcra).await {
             Ok(v) => Some(v),
@@ -407,6 +423,7 @@ fn compile_policy(name: &str, p: &PolicyConfig, key: &str) -> Result<Policy, (St
         )
     })?;
     Ok(Policy {
+        store_id: format!("{name}|{p:?}").into_bytes().into_boxed_slice(),
         limit_value: HeaderValue::from(p.requests),
         policy_value,
         name: Arc::from(name),

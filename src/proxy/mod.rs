@@ -76,7 +76,12 @@ pub struct RequestCtx {
     tried: Vec<SocketAddr>,
     /// A gateway-level error decided in an earlier phase, rendered by `fail_to_proxy`.
     error: Option<GatewayError>,
+    /// The rate-limit outcome, for the access log.
+    limit_outcome: Option<&'static str>,
     pub started: Instant,
+    /// When the first backend was picked, and how long until its response header.
+    upstream_started: Option<Instant>,
+    upstream_time: Option<Duration>,
 }
 
 impl RequestCtx {
@@ -141,13 +146,22 @@ impl Gateway {
                 ctx.identity = identity;
                 Ok(())
             }
-            Err(AuthFailure::NoToken) => Err(GatewayError::Unauthorized {
-                token_present: false,
-            }),
-            Err(AuthFailure::InvalidToken) => Err(GatewayError::Unauthorized {
-                token_present: true,
-            }),
-            Err(AuthFailure::Forbidden) => Err(GatewayError::Forbidden),
+            Err(AuthFailure::NoToken) => {
+                crate::metrics::auth_failure("no_token");
+                Err(GatewayError::Unauthorized {
+                    token_present: false,
+                })
+            }
+            Err(AuthFailure::InvalidToken) => {
+                crate::metrics::auth_failure("invalid_token");
+                Err(GatewayError::Unauthorized {
+                    token_present: true,
+                })
+            }
+            Err(AuthFailure::Forbidden) => {
+                crate::metrics::auth_failure("forbidden");
+                Err(GatewayError::Forbidden)
+            }
         }
     }
 
@@ -174,10 +188,18 @@ impl Gateway {
             Decision::Admit { report, guards } => {
                 ctx.limit_report = report;
                 ctx._limit_guards = guards;
+                ctx.limit_outcome = Some("admitted");
                 Ok(())
             }
-            Decision::Refuse(report) => Err(GatewayError::RateLimited(Box::new(report))),
-            Decision::StoreDown => Err(GatewayError::LimiterUnavailable),
+            Decision::Refuse(report) => {
+                target.metrics.rate_limited();
+                ctx.limit_outcome = Some("refused");
+                Err(GatewayError::RateLimited(Box::new(report)))
+            }
+            Decision::StoreDown => {
+                ctx.limit_outcome = Some("store_down");
+                Err(GatewayError::LimiterUnavailable)
+            }
         }
     }
 
@@ -339,7 +361,10 @@ impl ProxyHttp for Gateway {
             body_bytes: 0,
             tried: Vec::new(),
             error: None,
+            limit_outcome: None,
             started: Instant::now(),
+            upstream_started: None,
+            upstream_time: None,
         }
     }
 
@@ -374,6 +399,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        ctx.upstream_started.get_or_insert_with(Instant::now);
         let Some(pool) = ctx.pool() else {
             ctx.error = Some(GatewayError::Internal);
             return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
@@ -529,6 +555,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
         strip_response_hop_by_hop(upstream_response);
         if let Some(t) = ctx.target() {
             t.security.hide(upstream_response);
@@ -652,6 +679,53 @@ impl ProxyHttp for Gateway {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Records the request's metrics and writes its access log line. Always runs, whatever
+    /// answered the request.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        let target = ctx.target();
+        let metrics = target.map_or(&*crate::metrics::UNMATCHED, |t| &t.metrics);
+        metrics.observe(status, elapsed.as_secs_f64());
+        let pool = ctx.pool();
+        if let (Some(pool), Some(t)) = (pool, ctx.upstream_time) {
+            pool.upstream_latency.observe(t.as_secs_f64());
+        }
+        let Some(snapshot) = ctx.snapshot.as_ref().filter(|s| s.access_log.enabled) else {
+            return;
+        };
+        let req = session.req_header();
+        let route = ctx
+            .route
+            .as_ref()
+            .map(|m| snapshot.routes.routes()[m.route].name.as_str());
+        let service = match (pool, target) {
+            (Some(p), _) => Some(p.name.as_str()),
+            (None, Some(t)) if t.aggregate.is_some() => Some("aggregate"),
+            _ => None,
+        };
+        let record = crate::access_log::AccessRecord {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            request_id: &ctx.request_id,
+            client_ip: ctx.client_ip,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            route,
+            service,
+            upstream: ctx.tried.last().map(|a| a.to_string()),
+            status,
+            bytes: session.body_bytes_sent(),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: ctx.upstream_time.map(|t| t.as_secs_f64() * 1000.0),
+            user: ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
+            rate_limit: ctx.limit_outcome,
+            error: e.map(|e| e.etype().as_str().to_string()),
+        };
+        crate::access_log::write(&snapshot.access_log, &record);
     }
 
     /// Client-caused failures (4xx, client disconnects) are not the operator's problem.

@@ -67,8 +67,14 @@ impl Gateway {
     pub fn start(body: &str) -> Gateway {
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
+        // Tests run in parallel: no admin listener on the fixed default port unless asked.
+        let admin = if body.contains("admin:") {
+            ""
+        } else {
+            "admin: {listen: null}\n"
+        };
         let yaml = format!(
-            "server:\n  threads: 2\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\nlisten: ['127.0.0.1:{port}']\n{body}",
+            "server:\n  threads: 2\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\nlisten: ['127.0.0.1:{port}']\n{admin}{body}",
             d = dir.path().display()
         );
         let path = dir.path().join("gateway.yaml");

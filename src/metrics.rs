@@ -1,0 +1,210 @@
+//! Prometheus metrics (prometheus 0.14, the version Pingora 0.9's exporter uses), in one
+//! registry served by the admin listener.
+//!
+//! The request path never looks metrics up by label: each route's counters and histogram are
+//! resolved once when the snapshot is compiled ([`RouteMetrics`]), so recording a request is a
+//! few atomic adds.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Latency buckets in seconds: 0.5 ms to 10 s.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream: HistogramVec,
+    rate_limited: IntCounterVec,
+    auth_failures: IntCounterVec,
+    backend_up: IntGaugeVec,
+    reloads: IntCounterVec,
+    info: IntGaugeVec,
+    access_log_dropped: IntCounter,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are fixed and unique, so registering cannot fail.
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+static METRICS: Lazy<Metrics> = Lazy::new(|| {
+    let r = Registry::new();
+    let counter = |name: &str, help: &str, labels: &[&str]| {
+        register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    };
+    let histogram = |name: &str, help: &str, labels: &[&str]| {
+        let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+        register(&r, HistogramVec::new(opts, labels).expect("valid metric"))
+    };
+    let gauge = |name: &str, help: &str, labels: &[&str]| {
+        register(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    };
+    Metrics {
+        requests: counter(
+            "apigateway_requests_total",
+            "Requests answered, by route, service and status class",
+            &["route", "service", "status"],
+        ),
+        duration: histogram(
+            "apigateway_request_duration_seconds",
+            "Time from request start to the end of the response, by route",
+            &["route"],
+        ),
+        upstream: histogram(
+            "apigateway_upstream_duration_seconds",
+            "Time from picking a backend to its response header, by service",
+            &["service"],
+        ),
+        rate_limited: counter(
+            "apigateway_rate_limited_total",
+            "Requests refused by a rate-limit policy, by route",
+            &["route"],
+        ),
+        auth_failures: counter(
+            "apigateway_auth_failures_total",
+            "Authentication and authorization refusals, by reason",
+            &["reason"],
+        ),
+        backend_up: gauge(
+            "apigateway_backend_healthy",
+            "1 if the backend passed its last health check, 0 if not",
+            &["service", "backend"],
+        ),
+        reloads: counter(
+            "apigateway_config_reloads_total",
+            "Config reloads, by result (ok or error)",
+            &["result"],
+        ),
+        info: gauge(
+            "apigateway_build_info",
+            "Always 1; labels carry the version and the hash of the loaded config file",
+            &["version", "config_hash"],
+        ),
+        access_log_dropped: register(
+            &r,
+            IntCounter::new(
+                "apigateway_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind",
+            )
+            .expect("valid metric"),
+        ),
+        registry: r,
+    }
+});
+
+/// Set once the first round of health checks has finished.
+static HEALTH_CHECKED: AtomicBool = AtomicBool::new(false);
+
+/// One route's pre-resolved metrics.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// 1xx, 2xx, 3xx, 4xx, 5xx, and "none" (client gone before an answer).
+    by_class: [IntCounter; 6],
+    duration: Histogram,
+    rate_limited: IntCounter,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMetrics")
+    }
+}
+
+impl RouteMetrics {
+    /// Resolves the handles for a route (`service` is the service name or `aggregate`).
+    pub fn new(route: &str, service: &str) -> Self {
+        let m = &*METRICS;
+        let class = |c: &str| m.requests.with_label_values(&[route, service, c]);
+        RouteMetrics {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+                class("none"),
+            ],
+            duration: m.duration.with_label_values(&[route]),
+            rate_limited: m.rate_limited.with_label_values(&[route]),
+        }
+    }
+
+    /// Records a finished request.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let i = match status {
+            100..=599 => (status / 100 - 1) as usize,
+            _ => 5,
+        };
+        self.by_class[i].inc();
+        self.duration.observe(seconds);
+    }
+
+    pub fn rate_limited(&self) {
+        self.rate_limited.inc();
+    }
+}
+
+/// Metrics for requests that matched no route.
+pub static UNMATCHED: Lazy<RouteMetrics> = Lazy::new(|| RouteMetrics::new("(none)", "(none)"));
+
+/// The upstream latency histogram of a service.
+pub fn upstream_histogram(service: &str) -> Histogram {
+    METRICS.upstream.with_label_values(&[service])
+}
+
+/// Counts an authentication refusal (`no_token`, `invalid_token`, `forbidden`).
+pub fn auth_failure(reason: &'static str) {
+    METRICS.auth_failures.with_label_values(&[reason]).inc();
+}
+
+/// Records a backend's health after a check.
+pub fn backend_health(service: &str, backend: &str, healthy: bool) {
+    METRICS
+        .backend_up
+        .with_label_values(&[service, backend])
+        .set(i64::from(healthy));
+}
+
+/// Counts a reload attempt.
+pub fn config_reload(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    METRICS.reloads.with_label_values(&[result]).inc();
+}
+
+/// Publishes the version and config hash (the previous config's series is removed).
+pub fn set_config_hash(hash: &str) {
+    let info: &IntGaugeVec = &METRICS.info;
+    info.reset();
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), hash])
+        .set(1);
+}
+
+pub fn access_log_dropped() {
+    METRICS.access_log_dropped.inc();
+}
+
+/// Marks that health checks have run once (for `/readyz`).
+pub fn health_checked() {
+    HEALTH_CHECKED.store(true, Ordering::Release);
+}
+
+pub fn is_health_checked() -> bool {
+    HEALTH_CHECKED.load(Ordering::Acquire)
+}
+
+/// The registry in Prometheus text format.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::new();
+    // Encoding into a Vec only fails on invalid metric families, which ours are not.
+    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);
+    out
+}

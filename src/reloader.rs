@@ -1,0 +1,88 @@
+//! Hot reload: on SIGHUP, re-read the YAML, compile a new snapshot next to the running one and
+//! swap the pointer. Requests in flight keep the snapshot they pinned; new ones see the new one.
+//! A file that does not compile changes nothing and the log says exactly why.
+
+use crate::config::GatewayConfig;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new snapshot is live.
+    Applied,
+    /// The file did not load or compile; the old snapshot stays.
+    Rejected(String),
+}
+
+/// Loads `path`, compiles it against the current snapshot (carrying state over) and swaps it in.
+pub fn reload(path: &std::path::Path, shared: &SharedSnapshot) -> ReloadOutcome {
+    let current = shared.load_full();
+    let compiled = GatewayConfig::load(path)
+        .and_then(|cfg| Snapshot::compile_with(&cfg, path, Some(&current)));
+    let next = match compiled {
+        Ok(next) => next,
+        Err(e) => {
+            log::error!("config reload rejected, keeping the running config: {e}");
+            crate::metrics::config_reload(false);
+            return ReloadOutcome::Rejected(e.to_string());
+        }
+    };
+    if next.listen != current.listen {
+        log::warn!(
+            "config reload: listen changed from {:?} to {:?}; listeners change only with a \
+             graceful upgrade (systemctl reload apigateway, or start a new process with -u)",
+            current.listen,
+            next.listen
+        );
+    }
+    if format!("{:?}", next.server) != format!("{:?}", current.server) {
+        log::warn!(
+            "config reload: `server:` settings changed; they apply only after a graceful upgrade"
+        );
+    }
+    log::info!(
+        "config reloaded from {}: {} routes, {} services",
+        path.display(),
+        next.routes.routes().len(),
+        next.services().len()
+    );
+    shared.store(Arc::new(next));
+    crate::metrics::config_reload(true);
+    crate::metrics::set_config_hash(&crate::config::file_hash(path));
+    ReloadOutcome::Applied
+}
+
+/// Background service reloading the config on SIGHUP.
+pub struct ConfigReloader {
+    pub path: PathBuf,
+    pub snapshot: SharedSnapshot,
+}
+
+#[async_trait]
+impl BackgroundService for ConfigReloader {
+    /// Waits for SIGHUP (or shutdown) and reloads on each one.
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, hot reload disabled: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    log::info!("SIGHUP: reloading {}", self.path.display());
+                    reload(&self.path, &self.snapshot);
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
