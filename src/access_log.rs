@@ -85,7 +85,10 @@ fn start(cfg: &AccessLogConfig) -> Option<SyncSender<String>> {
         {
             Ok(f) => Box::new(f),
             Err(e) => {
-                log::error!("access log {}: {e}; access logging disabled", path.display());
+                log::error!(
+                    "access log {}: {e}; access logging disabled",
+                    path.display()
+                );
                 return None;
             }
         },

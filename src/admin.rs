@@ -50,7 +50,11 @@ impl ServeHttp for AdminApp {
                 "application/json",
                 br#"{"status":"starting","reason":"health checks have not run yet"}"#.to_vec(),
             ),
-            _ => (404, "application/json", br#"{"error":"Not found","status":404}"#.to_vec()),
+            _ => (
+                404,
+                "application/json",
+                br#"{"error":"Not found","status":404}"#.to_vec(),
+            ),
         };
         Response::builder()
             .status(status)

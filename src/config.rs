@@ -196,9 +196,8 @@ pub fn de_opt_socket<'de, D: Deserializer<'de>>(
 ) -> Result<Option<std::net::SocketAddr>, D::Error> {
     let raw: Option<String> = Option::deserialize(d)?;
     raw.map(|s| {
-        s.parse().map_err(|e| {
-            serde::de::Error::custom(format!("{s:?} is not an ip:port address ({e})"))
-        })
+        s.parse()
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not an ip:port address ({e})")))
     })
     .transpose()
 }

@@ -7,7 +7,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -39,14 +40,20 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T
 static METRICS: Lazy<Metrics> = Lazy::new(|| {
     let r = Registry::new();
     let counter = |name: &str, help: &str, labels: &[&str]| {
-        register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        register(
+            &r,
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+        )
     };
     let histogram = |name: &str, help: &str, labels: &[&str]| {
         let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
         register(&r, HistogramVec::new(opts, labels).expect("valid metric"))
     };
     let gauge = |name: &str, help: &str, labels: &[&str]| {
-        register(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        register(
+            &r,
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+        )
     };
     Metrics {
         requests: counter(

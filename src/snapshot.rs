@@ -134,7 +134,11 @@ impl Snapshot {
             let key = format!("services.{name}");
             let fingerprint = format!("{name}|{svc:?}");
             let kept = previous.and_then(|p| {
-                let i = p.fingerprints.services.iter().position(|f| *f == fingerprint)?;
+                let i = p
+                    .fingerprints
+                    .services
+                    .iter()
+                    .position(|f| *f == fingerprint)?;
                 Some(p.services[i].clone())
             });
             let pool = match kept {
@@ -230,10 +234,11 @@ impl Snapshot {
                 max_body: edge.max_body,
                 metrics: RouteMetrics::new(
                     &name,
-                    route
-                        .service
-                        .as_deref()
-                        .unwrap_or(if aggregate_route { "aggregate" } else { "" }),
+                    route.service.as_deref().unwrap_or(if aggregate_route {
+                        "aggregate"
+                    } else {
+                        ""
+                    }),
                 ),
             })
         })
@@ -411,4 +416,51 @@ fn auth_fingerprint(cfg: &crate::auth::AuthConfig) -> [u8; 32] {
         }
     }
     h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listen: ['127.0.0.1:0']\nservices:\n  a: {backends: ['127.0.0.1:1']}\n  b: {backends: ['127.0.0.1:2']}\nauth:\n  keys: [{kid: k, alg: HS256, secret: snapshot-test-secret-0123456789-abcdef}]\nrate_limits:\n  policies: {p: {requests: 5, period: 1s}}\nroutes:\n  - {path: /a, service: a}\n  - {path: /b, service: b}\n";
+
+    fn compile(text: &str, previous: Option<&Snapshot>) -> Snapshot {
+        let cfg = GatewayConfig::parse(text).unwrap();
+        Snapshot::compile_with(&cfg, Path::new("test.yaml"), previous).unwrap()
+    }
+
+    #[test]
+    fn reload_keeps_state_of_unchanged_parts_only() {
+        let first = compile(BASE, None);
+        let same = compile(
+            &BASE.replace("/b, service: b}", "/b2, service: b}"),
+            Some(&first),
+        );
+        assert!(Arc::ptr_eq(&first.services[0], &same.services[0]));
+        assert!(Arc::ptr_eq(&first.services[1], &same.services[1]));
+        assert!(Arc::ptr_eq(
+            first.auth.as_ref().unwrap(),
+            same.auth.as_ref().unwrap()
+        ));
+        let (l1, l2) = (
+            first.limiter.as_ref().unwrap(),
+            same.limiter.as_ref().unwrap(),
+        );
+        assert!(Arc::ptr_eq(&l1.local, &l2.local));
+
+        let changed = compile(
+            &BASE
+                .replace("['127.0.0.1:2']", "['127.0.0.1:3']")
+                .replace("0123456789-abcdef", "0123456789-abcdeg"),
+            Some(&same),
+        );
+        assert!(Arc::ptr_eq(&same.services[0], &changed.services[0]));
+        assert!(!Arc::ptr_eq(&same.services[1], &changed.services[1]));
+        assert!(!Arc::ptr_eq(
+            same.auth.as_ref().unwrap(),
+            changed.auth.as_ref().unwrap()
+        ));
+        let fresh = compile(BASE, None);
+        assert!(!Arc::ptr_eq(&fresh.services[0], &first.services[0]));
+    }
 }

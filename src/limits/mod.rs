@@ -239,7 +239,10 @@ impl Limiter {
             policies,
             by_name,
             default,
-            local: kept.map_or_else(|| Arc::new(LocalStore::new(cfg.max_keys)), |p| p.local.clone()),
+            local: kept.map_or_else(
+                || Arc::new(LocalStore::new(cfg.max_keys)),
+                |p| p.local.clone(),
+            ),
             max_keys: cfg.max_keys,
             redis,
             on_store_error: cfg.on_store_error,

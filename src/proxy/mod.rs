@@ -684,9 +684,7 @@ impl ProxyHttp for Gateway {
     /// Records the request's metrics and writes its access log line. Always runs, whatever
     /// answered the request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map_or(0, |r| r.status.as_u16());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
         let target = ctx.target();
         let metrics = target.map_or(&*crate::metrics::UNMATCHED, |t| &t.metrics);

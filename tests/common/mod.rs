@@ -55,6 +55,20 @@ pub fn check_config(yaml: &str) -> (bool, String, PathBuf) {
 }
 
 /// The gateway binary running with a test config; killed when dropped.
+/// The config file a test gateway runs with: test server settings, the listener, then `body`.
+fn config_text(dir: &std::path::Path, port: u16, body: &str) -> String {
+    // Tests run in parallel: no admin listener on the fixed default port unless asked.
+    let admin = if body.contains("admin:") {
+        ""
+    } else {
+        "admin: {listen: null}\n"
+    };
+    format!(
+        "server:\n  threads: 2\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\nlisten: ['127.0.0.1:{port}']\n{admin}{body}",
+        d = dir.display()
+    )
+}
+
 pub struct Gateway {
     child: Child,
     pub port: u16,
@@ -67,18 +81,8 @@ impl Gateway {
     pub fn start(body: &str) -> Gateway {
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
-        // Tests run in parallel: no admin listener on the fixed default port unless asked.
-        let admin = if body.contains("admin:") {
-            ""
-        } else {
-            "admin: {listen: null}\n"
-        };
-        let yaml = format!(
-            "server:\n  threads: 2\n  pid_file: {d}/gw.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\nlisten: ['127.0.0.1:{port}']\n{admin}{body}",
-            d = dir.path().display()
-        );
         let path = dir.path().join("gateway.yaml");
-        std::fs::write(&path, yaml).expect("write config");
+        std::fs::write(&path, config_text(dir.path(), port, body)).expect("write config");
         let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
         let child = Command::new(binary())
             .arg("-c")
@@ -91,6 +95,30 @@ impl Gateway {
         let mut gw = Gateway { child, port, dir };
         gw.wait_ready();
         gw
+    }
+
+    /// Rewrites the config file with a new `body` (same server and listen settings).
+    #[allow(dead_code)]
+    pub fn rewrite_config(&self, body: &str) {
+        let text = config_text(self.dir.path(), self.port, body);
+        std::fs::write(self.dir.path().join("gateway.yaml"), text).expect("write config");
+    }
+
+    /// Sends a signal (`HUP`, `QUIT`, ...) to the gateway process.
+    #[allow(dead_code)]
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// The gateway's working directory (config, logs).
+    #[allow(dead_code)]
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     fn wait_ready(&mut self) {
