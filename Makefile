@@ -52,11 +52,20 @@ deps:
 	  fi; \
 	fi
 
-## make install: binary to /usr/local/bin, config to /etc/apigateway, systemd unit.
+## make install: binary to /usr/local/bin, config to /etc/apigateway (pid file and upgrade
+## socket pointed into /run/apigateway, as the unit expects), a system user, the systemd unit.
+## Then: systemctl daemon-reload && systemctl enable --now apigateway.
 install: build
 	install -D -m 0755 $(RELEASE)/apigateway /usr/local/bin/apigateway
 	install -d -m 0755 /etc/apigateway
-	[ -f /etc/apigateway/gateway.yaml ] || install -m 0644 $(CONFIG) /etc/apigateway/gateway.yaml
+	[ -f /etc/apigateway/gateway.yaml ] || sed \
+	  -e 's#pid_file: .*#pid_file: /run/apigateway/apigateway.pid#' \
+	  -e 's#upgrade_sock: .*#upgrade_sock: /run/apigateway/upgrade.sock#' \
+	  $(CONFIG) > /etc/apigateway/gateway.yaml
+	[ -f /etc/apigateway/users.yaml ] || install -m 0640 conf/users.yaml /etc/apigateway/users.yaml
+	id -u apigateway >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin apigateway
+	chgrp apigateway /etc/apigateway/users.yaml
+	/usr/local/bin/apigateway -t -c /etc/apigateway/gateway.yaml
 	install -D -m 0644 systemd/apigateway.service /etc/systemd/system/apigateway.service
 
 clean:

@@ -57,7 +57,17 @@ pub fn reload(path: &std::path::Path, shared: &SharedSnapshot) -> ReloadOutcome 
     ReloadOutcome::Applied
 }
 
-/// Background service reloading the config on SIGHUP.
+/// Set when SIGQUIT or SIGTERM arrives: the process is handing over or stopping.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process has been told to hand over or stop. Pingora only flags its shutdown
+/// when the listeners close (5 s after SIGQUIT); answering `Connection: close` from the
+/// signal on moves clients to the new process while the old one still serves them cleanly.
+pub fn is_draining() -> bool {
+    DRAINING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Background service reloading the config on SIGHUP and noticing SIGQUIT/SIGTERM.
 pub struct ConfigReloader {
     pub path: PathBuf,
     pub snapshot: SharedSnapshot,
@@ -75,12 +85,23 @@ impl BackgroundService for ConfigReloader {
                 return;
             }
         };
+        // Pingora handles these signals itself; listening too only lets us see them.
+        let (mut quit, mut term) =
+            match (signal(SignalKind::quit()), signal(SignalKind::terminate())) {
+                (Ok(q), Ok(t)) => (q, t),
+                _ => {
+                    log::error!("cannot listen for SIGQUIT/SIGTERM; hot reload disabled");
+                    return;
+                }
+            };
         loop {
             tokio::select! {
                 _ = hangup.recv() => {
                     log::info!("SIGHUP: reloading {}", self.path.display());
                     reload(&self.path, &self.snapshot);
                 }
+                _ = quit.recv() => DRAINING.store(true, std::sync::atomic::Ordering::Relaxed),
+                _ = term.recv() => DRAINING.store(true, std::sync::atomic::Ordering::Relaxed),
                 _ = shutdown.changed() => return,
             }
         }

@@ -73,6 +73,7 @@ pub(super) async fn write(
     body: Bytes,
 ) -> Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
+    super::close_if_draining(session);
     session
         .write_response_header(Box::new(header), head_only)
         .await?;

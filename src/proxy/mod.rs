@@ -573,6 +573,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         decorate(ctx, upstream_response);
+        close_if_draining(session);
         let Some(t) = ctx.target().and_then(|t| t.transforms.clone()) else {
             return Ok(());
         };
@@ -730,6 +731,15 @@ impl ProxyHttp for Gateway {
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
         matches!(e.etype(), ErrorType::HTTPStatus(c) if *c < 500)
             || e.esource() == &ErrorSource::Downstream
+    }
+}
+
+/// While the process drains (graceful upgrade or shutdown), answers carry `Connection: close`,
+/// so clients reconnect (to the new process) instead of reusing a connection that is about to
+/// be dropped between two requests.
+pub(crate) fn close_if_draining(session: &mut Session) {
+    if crate::reloader::is_draining() || session.is_process_shutting_down() {
+        session.set_keepalive(None);
     }
 }
 
