@@ -83,6 +83,8 @@ SECRET=bench-secret-0123456789abcdef-0123456789
 gw_config() { # $1 port, $2 number of extra routes
   {
     printf 'server: {threads: 1, pid_file: %s/gw%s.pid, upgrade_sock: %s/gw%s.sock}\n' "$WORK" "$1" "$WORK" "$1"
+    # Like nginx's `access_log off`; one admin listener per gateway would collide on :9090.
+    printf "access_log: {enabled: false}\nadmin: {listen: null}\n"
     printf "listen: ['127.0.0.1:%s']\nservices:\n" "$1"
     printf "  users: {backends: ['127.0.0.1:%s']}\n" "$UP"
     printf "auth:\n  keys:\n    - {kid: hs, alg: HS256, secret: %s}\n    - {kid: rs, alg: RS256, public_key_file: %s}\n" "$SECRET" "$PWD/tests/fixtures/keys/rsa.pub.pem"

@@ -73,8 +73,8 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
         ),
         rate_limited: counter(
             "apigateway_rate_limited_total",
-            "Requests refused by a rate-limit policy, by route",
-            &["route"],
+            "Requests refused by a rate-limit policy, by route and policy",
+            &["route", "policy"],
         ),
         auth_failures: counter(
             "apigateway_auth_failures_total",
@@ -117,7 +117,7 @@ pub struct RouteMetrics {
     /// 1xx, 2xx, 3xx, 4xx, 5xx, and "none" (client gone before an answer).
     by_class: [IntCounter; 6],
     duration: Histogram,
-    rate_limited: IntCounter,
+    route: String,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -141,7 +141,7 @@ impl RouteMetrics {
                 class("none"),
             ],
             duration: m.duration.with_label_values(&[route]),
-            rate_limited: m.rate_limited.with_label_values(&[route]),
+            route: route.to_string(),
         }
     }
 
@@ -155,8 +155,12 @@ impl RouteMetrics {
         self.duration.observe(seconds);
     }
 
-    pub fn rate_limited(&self) {
-        self.rate_limited.inc();
+    /// Counts a refusal by `policy` (a rare path: looked up by label).
+    pub fn rate_limited(&self, policy: &str) {
+        METRICS
+            .rate_limited
+            .with_label_values(&[self.route.as_str(), policy])
+            .inc();
     }
 }
 

@@ -166,7 +166,7 @@ async fn admin_endpoints_expose_health_readiness_and_metrics() {
         r#"apigateway_request_duration_seconds_count{route="api"} 3"#,
         r#"apigateway_upstream_duration_seconds_count{service="a"} 4"#,
         r#"apigateway_auth_failures_total{reason="no_token"} 1"#,
-        r#"apigateway_rate_limited_total{route="once"} 1"#,
+        r#"apigateway_rate_limited_total{policy="one",route="once"} 1"#,
         "apigateway_backend_healthy{backend=",
         "apigateway_build_info{config_hash=",
     ] {

@@ -192,7 +192,7 @@ impl Gateway {
                 Ok(())
             }
             Decision::Refuse(report) => {
-                target.metrics.rate_limited();
+                target.metrics.rate_limited(&report.policy);
                 ctx.limit_outcome = Some("refused");
                 Err(GatewayError::RateLimited(Box::new(report)))
             }
