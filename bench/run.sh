@@ -10,6 +10,7 @@
 #   gw-hdr     gw-3's route plus a request header set (templated) and a response header set
 #   gw-kb      a proxy route to a 1 KB JSON answer
 #   gw-kbt     the same with a JSON response-body transform (rename + remove + set)
+#   gw-log     gw-3's route on a gateway writing the JSON access log to a file
 # Then: RSS of a gateway after 1,000,000 distinct rate-limit keys.
 #   nginx      nginx as a plain reverse proxy, 1 worker, upstream keep-alive
 #   haproxy    HAProxy as a plain reverse proxy, 1 thread, http-reuse always
@@ -41,7 +42,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(port); NGX=$(port); HAP=$(port); GW3=$(port); GW1K=$(port)
+UP=$(port); NGX=$(port); HAP=$(port); GW3=$(port); GW1K=$(port); GWL=$(port)
 
 # Upstream: nginx answering a small JSON body, and a 1 KB one on /kb.
 KB_JSON=$(python3 -c 'import json; print(json.dumps({"id": 42, "service": "catalog", "internal": {"cost": 3}, "items": [{"sku": "sku-%03d" % i, "name": "item number %d" % i, "price": i * 1.5} for i in range(17)]}, separators=(",", ":")))')
@@ -99,15 +100,18 @@ gw_config() { # $1 port, $2 number of extra routes
 }
 gw_config "$GW3" 0
 gw_config "$GW1K" 997
+gw_config "$GWL" 0
+sed -i "s#^access_log: .*#access_log: {path: $WORK/access.log}#" "$WORK/gw$GWL.yaml"
 
 nginx -c "$WORK/up/nginx.conf" & PIDS+=($!); UP_PID=$!
 nginx -c "$WORK/ngx/nginx.conf" & PIDS+=($!); NGX_PID=$!
 haproxy -f "$WORK/haproxy.cfg" -q & PIDS+=($!); HAP_PID=$!
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GW3.yaml" & PIDS+=($!); GW3_PID=$!
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GW1K.yaml" & PIDS+=($!); GW1K_PID=$!
+RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GWL.yaml" & PIDS+=($!); GWL_PID=$!
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
-for p in $UP $NGX $HAP $GW3 $GW1K; do wait_port "$p"; done
+for p in $UP $NGX $HAP $GW3 $GW1K $GWL; do wait_port "$p"; done
 
 # Tokens minted here with openssl, independently of the gateway.
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
@@ -122,12 +126,12 @@ declare -A URL=( [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://1
                  [gw-hs]="http://127.0.0.1:$GW3/api/secure/42" [gw-rs]="http://127.0.0.1:$GW3/api/secure/42"
                  [gw-full]="http://127.0.0.1:$GW3/api/full/42" [gw-agg]="http://127.0.0.1:$GW3/api/agg"
                  [gw-hdr]="http://127.0.0.1:$GW3/api/hdr/42" [gw-kb]="http://127.0.0.1:$GW3/api/kb"
-                 [gw-kbt]="http://127.0.0.1:$GW3/api/kbt"
+                 [gw-kbt]="http://127.0.0.1:$GW3/api/kbt" [gw-log]="http://127.0.0.1:$GWL/api/users/42"
                  [nginx]="http://127.0.0.1:$NGX/api/users/42" [haproxy]="http://127.0.0.1:$HAP/api/users/42"
                  [direct]="http://127.0.0.1:$UP/42" )
-declare -A PID=( [gw-hdr]=$GW3_PID [gw-kb]=$GW3_PID [gw-kbt]=$GW3_PID [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [gw-agg]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
+declare -A PID=( [gw-log]=$GWL_PID [gw-hdr]=$GW3_PID [gw-kb]=$GW3_PID [gw-kbt]=$GW3_PID [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [gw-agg]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
 # BENCH_TARGETS="gw-3 gw-hdr nginx" runs a subset (the summary lines of absent targets are empty).
-TARGETS=(${BENCH_TARGETS:-gw-3 gw-1000 gw-hs gw-rs gw-full gw-agg gw-hdr gw-kb gw-kbt nginx haproxy direct})
+TARGETS=(${BENCH_TARGETS:-gw-3 gw-1000 gw-hs gw-rs gw-full gw-agg gw-hdr gw-kb gw-kbt gw-log nginx haproxy direct})
 
 for t in "${TARGETS[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "${HDR[$t]:-X-Bench: 1}" "${URL[$t]}" || true)
@@ -181,6 +185,8 @@ NGX_RPS=$(awk '$1=="nginx" {print $2}' "$RAW/summary.txt" | median)
   KBT_RPS=$(awk '$1=="gw-kbt" {print $2}' "$RAW/summary.txt" | median)
   echo "Header transform route vs plain route: $(awk -v a="$HDR_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
   echo "JSON response-body transform (1 KB) vs plain 1 KB: $(awk -v a="$KBT_RPS" -v b="$KB_RPS" 'BEGIN {printf "%.3f", a/b}')×"
+  LOG_RPS=$(awk '$1=="gw-log" {print $2}' "$RAW/summary.txt" | median)
+  echo "JSON access log to a file vs no access log: $(awk -v a="$LOG_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
 } | tee "$RAW/table.md"
 
 # One million distinct limiter keys: a fresh gateway, one request per key (x-key header).
