@@ -11,6 +11,10 @@
 #   gw-kb      a proxy route to a 1 KB JSON answer
 #   gw-kbt     the same with a JSON response-body transform (rename + remove + set)
 #   gw-log     gw-3's route on a gateway writing the JSON access log to a file
+#   gw-pipe    the full pipeline of issue #8 (a): route + HS256 + per-user rate limit (never
+#              trips) + a request header set + the security-header preset
+#   haproxy-jwt HAProxy doing (a)'s job: jwt_verify HS256 + exp check, a per-`sub` stick-table
+#              rate limit, the same request header set and the five security headers
 # Then: RSS of a gateway after 1,000,000 distinct rate-limit keys.
 #   nginx      nginx as a plain reverse proxy, 1 worker, upstream keep-alive
 #   haproxy    HAProxy as a plain reverse proxy, 1 thread, http-reuse always
@@ -42,7 +46,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(port); NGX=$(port); HAP=$(port); GW3=$(port); GW1K=$(port); GWL=$(port)
+UP=$(port); NGX=$(port); HAP=$(port); GW3=$(port); GW1K=$(port); GWL=$(port); HAPJ=$(port)
 
 # Upstream: nginx answering a small JSON body, and a 1 KB one on /kb.
 KB_JSON=$(python3 -c 'import json; print(json.dumps({"id": 42, "service": "catalog", "internal": {"cost": 3}, "items": [{"sku": "sku-%03d" % i, "name": "item number %d" % i, "price": i * 1.5} for i in range(17)]}, separators=(",", ":")))')
@@ -79,8 +83,42 @@ backend be
   http-request set-path %[path,regsub(^/api/users/,/)]
   server up 127.0.0.1:$UP
 CONF
-
 SECRET=bench-secret-0123456789abcdef-0123456789
+cat > "$WORK/haproxy-jwt.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 3s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAPJ
+  stick-table type string len 64 size 2m expire 60s store http_req_rate(1s)
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+  http-request return status 401 content-type application/json string '{"error":"Invalid token"}' unless { var(txn.alg) -m str HS256 }
+  http-request return status 401 content-type application/json string '{"error":"Invalid token"}' unless { var(txn.bearer),jwt_verify(txn.alg,"$SECRET") -m int 1 }
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+  http-request set-var(txn.now) date()
+  http-request return status 401 content-type application/json string '{"error":"Invalid token"}' if { var(txn.exp),sub(txn.now) -m int lt 0 }
+  http-request set-var(txn.sub) var(txn.bearer),jwt_payload_query('\$.sub')
+  http-request track-sc0 var(txn.sub)
+  http-request return status 429 content-type application/json string '{"error":"Rate limit exceeded"}' if { sc_http_req_rate(0) gt 1000000000 }
+  http-request set-header X-User-Id %[var(txn.sub)]
+  http-request set-header X-Trace %[uuid]
+  http-response set-header X-Content-Type-Options nosniff
+  http-response set-header X-Frame-Options DENY
+  http-response set-header Referrer-Policy no-referrer
+  http-response set-header Cross-Origin-Opener-Policy same-origin
+  http-response set-header Cross-Origin-Resource-Policy same-origin
+  default_backend be
+backend be
+  http-request set-path %[path,regsub(^/api/pipe/,/)]
+  server up 127.0.0.1:$UP
+CONF
+
 gw_config() { # $1 port, $2 number of extra routes
   {
     printf 'server: {threads: 1, pid_file: %s/gw%s.pid, upgrade_sock: %s/gw%s.sock}\n' "$WORK" "$1" "$WORK" "$1"
@@ -91,6 +129,7 @@ gw_config() { # $1 port, $2 number of extra routes
     printf "auth:\n  keys:\n    - {kid: hs, alg: HS256, secret: %s}\n    - {kid: rs, alg: RS256, public_key_file: %s}\n" "$SECRET" "$PWD/tests/fixtures/keys/rsa.pub.pem"
     printf "rate_limits:\n  max_keys: 2000000\n  policies:\n    bench_user: {requests: 1000000000, period: 1s, key: user}\n    keyed: {requests: 1, period: 1h, key: 'header:x-key'}\n"
     printf "routes:\n  - {path: /api/users, service: users}\n  - {path: /api/secure, service: users, auth: required}\n  - {path: /api/full, service: users, auth: required, rate_limits: [bench_user]}\n  - {path: /api/keyed, service: users, rate_limits: [keyed]}\n"
+    printf "  - {path: /api/pipe, service: users, auth: required, rate_limits: [bench_user], request: {headers: {set: {x-trace: '{request_id}'}}}}\n"
     printf "  - {path: /api/hdr, service: users, request: {headers: {set: {x-trace: '{request_id}'}}}, response: {headers: {set: {x-served-by: gateway}}}}\n"
     printf "  - {path: /api/kb, service: users, rewrite: /kb}\n"
     printf "  - {path: /api/kbt, service: users, rewrite: /kb, response: {body: {rename: {service: catalog_name}, remove: [internal], set: {gateway: true}}}}\n"
@@ -106,12 +145,13 @@ sed -i "s#^access_log: .*#access_log: {path: $WORK/access.log}#" "$WORK/gw$GWL.y
 nginx -c "$WORK/up/nginx.conf" & PIDS+=($!); UP_PID=$!
 nginx -c "$WORK/ngx/nginx.conf" & PIDS+=($!); NGX_PID=$!
 haproxy -f "$WORK/haproxy.cfg" -q & PIDS+=($!); HAP_PID=$!
+haproxy -f "$WORK/haproxy-jwt.cfg" -q & PIDS+=($!); HAPJ_PID=$!
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GW3.yaml" & PIDS+=($!); GW3_PID=$!
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GW1K.yaml" & PIDS+=($!); GW1K_PID=$!
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GWL.yaml" & PIDS+=($!); GWL_PID=$!
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
-for p in $UP $NGX $HAP $GW3 $GW1K $GWL; do wait_port "$p"; done
+for p in $UP $NGX $HAP $HAPJ $GW3 $GW1K $GWL; do wait_port "$p"; done
 
 # Tokens minted here with openssl, independently of the gateway.
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
@@ -120,18 +160,19 @@ HS_IN="$(printf '{"alg":"HS256","typ":"JWT","kid":"hs"}' | b64url).$PAYLOAD"
 RS_IN="$(printf '{"alg":"RS256","typ":"JWT","kid":"rs"}' | b64url).$PAYLOAD"
 HS_TOKEN="$HS_IN.$(printf %s "$HS_IN" | openssl dgst -sha256 -hmac "$SECRET" -binary | b64url)"
 RS_TOKEN="$RS_IN.$(printf %s "$RS_IN" | openssl dgst -sha256 -sign tests/fixtures/keys/rsa.pem -binary | b64url)"
-declare -A HDR=( [gw-hs]="Authorization: Bearer $HS_TOKEN" [gw-rs]="Authorization: Bearer $RS_TOKEN" [gw-full]="Authorization: Bearer $HS_TOKEN" )
+declare -A HDR=( [gw-pipe]="Authorization: Bearer $HS_TOKEN" [haproxy-jwt]="Authorization: Bearer $HS_TOKEN" [gw-hs]="Authorization: Bearer $HS_TOKEN" [gw-rs]="Authorization: Bearer $RS_TOKEN" [gw-full]="Authorization: Bearer $HS_TOKEN" )
 
 declare -A URL=( [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://127.0.0.1:$GW1K/api/users/42"
                  [gw-hs]="http://127.0.0.1:$GW3/api/secure/42" [gw-rs]="http://127.0.0.1:$GW3/api/secure/42"
                  [gw-full]="http://127.0.0.1:$GW3/api/full/42" [gw-agg]="http://127.0.0.1:$GW3/api/agg"
                  [gw-hdr]="http://127.0.0.1:$GW3/api/hdr/42" [gw-kb]="http://127.0.0.1:$GW3/api/kb"
                  [gw-kbt]="http://127.0.0.1:$GW3/api/kbt" [gw-log]="http://127.0.0.1:$GWL/api/users/42"
+                 [gw-pipe]="http://127.0.0.1:$GW3/api/pipe/42" [haproxy-jwt]="http://127.0.0.1:$HAPJ/api/pipe/42"
                  [nginx]="http://127.0.0.1:$NGX/api/users/42" [haproxy]="http://127.0.0.1:$HAP/api/users/42"
                  [direct]="http://127.0.0.1:$UP/42" )
-declare -A PID=( [gw-log]=$GWL_PID [gw-hdr]=$GW3_PID [gw-kb]=$GW3_PID [gw-kbt]=$GW3_PID [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [gw-agg]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
+declare -A PID=( [gw-pipe]=$GW3_PID [haproxy-jwt]=$HAPJ_PID [gw-log]=$GWL_PID [gw-hdr]=$GW3_PID [gw-kb]=$GW3_PID [gw-kbt]=$GW3_PID [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [gw-agg]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
 # BENCH_TARGETS="gw-3 gw-hdr nginx" runs a subset (the summary lines of absent targets are empty).
-TARGETS=(${BENCH_TARGETS:-gw-3 gw-1000 gw-hs gw-rs gw-full gw-agg gw-hdr gw-kb gw-kbt gw-log nginx haproxy direct})
+TARGETS=(${BENCH_TARGETS:-gw-3 gw-1000 gw-hs gw-rs gw-full gw-agg gw-hdr gw-kb gw-kbt gw-log gw-pipe nginx haproxy haproxy-jwt direct})
 
 for t in "${TARGETS[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "${HDR[$t]:-X-Bench: 1}" "${URL[$t]}" || true)
@@ -186,6 +227,14 @@ NGX_RPS=$(awk '$1=="nginx" {print $2}' "$RAW/summary.txt" | median)
   echo "Header transform route vs plain route: $(awk -v a="$HDR_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
   echo "JSON response-body transform (1 KB) vs plain 1 KB: $(awk -v a="$KBT_RPS" -v b="$KB_RPS" 'BEGIN {printf "%.3f", a/b}')×"
   LOG_RPS=$(awk '$1=="gw-log" {print $2}' "$RAW/summary.txt" | median)
+  PIPE_RPS=$(awk '$1=="gw-pipe" {print $2}' "$RAW/summary.txt" | median)
+  HAPJ_RPS=$(awk '$1=="haproxy-jwt" {print $2}' "$RAW/summary.txt" | median)
+  PIPE_P99=$(awk '$1=="gw-pipe" {print $4}' "$RAW/summary.txt" | median)
+  NGX_P99=$(awk '$1=="nginx" {print $4}' "$RAW/summary.txt" | median)
+  echo "Full pipeline (a) vs nginx plain proxy (c): $(awk -v a="$PIPE_RPS" -v b="$NGX_RPS" 'BEGIN {printf "%.3f", a/b}')× (target >= 1.0)"
+  echo "Full pipeline (a) vs HAProxy doing the same job (d): $(awk -v a="$PIPE_RPS" -v b="$HAPJ_RPS" 'BEGIN {printf "%.3f", a/b}')× (target >= 1.2)"
+  echo "Proxy-only route (b) vs nginx (c): $(awk -v a="$GW3_RPS" -v b="$NGX_RPS" 'BEGIN {printf "%.3f", a/b}')× (target >= 1.05)"
+  echo "p99 of (a) minus p99 of nginx: $(awk -v a="$PIPE_P99" -v b="$NGX_P99" 'BEGIN {printf "%.3f", a-b}') ms (target <= 0.5)"
   echo "JSON access log to a file vs no access log: $(awk -v a="$LOG_RPS" -v b="$GW3_RPS" 'BEGIN {printf "%.3f", a/b}')×"
 } | tee "$RAW/table.md"
 

@@ -111,7 +111,7 @@ impl Template {
         vars: &TemplateVars<'_>,
         encode_claim: impl Fn(&str, &mut String),
     ) -> Result<String, Missing> {
-        let mut out = String::new();
+        let mut out = String::with_capacity(64);
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),

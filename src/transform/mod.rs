@@ -225,8 +225,9 @@ impl HeaderOps {
         for (_, name, source) in &self.writes {
             if let HeaderSource::Template(t) = source {
                 let value = match t.render(vars, crate::template::verbatim) {
+                    // From the String itself: validated, not copied.
                     Ok(v) => Some(
-                        HeaderValue::from_str(&v)
+                        HeaderValue::try_from(v)
                             .map_err(|_| UnsafeHeaderValue(name.name.to_string()))?,
                     ),
                     Err(_) => None,
