@@ -132,7 +132,11 @@ async fn graceful_upgrade_and_reload_under_load_lose_no_request() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flowing = eventually(Duration::from_secs(5), || async {
+        ok.load(Ordering::Relaxed) >= 20
+    })
+    .await;
+    assert!(flowing, "no traffic before the upgrade");
 
     // The upgrade, in the systemd unit's order: SIGQUIT to the old process (it keeps serving
     // and retries handing its sockets over for 5 s), then the new one with -u takes them.
@@ -170,13 +174,14 @@ async fn graceful_upgrade_and_reload_under_load_lose_no_request() {
     })
     .await;
     assert!(live, "{}", d.error_log());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Keep the load running a little past the reload before stopping it.
+    let after = eventually(Duration::from_secs(5), || async {
+        ok.load(Ordering::Relaxed) >= before_reload + 50
+    })
+    .await;
+    assert!(after, "no traffic after the reload");
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
-    assert!(
-        ok.load(Ordering::Relaxed) > before_reload,
-        "no traffic after the reload"
-    );
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
