@@ -43,6 +43,9 @@ pub enum GatewayError {
     UnsafeHeaderValue { header: String },
     /// A JSON request body transform got a body that is not a JSON object.
     InvalidJsonBody,
+    /// A `Content-Length` that is not plain digits (`+5`, `-0`, `5,5`) or several that
+    /// disagree: the body's end is ambiguous, so the connection is closed after the answer.
+    InvalidFraming,
     /// A rate-limit policy refused the request; the report fills the headers.
     RateLimited(Box<crate::limits::LimitReport>),
     /// The shared rate-limit store is down and `on_store_error: deny`.
@@ -73,7 +76,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => 413,
             GatewayError::UriTooLong => 414,
             GatewayError::HeadersTooLarge => 431,
-            GatewayError::UnsafeHeaderValue { .. } | GatewayError::InvalidJsonBody => 400,
+            GatewayError::UnsafeHeaderValue { .. }
+            | GatewayError::InvalidJsonBody
+            | GatewayError::InvalidFraming => 400,
             GatewayError::RateLimited(_) => 429,
             GatewayError::LimiterUnavailable => 503,
             GatewayError::AggregateCallFailed { .. } | GatewayError::AggregateConflict { .. } => {
@@ -175,6 +180,7 @@ impl fmt::Display for GatewayError {
             GatewayError::InvalidJsonBody => {
                 f.write_str("Bad request: the body must be a JSON object")
             }
+            GatewayError::InvalidFraming => f.write_str("Bad request: invalid Content-Length"),
             GatewayError::RateLimited(_) => f.write_str("Rate limit exceeded"),
             GatewayError::LimiterUnavailable => f.write_str("Rate limiter unavailable"),
             GatewayError::AggregateCallFailed { call, reason } => {

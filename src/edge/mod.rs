@@ -61,6 +61,26 @@ impl EdgeLimits {
     }
 }
 
+/// Re-checks `Content-Length` framing (RFC 9110 §8.6: `1*DIGIT`, several only if equal).
+/// Pingora's parser reads the value as a signed integer and so accepts `+5` and `-0`; an
+/// upstream that reads it differently would see another body length (request smuggling).
+pub fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
+    let mut first: Option<&[u8]> = None;
+    for v in req.headers.get_all(http::header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let digits = part.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(GatewayError::InvalidFraming);
+            }
+            match first {
+                Some(f) if f != digits => return Err(GatewayError::InvalidFraming),
+                _ => first = Some(digits),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks a declared `Content-Length` against a body limit.
 pub fn check_content_length(req: &RequestHeader, max: u64) -> Result<(), GatewayError> {
     let declared = req
@@ -221,6 +241,32 @@ mod tests {
             "/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a;x", "/a%zz", "/a%4",
         ] {
             assert!(n(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_length_must_be_plain_equal_digits() {
+        let req = |values: &[&str]| {
+            let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+            for v in values {
+                r.append_header("content-length", *v).unwrap();
+            }
+            check_framing(&r)
+        };
+        assert!(req(&["5"]).is_ok());
+        assert!(req(&["5, 5"]).is_ok());
+        assert!(req(&["5", "5"]).is_ok());
+        assert!(req(&[]).is_ok());
+        for bad in [
+            &["+5"][..],
+            &["-0"],
+            &["5,6"],
+            &["0x5"],
+            &["5_0"],
+            &[""],
+            &["5", "6"],
+        ] {
+            assert_eq!(req(bad), Err(GatewayError::InvalidFraming), "{bad:?}");
         }
     }
 

@@ -36,6 +36,10 @@ pub(super) async fn respond(
 ) -> Result<bool> {
     let (mut header, body) = err.to_response(&ctx.request_id);
     decorate(ctx, &mut header);
+    if *err == GatewayError::InvalidFraming {
+        // Where this request's body ends is ambiguous: never read another one after it.
+        session.set_keepalive(None);
+    }
     write(session, header, body).await?;
     Ok(true)
 }

@@ -239,6 +239,7 @@ impl Gateway {
     /// Everything `request_filter` decides before proxying; `Ok(true)` when it answered.
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool, Answer> {
         let snapshot = self.begin(session, ctx);
+        edge::check_framing(session.req_header())?;
         snapshot.limits.check_head(session.req_header())?;
         let path = edge::normalize_path(session.req_header().uri.path())
             .map_err(GatewayError::BadRequest)?;
