@@ -67,15 +67,17 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$NGX;
     location /api/users/ { proxy_pass http://backend/; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
-cat > "$WORK/haproxy.cfg" <<CONF
-global
+# Both HAProxy targets: one thread (like nginx's one worker), upstream connection reuse.
+HAP_COMMON='global
   nbthread 1
 defaults
   mode http
   timeout connect 3s
   timeout client 30s
   timeout server 30s
-  http-reuse always
+  http-reuse always'
+cat > "$WORK/haproxy.cfg" <<CONF
+$HAP_COMMON
 frontend fe
   bind 127.0.0.1:$HAP
   default_backend be
@@ -85,14 +87,7 @@ backend be
 CONF
 SECRET=bench-secret-0123456789abcdef-0123456789
 cat > "$WORK/haproxy-jwt.cfg" <<CONF
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 3s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
+$HAP_COMMON
 frontend fe
   bind 127.0.0.1:$HAPJ
   stick-table type string len 64 size 2m expire 60s store http_req_rate(1s)

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 
 /// The `admin:` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin listener; `null` turns it off.

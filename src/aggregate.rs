@@ -418,12 +418,8 @@ impl Aggregate {
         };
         let mut out = call
             .path
-            .render(&vars, |value, out| {
-                out.extend(percent_encoding::utf8_percent_encode(
-                    value,
-                    UNRESERVED_KEPT,
-                ))
-            })
+            // Claims are percent-encoded: a claim can never add path segments or a query.
+            .render(&vars, crate::template::percent_encoded)
             .map_err(|m| m.to_string())?;
         if call.pass_query
             && let Some(q) = cx.query.filter(|q| !q.is_empty())
@@ -434,11 +430,3 @@ impl Aggregate {
         Ok(out)
     }
 }
-
-/// Claim values are percent-encoded except RFC 3986 unreserved characters, so a claim can
-/// never add path segments, a query or a fragment to the sub-call.
-const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');

@@ -55,7 +55,7 @@ pub struct GatewayConfig {
 }
 
 /// The subset of Pingora's `ServerConf` a user can set, with defaults that fit systemd.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     /// Worker threads for the proxy; 0 means one per CPU core.

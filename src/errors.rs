@@ -142,9 +142,8 @@ impl GatewayError {
             }
             _ => {}
         }
-        if !request_id.is_empty() {
-            let _ = header.insert_header("x-request-id", request_id);
-        }
+        // `X-Request-Id` and the other headers every answer carries are added by the proxy's
+        // `decorate`, the one place for them.
         (header, body)
     }
 }

@@ -40,10 +40,20 @@ pub fn reload(path: &std::path::Path, shared: &SharedSnapshot) -> ReloadOutcome 
             next.listen
         );
     }
-    if format!("{:?}", next.server) != format!("{:?}", current.server) {
-        log::warn!(
-            "config reload: `server:` settings changed; they apply only after a graceful upgrade"
-        );
+    // Read once at process start: only a graceful upgrade applies them.
+    for (section, changed) in [
+        ("server", next.server != current.server),
+        ("admin", next.admin != current.admin),
+        (
+            "access_log.path",
+            next.access_log.path != current.access_log.path,
+        ),
+    ] {
+        if changed {
+            log::warn!(
+                "config reload: `{section}` changed; it applies only after a graceful upgrade"
+            );
+        }
     }
     log::info!(
         "config reloaded from {}: {} routes, {} services",

@@ -149,6 +149,19 @@ pub fn verbatim(value: &str, out: &mut String) {
     out.push_str(value);
 }
 
+/// Everything but RFC 3986 unreserved characters gets percent-encoded, so a value placed in a
+/// path or a query can never add segments, parameters, a query or a fragment.
+pub const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Inserts a claim value percent-encoded (see [`UNRESERVED`]).
+pub fn percent_encoded(value: &str, out: &mut String) {
+    out.extend(percent_encoding::utf8_percent_encode(value, UNRESERVED));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,16 +10,7 @@ use std::time::{Duration, Instant};
 const SECRET: &str = "aggregate-secret-0123456789-abcdefghijk";
 
 fn token(sub: &str) -> String {
-    let claims =
-        json!({"sub": sub, "role": "user", "exp": jsonwebtoken::get_current_timestamp() + 600});
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    h.kid = Some("k".into());
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256_token(SECRET, json!({"sub": sub, "role": "user"}))
 }
 
 /// Two echo services `a` and `b` plus the given aggregate route block.

@@ -9,16 +9,7 @@ use serde_json::{Value, json};
 const SECRET: &str = "edge-secret-0123456789-abcdefghijklmnop";
 
 fn token(role: &str) -> String {
-    let claims =
-        json!({"sub": "u1", "role": role, "exp": jsonwebtoken::get_current_timestamp() + 600});
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    h.kid = Some("k".into());
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256_token(SECRET, json!({"sub": "u1", "role": role}))
 }
 
 struct Site {

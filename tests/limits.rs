@@ -13,16 +13,8 @@ fn token(sub: &str) -> String {
 }
 
 /// An HS256 token with these claims plus a 10-minute `exp`.
-fn token_with(mut claims: serde_json::Value) -> String {
-    claims["exp"] = json!(jsonwebtoken::get_current_timestamp() + 600);
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    h.kid = Some("k".into());
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+fn token_with(claims: serde_json::Value) -> String {
+    hs256_token(SECRET, claims)
 }
 
 /// Config with one upstream, an `auth:` section, the given policies and routes.

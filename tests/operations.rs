@@ -12,15 +12,7 @@ use std::time::Duration;
 const SECRET: &str = "operations-secret-0123456789-abcdefghi";
 
 fn token(sub: &str) -> String {
-    let claims = json!({"sub": sub, "exp": jsonwebtoken::get_current_timestamp() + 600});
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    h.kid = Some("k".into());
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256_token(SECRET, json!({"sub": sub}))
 }
 
 fn body(a: &EchoServer, b: &EchoServer, routes: &str) -> String {

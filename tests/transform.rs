@@ -9,16 +9,7 @@ use serde_json::{Value, json};
 const SECRET: &str = "transform-secret-0123456789-abcdefghijk";
 
 fn token(claims: Value) -> String {
-    let mut claims = claims;
-    claims["exp"] = json!(jsonwebtoken::get_current_timestamp() + 600);
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    h.kid = Some("k".into());
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256_token(SECRET, claims)
 }
 
 async fn setup(routes: &str, extra: &str) -> (EchoServer, Gateway) {

@@ -81,14 +81,17 @@ pub fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// Checks a declared `Content-Length` against a body limit.
-pub fn check_content_length(req: &RequestHeader, max: u64) -> Result<(), GatewayError> {
-    let declared = req
-        .headers
+/// The `Content-Length` a request or response declares, if any and readable.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match declared {
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Checks a declared `Content-Length` against a body limit.
+pub fn check_content_length(req: &RequestHeader, max: u64) -> Result<(), GatewayError> {
+    match declared_length(&req.headers) {
         Some(n) if n > max => Err(GatewayError::PayloadTooLarge),
         _ => Ok(()),
     }

@@ -11,7 +11,10 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 /// Adds what every response carries: the request id, the rate-limit report, the security
 /// headers and CORS of the route (or the top-level ones when no route matched).
 pub(super) fn decorate(ctx: &RequestCtx, h: &mut ResponseHeader) {
-    let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
+    // Empty only when Pingora failed the request before `request_filter` ran.
+    if !ctx.request_id.is_empty() {
+        let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
+    }
     if let Some(report) = &ctx.limit_report {
         report.write(h);
     }

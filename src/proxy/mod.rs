@@ -761,11 +761,7 @@ fn body_rewritable(req: &RequestHeader, resp: &ResponseHeader, cap: usize) -> bo
     {
         return false;
     }
-    let declared = h
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    declared.is_none_or(|n| n <= cap)
+    edge::declared_length(h).is_none_or(|n| n <= cap as u64)
 }
 
 /// Matches the route once. A CORS preflight is matched with the method it asks about.

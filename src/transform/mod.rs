@@ -307,13 +307,6 @@ macro_rules! header_edit {
 header_edit!(RequestHeader);
 header_edit!(ResponseHeader);
 
-/// Characters a query value may contain unencoded (RFC 3986 unreserved).
-const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
 /// Compiled query operations. Names are compared as written in the query (not decoded); new
 /// values are percent-encoded, so a template can never add a parameter.
 #[derive(Debug, Clone, Default)]
@@ -386,9 +379,9 @@ impl QueryOps {
             }
         }
         let render = |t: &Template| {
-            t.render(vars, crate::template::verbatim)
-                .ok()
-                .map(|v| percent_encoding::utf8_percent_encode(&v, QUERY_VALUE).to_string())
+            t.render(vars, crate::template::verbatim).ok().map(|v| {
+                percent_encoding::utf8_percent_encode(&v, crate::template::UNRESERVED).to_string()
+            })
         };
         for (name, t) in &self.set {
             if let Some(v) = render(t) {

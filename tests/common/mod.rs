@@ -12,6 +12,20 @@ use std::time::{Duration, Instant};
 #[allow(unused_imports)]
 pub use echo::EchoServer;
 
+/// An HS256 token with key id `k`, signed with `secret`: `claims` plus a 10-minute `exp`.
+/// Minted here with jsonwebtoken's encoder, independently of the gateway's verifier.
+pub fn hs256_token(secret: &str, mut claims: serde_json::Value) -> String {
+    claims["exp"] = serde_json::json!(jsonwebtoken::get_current_timestamp() + 600);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k".into());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
+}
+
 /// A loopback port that was free a moment ago (the OS picks it, then we release it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -98,14 +112,12 @@ impl Gateway {
     }
 
     /// Rewrites the config file with a new `body` (same server and listen settings).
-    #[allow(dead_code)]
     pub fn rewrite_config(&self, body: &str) {
         let text = config_text(self.dir.path(), self.port, body);
         std::fs::write(self.dir.path().join("gateway.yaml"), text).expect("write config");
     }
 
     /// Sends a signal (`HUP`, `QUIT`, ...) to the gateway process.
-    #[allow(dead_code)]
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
@@ -116,7 +128,6 @@ impl Gateway {
     }
 
     /// The gateway's working directory (config, logs).
-    #[allow(dead_code)]
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
