@@ -8,7 +8,7 @@
 //! `burst + requests - 1`. Remaining and reset follow from the TAT, so the headers are exact.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -84,12 +84,36 @@ fn ceil_secs(ns: u64) -> u64 {
 
 const SHARDS: usize = 64;
 
+/// Map keys are already keyed 128-bit hashes, so hashing them again (SipHash, the std
+/// default) would only cost time; this hasher passes the upper 64 bits through. Written by
+/// hand because it is six lines and only valid for this one key type.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is expected; fold anything else so the hasher stays correct.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, key: u128) {
+        // The low bits pick the shard; the high bits spread keys inside it.
+        self.0 = (key >> 64) as u64;
+    }
+}
+
+type Shard = HashMap<u128, u64, BuildHasherDefault<PreHashed>>;
+
 /// Per-key TATs in lock-sharded maps, bounded by a key cap.
 ///
 /// Keys are 128-bit keyed hashes of the key text (random per process), so a million keys cost
 /// ~24 bytes each plus map overhead, and an attacker cannot aim collisions without the seed.
 pub struct LocalStore {
-    shards: Box<[Mutex<HashMap<u128, u64>>]>,
+    shards: Box<[Mutex<Shard>]>,
     per_shard_cap: usize,
     hashers: (RandomState, RandomState),
     epoch: Instant,
@@ -101,7 +125,7 @@ pub struct LocalStore {
 impl LocalStore {
     pub fn new(max_keys: usize) -> Self {
         LocalStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard_cap: max_keys.div_ceil(SHARDS).max(1),
             hashers: (RandomState::new(), RandomState::new()),
             epoch: Instant::now(),
@@ -132,22 +156,25 @@ impl LocalStore {
         let now = self.now();
         let shard = &self.shards[(key as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let tat = map.get(&key).copied().unwrap_or(0);
-        let (new_tat, verdict) = gcra.apply(tat, now);
+        if let Some(tat) = map.get_mut(&key) {
+            let (new_tat, verdict) = gcra.apply(*tat, now);
+            *tat = new_tat;
+            return verdict;
+        }
+        let (new_tat, verdict) = gcra.apply(0, now);
         if verdict.allowed {
-            if !map.contains_key(&key) && map.len() >= self.per_shard_cap {
+            if map.len() >= self.per_shard_cap {
                 self.make_room(&mut map, now);
             }
-            if map.insert(key, new_tat).is_none() {
-                self.keys.fetch_add(1, Ordering::Relaxed);
-            }
+            map.insert(key, new_tat);
+            self.keys.fetch_add(1, Ordering::Relaxed);
         }
         verdict
     }
 
     /// A full shard first drops idle keys (full buckets, nothing to remember); if every key is
     /// active it forgets one arbitrary key, whose next request starts with a fresh bucket.
-    fn make_room(&self, map: &mut HashMap<u128, u64>, now: u64) {
+    fn make_room(&self, map: &mut Shard, now: u64) {
         let before = map.len();
         map.retain(|_, tat| *tat > now);
         self.keys.fetch_sub(before - map.len(), Ordering::Relaxed);

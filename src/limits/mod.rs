@@ -144,20 +144,38 @@ pub struct LimitReport {
 impl LimitReport {
     /// Adds `X-RateLimit-*` and the IETF draft `RateLimit-Policy` / `RateLimit` headers.
     pub fn write(&self, h: &mut ResponseHeader) {
+        use std::fmt::Write;
         let v = &self.verdict;
-        let _ = h.insert_header(X_LIMIT, self.limit_value.clone());
-        let _ = h.insert_header(X_REMAINING, HeaderValue::from(v.remaining));
-        let _ = h.insert_header(X_RESET, HeaderValue::from(v.reset_secs));
-        let _ = h.insert_header(POLICY, self.policy_value.clone());
-        let _ = h.insert_header(
-            RATELIMIT,
-            format!("\"{}\";r={};t={}", self.policy, v.remaining, v.reset_secs),
+        // The per-request values are rendered into one buffer and handed out as slices of it:
+        // one allocation instead of one per header value.
+        let mut buf = bytes::BytesMut::with_capacity(48 + self.policy.len());
+        let _ = write!(buf, "{}", v.remaining);
+        let remaining = buf.len();
+        let _ = write!(buf, "{}", v.reset_secs);
+        let reset = buf.len();
+        let _ = write!(
+            buf,
+            "\"{}\";r={};t={}",
+            self.policy, v.remaining, v.reset_secs
         );
+        let ratelimit = buf.len();
         if !v.allowed {
-            let _ = h.insert_header(
-                http::header::RETRY_AFTER,
-                HeaderValue::from(v.retry_after_secs),
-            );
+            let _ = write!(buf, "{}", v.retry_after_secs);
+        }
+        let buf = buf.freeze();
+        // Digits and a policy name checked at compile time: always valid header values.
+        let _ = h.insert_header(X_LIMIT, self.limit_value.clone());
+        let _ = h.insert_header(POLICY, self.policy_value.clone());
+        let mut put = |name: &'static str, r: std::ops::Range<usize>| {
+            if let Ok(value) = HeaderValue::from_maybe_shared(buf.slice(r)) {
+                let _ = h.insert_header(name, value);
+            }
+        };
+        put(X_REMAINING, 0..remaining);
+        put(X_RESET, remaining..reset);
+        put(RATELIMIT, reset..ratelimit);
+        if !v.allowed {
+            put("retry-after", ratelimit..buf.len());
         }
     }
 }
@@ -276,8 +294,9 @@ impl Limiter {
         let mut guards = Vec::new();
         for &id in policy_ids {
             let policy = &self.policies[id];
-            let key = key_text(policy, inputs);
-            let verdict = match self.verdict(policy, &key).await {
+            let text = key_text(policy, inputs);
+            let key = self.local.key(&[&policy.store_id, text.tag, text.value()]);
+            let verdict = match self.verdict(policy, key, &text).await {
                 Some(v) => v,
                 None if self.on_store_error == OnStoreError::Deny => return Decision::StoreDown,
                 None => continue,
@@ -314,16 +333,20 @@ impl Limiter {
     }
 
     /// `None` when the shared store failed and the configured answer is not `local`.
-    async fn verdict(&self, policy: &Policy, key: &[u8]) -> Option<Verdict> {
-        let local = || {
-            self.local
-                .check(self.local.key(&[&policy.store_id, key]), &policy.gcra)
-        };
+    /// `key` is `text` hashed for the local store (with a per-process seed).
+    async fn verdict(&self, policy: &Policy, key: u128, text: &KeyText<'_>) -> Option<Verdict> {
+        let local = || self.local.check(key, &policy.gcra);
         let Some(redis) = &self.redis else {
             return Some(local());
         };
-        // Fixed-size, deterministic Redis keys whatever the header or claim value.
-        let digest = Sha256::digest([&policy.store_id[..], b"\xff", key].concat());
+        // Fixed-size, deterministic Redis keys whatever the header or claim value: every
+        // gateway instance must derive the same key, so no per-process seed here.
+        let digest = Sha256::new()
+            .chain_update(&policy.store_id)
+            .chain_update(b"\xff")
+            .chain_update(text.tag)
+            .chain_update(text.value())
+            .finalize();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         match redis.check(&hex, &policy.gcra).await {
             Ok(v) => Some(v),
@@ -337,24 +360,62 @@ fn ratio(remaining: u64, limit: u64) -> f64 {
     remaining as f64 / limit.max(1) as f64
 }
 
-/// The text a policy keys on. Anonymous callers of identity-keyed policies fall back to their
-/// address, and an IPv6 address counts as its /64 (one subscriber usually owns the whole /64).
-fn key_text(policy: &Policy, inputs: &KeyInputs<'_>) -> Vec<u8> {
-    let ip = || match inputs.client_ip {
-        IpAddr::V4(v4) => format!("ip:{v4}").into_bytes(),
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]).into_bytes()
+/// The text a policy keys on: a static tag and the identifying bytes, borrowed from the
+/// request where possible so the common keys (user, IP, route) cost no allocation.
+struct KeyText<'a> {
+    tag: &'static [u8],
+    value: KeyValue<'a>,
+}
+
+enum KeyValue<'a> {
+    Borrowed(&'a [u8]),
+    Inline([u8; 8], usize),
+    Owned(Vec<u8>),
+}
+
+impl KeyText<'_> {
+    fn value(&self) -> &[u8] {
+        match &self.value {
+            KeyValue::Borrowed(b) => b,
+            KeyValue::Inline(b, len) => &b[..*len],
+            KeyValue::Owned(v) => v,
         }
+    }
+}
+
+/// Anonymous callers of identity-keyed policies fall back to their address, and an IPv6
+/// address counts as its /64 (one subscriber usually owns the whole /64).
+fn key_text<'a>(policy: &'a Policy, inputs: &'a KeyInputs<'_>) -> KeyText<'a> {
+    let ip = || match inputs.client_ip {
+        IpAddr::V4(v4) => {
+            let mut b = [0; 8];
+            b[..4].copy_from_slice(&v4.octets());
+            KeyText {
+                tag: b"ip:",
+                value: KeyValue::Inline(b, 4),
+            }
+        }
+        IpAddr::V6(v6) => {
+            let mut b = [0; 8];
+            b.copy_from_slice(&v6.octets()[..8]);
+            KeyText {
+                tag: b"ip6/64:",
+                value: KeyValue::Inline(b, 8),
+            }
+        }
+    };
+    let borrowed = |tag, value| KeyText {
+        tag,
+        value: KeyValue::Borrowed(value),
     };
     match &policy.key {
         KeySource::User => match inputs.identity.and_then(|i| i.subject.as_deref()) {
-            Some(sub) => [b"user:".as_slice(), sub.as_bytes()].concat(),
+            Some(sub) => borrowed(b"user:", sub.as_bytes()),
             None => ip(),
         },
         KeySource::Ip => ip(),
         KeySource::Header(name) => match inputs.headers.get(name) {
-            Some(v) => [b"hdr:".as_slice(), v.as_bytes()].concat(),
+            Some(v) => borrowed(b"hdr:", v.as_bytes()),
             None => ip(),
         },
         KeySource::Claim(path) => {
@@ -365,11 +426,17 @@ fn key_text(policy: &Policy, inputs: &KeyInputs<'_>) -> Vec<u8> {
             if values.is_empty() {
                 ip()
             } else {
-                format!("claim:{}", values.join(",")).into_bytes()
+                KeyText {
+                    tag: b"claim:",
+                    value: KeyValue::Owned(values.join(",").into_bytes()),
+                }
             }
         }
-        KeySource::Route => format!("route:{}", inputs.route).into_bytes(),
-        KeySource::Global => b"global".to_vec(),
+        KeySource::Route => KeyText {
+            tag: b"route:",
+            value: KeyValue::Inline((inputs.route as u64).to_le_bytes(), 8),
+        },
+        KeySource::Global => borrowed(b"global", b""),
     }
 }
 
