@@ -313,7 +313,7 @@ impl Limiter {
                 return Decision::Refuse(this);
             }
             if let Some(max) = policy.concurrency {
-                let (guard, in_flight) = self.inflight.incr(&key, 1);
+                let (guard, in_flight) = self.inflight.incr(key, 1);
                 if in_flight > max as isize {
                     let mut refused = this;
                     refused.verdict.allowed = false;
