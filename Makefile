@@ -9,11 +9,13 @@ RELEASE := target/release
 .PHONY: run test deps build lint unit bench bench-smoke install clean
 
 ## make run: build in release mode, start the demo services (users, products, orders on
-## 127.0.0.1:3001-3003) and the gateway on 0.0.0.0:8080. Ctrl-C stops everything.
+## 127.0.0.1:3001-3003) and the gateway on 0.0.0.0:8080 (HTTP) and 8443 (HTTPS, HTTP/2; a demo
+## certificate is generated into conf/tls/ on first run). Ctrl-C stops everything.
 run: deps build
+	@$(RELEASE)/examples/demo_services --write-cert conf/tls
 	@$(RELEASE)/examples/demo_services & demo=$$!; \
 	trap 'kill $$demo 2>/dev/null; wait $$demo 2>/dev/null' EXIT INT TERM; \
-	echo "gateway on http://localhost:8080 — try: curl http://localhost:8080/api/users"; \
+	echo "gateway on http://localhost:8080 and https://localhost:8443 — try: curl http://localhost:8080/api/public or curl -k --http2 https://localhost:8443/api/public"; \
 	$(RELEASE)/apigateway -c $(CONFIG)
 
 ## make test: formatting, lints, unit and integration tests (real upstreams, real gateway).

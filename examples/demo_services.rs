@@ -3,9 +3,29 @@
 
 #[path = "../tests/common/echo.rs"]
 mod echo;
+#[path = "../tests/common/pki.rs"]
+mod pki;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
+    // `demo_services --write-cert DIR`: the demo's TLS files, made once (kept if present).
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, dir] = args.as_slice()
+        && flag == "--write-cert"
+    {
+        let dir = std::path::Path::new(dir);
+        if !dir.join("localhost.crt").exists() {
+            let ca = pki::TestCa::new("apigateway demo CA");
+            std::fs::create_dir_all(dir)?;
+            ca.write(dir, "ca.crt");
+            ca.issue(dir, "localhost", &["localhost", "127.0.0.1", "::1"]);
+            println!(
+                "wrote a demo CA and a localhost certificate to {}",
+                dir.display()
+            );
+        }
+        return Ok(());
+    }
     let mut servers = Vec::new();
     for (name, port) in [("users", 3001), ("products", 3002), ("orders", 3003)] {
         let server = echo::EchoServer::start(name, &format!("127.0.0.1:{port}")).await?;

@@ -334,7 +334,7 @@ impl Aggregate {
         let backend = pool
             .select(b"", &[])
             .ok_or_else(|| format!("no healthy backend for service {}", pool.name))?;
-        let peer = pool.peer(&backend);
+        let peer = pool.peer(&backend, false);
         let path = self.render(call, cx)?;
         let mut req = RequestHeader::build(call.method.clone(), path.as_bytes(), None)
             .map_err(|e| format!("bad request line: {e}"))?;

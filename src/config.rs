@@ -22,8 +22,16 @@ pub struct GatewayConfig {
     /// Pingora process settings.
     #[serde(default)]
     pub server: ServerSettings,
-    /// Addresses the proxy listens on, e.g. `0.0.0.0:8080` or `[::]:8080`.
+    /// Plaintext addresses the proxy listens on, e.g. `0.0.0.0:8080` or `[::]:8080`.
+    #[serde(default)]
     pub listen: Vec<String>,
+    /// Plaintext listeners also accept HTTP/2 with prior knowledge (h2c), for internal
+    /// clients such as gRPC. HTTP/1.1 keeps working on the same port.
+    #[serde(default)]
+    pub h2c: bool,
+    /// HTTPS listeners and their certificates.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Named upstream services.
     pub services: BTreeMap<String, ServiceConfig>,
     /// Ordered route list (priority is by specificity, see `router`).

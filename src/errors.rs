@@ -46,6 +46,8 @@ pub enum GatewayError {
     /// A `Content-Length` that is not plain digits (`+5`, `-0`, `5,5`) or several that
     /// disagree: the body's end is ambiguous, so the connection is closed after the answer.
     InvalidFraming,
+    /// A WebSocket handshake on a route without `websocket: true`.
+    UpgradeNotAllowed,
     /// A rate-limit policy refused the request; the report fills the headers.
     RateLimited(Box<crate::limits::LimitReport>),
     /// The shared rate-limit store is down and `on_store_error: deny`.
@@ -78,7 +80,8 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => 431,
             GatewayError::UnsafeHeaderValue { .. }
             | GatewayError::InvalidJsonBody
-            | GatewayError::InvalidFraming => 400,
+            | GatewayError::InvalidFraming
+            | GatewayError::UpgradeNotAllowed => 400,
             GatewayError::RateLimited(_) => 429,
             GatewayError::LimiterUnavailable => 503,
             GatewayError::AggregateCallFailed { .. } | GatewayError::AggregateConflict { .. } => {
@@ -180,6 +183,9 @@ impl fmt::Display for GatewayError {
                 f.write_str("Bad request: the body must be a JSON object")
             }
             GatewayError::InvalidFraming => f.write_str("Bad request: invalid Content-Length"),
+            GatewayError::UpgradeNotAllowed => {
+                f.write_str("Bad request: WebSocket upgrades are not enabled on this route")
+            }
             GatewayError::RateLimited(_) => f.write_str("Rate limit exceeded"),
             GatewayError::LimiterUnavailable => f.write_str("Rate limiter unavailable"),
             GatewayError::AggregateCallFailed { call, reason } => {

@@ -18,5 +18,6 @@ pub mod reloader;
 pub mod router;
 pub mod snapshot;
 pub mod template;
+pub mod tls;
 pub mod transform;
 pub mod upstream;

@@ -80,6 +80,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
     let listen = snapshot.listen.clone();
+    let tls_listen = snapshot.tls_listen.clone();
+    let http2 = snapshot.tls.as_ref().is_some_and(|t| t.http2);
+    let h2c = snapshot.h2c;
     let admin_listen = snapshot.admin.listen;
     apigateway::metrics::set_config_hash(&apigateway::config::file_hash(&cli.conf));
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -98,6 +101,20 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
     );
     for addr in &listen {
         proxy.add_tcp(&addr.to_string());
+    }
+    for addr in &tls_listen {
+        match apigateway::tls::listener_settings(shared.clone(), http2) {
+            Ok(settings) => proxy.add_tls_with_settings(&addr.to_string(), None, settings),
+            Err(e) => {
+                eprintln!("apigateway: cannot set up TLS on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if h2c && let Some(app) = proxy.app_logic_mut() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
     }
     server.add_service(proxy);
     if let Some(addr) = admin_listen {
@@ -133,7 +150,7 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
         "rate limiter sweep",
         LimiterSweeper { snapshot: shared },
     ));
-    log::info!("apigateway listening on {listen:?}");
+    log::info!("apigateway listening on {listen:?}, TLS on {tls_listen:?}");
     server.run_forever()
 }
 

@@ -32,12 +32,19 @@ pub fn reload(path: &std::path::Path, shared: &SharedSnapshot) -> ReloadOutcome 
             return ReloadOutcome::Rejected(e.to_string());
         }
     };
-    if next.listen != current.listen {
+    let listeners = |s: &Snapshot| {
+        (
+            s.listen.clone(),
+            s.tls_listen.clone(),
+            s.h2c,
+            s.tls.as_ref().map(|t| t.http2),
+        )
+    };
+    if listeners(&next) != listeners(&current) {
         log::warn!(
-            "config reload: listen changed from {:?} to {:?}; listeners change only with a \
-             graceful upgrade (systemctl reload apigateway, or start a new process with -u)",
-            current.listen,
-            next.listen
+            "config reload: listen, tls.listen, tls.http2 or h2c changed; listeners change only \
+             with a graceful upgrade (systemctl reload apigateway, or start a new process with \
+             -u); certificates are reloaded now"
         );
     }
     // Read once at process start: only a graceful upgrade applies them.

@@ -80,6 +80,10 @@ pub struct RouteConfig {
     /// Largest request body for this route (default `limits.max_body_bytes`).
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Forward WebSocket upgrades (`Upgrade: websocket`) to the service. Off by default: other
+    /// routes refuse the handshake with 400.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 fn default_true() -> bool {
@@ -675,6 +679,7 @@ mod tests {
             request: None,
             response: None,
             max_body_bytes: None,
+            websocket: false,
         }
     }
 

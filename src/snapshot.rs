@@ -14,6 +14,7 @@ use crate::limits::Limiter;
 use crate::metrics::RouteMetrics;
 use crate::router::{RouteConfig, RouteTable};
 use crate::template::TemplateScope;
+use crate::tls::CertStore;
 use crate::transform::RouteTransforms;
 use crate::upstream::ServicePool;
 use arc_swap::ArcSwap;
@@ -45,6 +46,8 @@ pub struct RouteTarget {
     pub max_body: u64,
     /// The route's request counters and latency histogram.
     pub metrics: RouteMetrics,
+    /// WebSocket handshakes are forwarded (proxy routes only).
+    pub websocket: bool,
 }
 
 /// Everything the request path needs, compiled from one config file.
@@ -53,6 +56,12 @@ pub struct Snapshot {
     services: Vec<Arc<ServicePool>>,
     /// Listener addresses (changing them needs a process upgrade, not a reload).
     pub listen: Vec<SocketAddr>,
+    /// TLS listener addresses (changing them needs a process upgrade).
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificates of the TLS listeners; replaced on reload, so certificates rotate live.
+    pub tls: Option<Arc<CertStore>>,
+    /// Plaintext listeners also accept HTTP/2 with prior knowledge.
+    pub h2c: bool,
     /// JWT verification and login, if configured.
     pub auth: Option<Arc<Auth>>,
     /// Rate-limit policies and stores, if configured.
@@ -107,32 +116,45 @@ impl Snapshot {
             key,
             reason,
         };
-        if cfg.listen.is_empty() {
+        let listen = parse_addrs(&cfg.listen, "listen").map_err(|(k, r)| invalid(k, r))?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        let (tls_listen, tls) = match &cfg.tls {
+            Some(t) => {
+                let addrs = parse_addrs(&t.listen, "tls.listen").map_err(|(k, r)| invalid(k, r))?;
+                if addrs.is_empty() {
+                    return Err(invalid(
+                        "tls.listen".into(),
+                        "at least one address is required".into(),
+                    ));
+                }
+                let certs = CertStore::load(t, base, "tls").map_err(|(k, r)| invalid(k, r))?;
+                (addrs, Some(Arc::new(certs)))
+            }
+            None => (Vec::new(), None),
+        };
+        if listen.is_empty() && tls_listen.is_empty() {
             return Err(invalid(
                 "listen".into(),
-                "at least one address is required".into(),
+                "at least one address is required (in listen or tls.listen)".into(),
             ));
         }
-        let listen = cfg
-            .listen
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                a.parse::<SocketAddr>().map_err(|e| {
-                    invalid(
-                        format!("listen[{i}]"),
-                        format!("{a:?} is not an ip:port address ({e})"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
 
         let mut services = Vec::with_capacity(cfg.services.len());
         let mut fingerprints = Fingerprints::default();
         let mut index = HashMap::new();
         for (name, svc) in &cfg.services {
             let key = format!("services.{name}");
-            let fingerprint = format!("{name}|{svc:?}");
+            // TLS files are part of a service's identity: a reload after a certificate or CA
+            // rotation must rebuild the pool rather than keep the old material.
+            let tls_files = svc.tls.as_ref().map(|t| {
+                files_digest(
+                    [&t.ca_file, &t.client_cert, &t.client_key]
+                        .into_iter()
+                        .flatten()
+                        .map(|f| base.join(f)),
+                )
+            });
+            let fingerprint = format!("{name}|{svc:?}|{tls_files:?}");
             let kept = previous.and_then(|p| {
                 let i = p
                     .fingerprints
@@ -144,7 +166,7 @@ impl Snapshot {
             let pool = match kept {
                 Some(pool) => pool,
                 // ServicePool errors already start with the key path; split it back off.
-                None => Arc::new(ServicePool::compile(name, svc, &key).map_err(|e| {
+                None => Arc::new(ServicePool::compile(name, svc, &key, base).map_err(|e| {
                     match e.split_once(": ") {
                         Some((k, r)) => invalid(k.to_string(), r.to_string()),
                         None => invalid(key.clone(), e),
@@ -161,7 +183,6 @@ impl Snapshot {
                 "at least one route is required".into(),
             ));
         }
-        let base = file.parent().unwrap_or(Path::new("."));
         let auth_cfg = cfg.auth.as_ref().map(|a| a.clone().relative_to(base));
         fingerprints.auth = auth_cfg.as_ref().map(auth_fingerprint);
         let kept_auth = previous
@@ -203,6 +224,12 @@ impl Snapshot {
             let static_key = |(k, r): (&'static str, String)| (k.to_string(), r);
             let (service, aggregate) = route_destination(route, &index, cfg).map_err(static_key)?;
             let aggregate_route = aggregate.is_some();
+            if route.websocket && aggregate_route {
+                return Err((
+                    "websocket".into(),
+                    "only proxy routes (with `service:`) can forward WebSocket upgrades".into(),
+                ));
+            }
             let policy = route_policy(route, auth.is_some()).map_err(static_key)?;
             let edge = route_edge(
                 route,
@@ -240,6 +267,7 @@ impl Snapshot {
                         ""
                     }),
                 ),
+                websocket: route.websocket,
             })
         })
         .map_err(|e| invalid(e.key, e.reason))?;
@@ -268,6 +296,9 @@ impl Snapshot {
             routes,
             services,
             listen,
+            tls_listen,
+            tls,
+            h2c: cfg.h2c,
             auth,
             limiter,
             client_ip,
@@ -408,14 +439,40 @@ fn auth_fingerprint(cfg: &crate::auth::AuthConfig) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(format!("{cfg:?}").as_bytes());
-    for file in cfg.referenced_files() {
+    h.update(files_digest(
+        cfg.referenced_files().into_iter().map(|p| p.to_path_buf()),
+    ));
+    h.finalize().into()
+}
+
+/// Digest of files' names and contents (an unreadable file counts as a distinct content).
+fn files_digest(files: impl Iterator<Item = std::path::PathBuf>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for file in files {
         h.update(file.as_os_str().as_encoded_bytes());
-        match std::fs::read(file) {
+        match std::fs::read(&file) {
             Ok(bytes) => h.update(&bytes),
             Err(_) => h.update(b"\0unreadable"),
         }
     }
     h.finalize().into()
+}
+
+/// Parses `ip:port` listener addresses; `key` names the list in errors.
+fn parse_addrs(addrs: &[String], key: &str) -> Result<Vec<SocketAddr>, (String, String)> {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse::<SocketAddr>().map_err(|e| {
+                (
+                    format!("{key}[{i}]"),
+                    format!("{a:?} is not an ip:port address ({e})"),
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

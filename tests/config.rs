@@ -37,12 +37,22 @@ fn valid_config_passes_test_mode_without_binding() {
 
 #[test]
 fn shipped_demo_config_is_valid() {
+    // A copy next to the TLS files `make run` generates (conf/tls/ is not in the repository).
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["gateway.yaml", "users.yaml"] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("conf")
+                .join(f),
+            dir.path().join(f),
+        )
+        .unwrap();
+    }
+    let ca = common::pki::TestCa::new("demo");
+    ca.issue(&dir.path().join("tls"), "localhost", &["localhost"]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_apigateway"))
-        .args([
-            "-t",
-            "-c",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gateway.yaml"),
-        ])
+        .args(["-t", "-c"])
+        .arg(dir.path().join("gateway.yaml"))
         .output()
         .unwrap();
     assert!(

@@ -125,6 +125,16 @@ impl SecurityHeaders {
 /// `Connection` header names, and the standard set. Pingora writes its own `Connection` and
 /// framing headers downstream; everything else would otherwise be relayed.
 pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    // A `101` accepted on a WebSocket route needs its `Connection: upgrade` and `Upgrade`
+    // to reach the client (the request policy only forwards WebSocket handshakes).
+    if resp.status == 101 {
+        for n in ["keep-alive", "proxy-connection", "te", "trailer"] {
+            if resp.headers.contains_key(n) {
+                resp.remove_header(n);
+            }
+        }
+        return;
+    }
     let nominated: Vec<HeaderName> = resp
         .headers
         .get_all(http::header::CONNECTION)

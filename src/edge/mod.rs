@@ -61,6 +61,21 @@ impl EdgeLimits {
     }
 }
 
+/// Whether the request asks to switch to WebSocket: `Upgrade: websocket` (any case, possibly
+/// among other protocols) made an upgrade by `Connection: upgrade` (RFC 9110 §7.8). A bare
+/// `Upgrade` header is only a hop-by-hop header, stripped like the others.
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    let has_token = |name: http::header::HeaderName, token: &str| {
+        req.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case(token))
+    };
+    has_token(http::header::UPGRADE, "websocket") && has_token(http::header::CONNECTION, "upgrade")
+}
+
 /// Re-checks `Content-Length` framing (RFC 9110 §8.6: `1*DIGIT`, several only if equal).
 /// Pingora's parser reads the value as a signed integer and so accepts `+5` and `-0`; an
 /// upstream that reads it differently would see another body length (request smuggling).
@@ -222,6 +237,30 @@ pub fn request_id(incoming: Option<&[u8]>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_upgrade_needs_both_headers() {
+        let req = |headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v).unwrap();
+            }
+            r
+        };
+        assert!(is_websocket_upgrade(&req(&[
+            ("Connection", "keep-alive, Upgrade"),
+            ("Upgrade", "WebSocket")
+        ])));
+        assert!(is_websocket_upgrade(&req(&[
+            ("connection", "upgrade"),
+            ("upgrade", "h2c, websocket")
+        ])));
+        assert!(!is_websocket_upgrade(&req(&[("Upgrade", "websocket")])));
+        assert!(!is_websocket_upgrade(&req(&[
+            ("Connection", "upgrade"),
+            ("Upgrade", "h2c")
+        ])));
+    }
 
     #[test]
     fn normalizes_dots_and_slashes() {

@@ -264,6 +264,11 @@ impl Gateway {
         {
             return Err(Answer::Preflight(cors.preflight(&origin)));
         }
+        if edge::is_websocket_upgrade(session.req_header())
+            && !ctx.target().is_some_and(|t| t.websocket)
+        {
+            return Err(GatewayError::UpgradeNotAllowed.into());
+        }
         let max_body = ctx.target().map_or(u64::MAX, |t| t.max_body);
         edge::check_content_length(session.req_header(), max_body)?;
         self.authenticate(&snapshot, session.req_header(), ctx)
@@ -408,7 +413,8 @@ impl ProxyHttp for Gateway {
         let key = hash_key(pool.hash_key(), session, ctx.client_ip);
         match pool.select(&key, &ctx.tried) {
             Some(backend) => {
-                let peer = pool.peer(&backend);
+                let upgrades = ctx.target().is_some_and(|t| t.websocket);
+                let peer = pool.peer(&backend, upgrades);
                 ctx.tried.push(backend.addr);
                 Ok(Box::new(peer))
             }
@@ -666,6 +672,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let err = ctx.error.take().or_else(|| classify(e));
+        // The connection is not reused after a proxy failure (the request body may be half
+        // read): say so, or a client may send its next request into a closing socket.
+        session.set_keepalive(None);
         let code = match &err {
             Some(err) => {
                 if session.response_written().is_none()

@@ -1,4 +1,4 @@
-//! A real HTTP/1.1 upstream for tests and the demo: answers JSON echoing what it received.
+//! A real HTTP/1.1 and HTTP/2 upstream (plaintext or TLS) for tests and the demo: answers JSON echoing what it received.
 //!
 //! `GET /health` answers 200 or 503 depending on [`EchoServer::set_healthy`]. Query options:
 //! `sleep_ms=N` waits N ms before answering (bounded to 30 s); `status=N` answers that status;
@@ -8,10 +8,10 @@
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,6 +34,16 @@ pub struct EchoServer {
 impl EchoServer {
     /// Binds `addr` (use port 0 for an ephemeral port) and serves until dropped.
     pub async fn start(name: &str, addr: &str) -> std::io::Result<EchoServer> {
+        Self::start_with(name, addr, None).await
+    }
+
+    /// Like [`EchoServer::start`], over TLS when `tls` is given; HTTP/1.1 and HTTP/2 (by ALPN,
+    /// or by prior knowledge in plaintext) are both served.
+    pub async fn start_with(
+        name: &str,
+        addr: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<EchoServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
@@ -48,11 +58,25 @@ impl EchoServer {
                     continue;
                 };
                 let state = accept_state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(req, state.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -128,11 +152,13 @@ async fn handle(
         }
     }
     let method = req.method().to_string();
+    let version = format!("{:?}", req.version());
     let path = req.uri().path().to_string();
     let body = req.into_body().collect().await?.to_bytes();
     let mut answer = serde_json::json!({
         "service": state.name,
         "method": method,
+        "version": version,
         "path": path,
         "query": query,
         "headers": headers,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod echo;
+pub mod pki;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};

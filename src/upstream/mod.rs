@@ -15,6 +15,8 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+pub mod tls;
+
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy, PeerOptions};
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
@@ -41,6 +43,13 @@ pub struct ServiceConfig {
     pub retries: usize,
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
+    /// TLS to the backends (verification on by default).
+    #[serde(default)]
+    pub tls: Option<tls::UpstreamTlsConfig>,
+    /// Speak HTTP/2 to the backends: over TLS offered through ALPN with HTTP/1.1 as fallback;
+    /// in plaintext with prior knowledge (h2c, as gRPC servers expect).
+    #[serde(default)]
+    pub http2: bool,
 }
 
 fn default_retries() -> usize {
@@ -163,18 +172,31 @@ pub struct ServicePool {
     /// Extra attempts after a failed one (see [`ServiceConfig::retries`]).
     pub retries: usize,
     peer_options: PeerOptions,
+    /// Same options, with WebSocket upgrades forwarded (routes with `websocket: true`).
+    upgrade_options: PeerOptions,
+    tls: Option<tls::PeerTls>,
     /// Time from picking a backend to its response header.
     pub upstream_latency: prometheus::Histogram,
     health_interval: Option<Duration>,
     backend_count: usize,
 }
 
+/// The host part of a backend as written in the config: the default SNI for TLS backends.
+#[derive(Clone)]
+struct BackendHost(Box<str>);
+
 /// How many backends selection may skip over (unhealthy or already tried) before giving up.
 const MAX_SELECT_ITERATIONS: usize = 256;
 
 impl ServicePool {
     /// Builds the pool; `key` is the key path used in error messages (`services.users`).
-    pub fn compile(name: &str, cfg: &ServiceConfig, key: &str) -> Result<Self, String> {
+    /// Relative TLS file paths resolve against `base`, the config file's directory.
+    pub fn compile(
+        name: &str,
+        cfg: &ServiceConfig,
+        key: &str,
+        base: &std::path::Path,
+    ) -> Result<Self, String> {
         if cfg.backends.is_empty() {
             return Err(format!("{key}.backends: at least one backend is required"));
         }
@@ -195,11 +217,14 @@ impl ServicePool {
                 .map_err(|e| format!("{bkey}: cannot resolve {addr:?} as host:port: {e}"))?
                 .next()
                 .ok_or_else(|| format!("{bkey}: {addr:?} resolves to no address"))?;
-            let backend = Backend {
+            let mut backend = Backend {
                 addr: SocketAddr::Inet(resolved),
                 weight,
                 ext: Default::default(),
             };
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            backend.ext.insert(BackendHost(host.into()));
             if !set.insert(backend) {
                 return Err(format!("{bkey}: duplicate backend {addr:?}"));
             }
@@ -217,10 +242,15 @@ impl ServicePool {
                     .map_err(|e| format!("{key}.hash_key: {e}"))?,
             ),
         };
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|t| tls::PeerTls::compile(t, base, &format!("{key}.tls")))
+            .transpose()?;
         let mut backends = Backends::new(Static::new(set));
         if let Some(hc) = &cfg.health_check {
             validate_health_check(hc, key)?;
-            backends.set_health_check(build_health_check(hc)?);
+            backends.set_health_check(build_health_check(hc, tls.as_ref())?);
         }
         let balancer = match cfg.load_balancing {
             LoadBalancing::RoundRobin => Balancer::RoundRobin(load(backends)?),
@@ -231,7 +261,9 @@ impl ServicePool {
             balancer,
             hash_key,
             retries: cfg.retries,
-            peer_options: peer_options(&cfg.timeouts),
+            peer_options: peer_options(&cfg.timeouts, cfg, false),
+            upgrade_options: peer_options(&cfg.timeouts, cfg, true),
+            tls,
             upstream_latency: crate::metrics::upstream_histogram(name),
             health_interval: cfg.health_check.as_ref().map(|h| h.interval),
             backend_count,
@@ -257,16 +289,30 @@ impl ServicePool {
         }
     }
 
-    /// Builds the peer for a selected backend with this service's timeouts and pooling.
-    pub fn peer(&self, backend: &Backend) -> HttpPeer {
+    /// Builds the peer for a selected backend with this service's timeouts, pooling and TLS;
+    /// `upgrades` forwards WebSocket handshakes (only for routes that allow them).
+    pub fn peer(&self, backend: &Backend, upgrades: bool) -> HttpPeer {
         let addr = match &backend.addr {
             SocketAddr::Inet(a) => *a,
             // Backends are only ever built from resolved inet addresses above.
             SocketAddr::Unix(_) => unreachable!("unix backends are not configurable"),
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options = self.peer_options.clone();
-        peer
+        let options = if upgrades {
+            &self.upgrade_options
+        } else {
+            &self.peer_options
+        };
+        match &self.tls {
+            Some(tls) => {
+                let host = backend.ext.get::<BackendHost>().map_or("", |h| &h.0);
+                tls.peer(addr, host, options.clone())
+            }
+            None => {
+                let mut peer = HttpPeer::new(addr, false, String::new());
+                peer.options = options.clone();
+                peer
+            }
+        }
     }
 
     async fn run_health_check(&self) {
@@ -328,8 +374,11 @@ fn validate_health_check(hc: &HealthCheckConfig, key: &str) -> Result<(), String
     Ok(())
 }
 
+/// `http` checks of a TLS service speak TLS with the service's settings (SNI defaults to
+/// `health_check.host` there, since one check template serves every backend).
 fn build_health_check(
     hc: &HealthCheckConfig,
+    tls: Option<&tls::PeerTls>,
 ) -> Result<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>, String> {
     Ok(match hc.kind {
         HealthCheckKind::Tcp => {
@@ -340,7 +389,10 @@ fn build_health_check(
             check
         }
         HealthCheckKind::Http => {
-            let mut check = HttpHealthCheck::new(&hc.host, false);
+            let mut check = HttpHealthCheck::new(&hc.host, tls.is_some());
+            if let Some(tls) = tls {
+                tls.configure(&mut check.peer_template);
+            }
             check.consecutive_success = hc.healthy_threshold;
             check.consecutive_failure = hc.unhealthy_threshold;
             check.peer_template.options.connection_timeout = Some(hc.timeout);
@@ -355,16 +407,25 @@ fn build_health_check(
     })
 }
 
-fn peer_options(t: &Timeouts) -> PeerOptions {
+fn peer_options(t: &Timeouts, cfg: &ServiceConfig, upgrades: bool) -> PeerOptions {
     let mut o = PeerOptions::new();
-    // Until a route opts into WebSocket (#9), no upgrade handshake is forwarded: a backend
-    // answering `101` to a request the gateway did not mean to tunnel would bypass it.
-    o.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
+    // Only routes that opt into WebSocket forward an upgrade handshake: a backend answering
+    // `101` to a request the gateway did not mean to tunnel would bypass it.
+    o.http_upstream_request_policy = if upgrades {
+        HttpUpstreamRequestPolicy::standard()
+    } else {
+        HttpUpstreamRequestPolicy::deny_upgrades()
+    };
     o.connection_timeout = Some(t.connect);
     o.total_connection_timeout = Some(t.connect);
     o.read_timeout = Some(t.read);
     o.write_timeout = Some(t.write);
     o.idle_timeout = Some(t.idle);
+    if cfg.http2 {
+        // Over TLS: offer h2 then http/1.1. In plaintext Pingora reads (2, 2) as h2c.
+        let min = if cfg.tls.is_some() { 1 } else { 2 };
+        o.set_http_version(2, min);
+    }
     o
 }
 
