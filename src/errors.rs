@@ -45,7 +45,7 @@ pub enum GatewayError {
     InvalidJsonBody,
     /// A `Content-Length` that is not plain digits (`+5`, `-0`, `5,5`) or several that
     /// disagree: the body's end is ambiguous, so the connection is closed after the answer.
-    InvalidFraming,
+    InvalidFraming(&'static str),
     /// A WebSocket handshake on a route without `websocket: true`.
     UpgradeNotAllowed,
     /// A rate-limit policy refused the request; the report fills the headers.
@@ -80,7 +80,7 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => 431,
             GatewayError::UnsafeHeaderValue { .. }
             | GatewayError::InvalidJsonBody
-            | GatewayError::InvalidFraming
+            | GatewayError::InvalidFraming(_)
             | GatewayError::UpgradeNotAllowed => 400,
             GatewayError::RateLimited(_) => 429,
             GatewayError::LimiterUnavailable => 503,
@@ -182,7 +182,7 @@ impl fmt::Display for GatewayError {
             GatewayError::InvalidJsonBody => {
                 f.write_str("Bad request: the body must be a JSON object")
             }
-            GatewayError::InvalidFraming => f.write_str("Bad request: invalid Content-Length"),
+            GatewayError::InvalidFraming(reason) => write!(f, "Bad request: {reason}"),
             GatewayError::UpgradeNotAllowed => {
                 f.write_str("Bad request: WebSocket upgrades are not enabled on this route")
             }

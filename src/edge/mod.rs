@@ -76,24 +76,61 @@ pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
     has_token(http::header::UPGRADE, "websocket") && has_token(http::header::CONNECTION, "upgrade")
 }
 
-/// Re-checks `Content-Length` framing (RFC 9110 §8.6: `1*DIGIT`, several only if equal).
-/// Pingora's parser reads the value as a signed integer and so accepts `+5` and `-0`; an
-/// upstream that reads it differently would see another body length (request smuggling).
-pub fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
+/// Refuses every request whose body end two HTTP parsers could disagree on (request
+/// smuggling): `Content-Length` that is not `1*DIGIT` or several that differ (Pingora reads
+/// it as a signed integer, so `+5` and `-0` would pass), `Transfer-Encoding` together with
+/// `Content-Length` (RFC 9112 §6.3 lets a server reject it; Pingora would let chunked win),
+/// any coding but a single `chunked`, and `Transfer-Encoding` in an HTTP/1.0 request (RFC
+/// 9112 §6.1: faulty framing).
+///
+/// Pingora already drops `Content-Length` when `Transfer-Encoding` is present (and closes the
+/// connection after the answer), so `raw_head` gives the request head as received, read only
+/// when a `Transfer-Encoding` header is present.
+pub fn check_framing(
+    req: &RequestHeader,
+    raw_head: impl FnOnce() -> Option<bytes::Bytes>,
+) -> Result<(), GatewayError> {
+    let invalid = |reason| Err(GatewayError::InvalidFraming(reason));
+    let mut codings = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        if req.version < http::Version::HTTP_11 {
+            return invalid("Transfer-Encoding in an HTTP/1.0 request");
+        }
+        if req.headers.contains_key(http::header::CONTENT_LENGTH)
+            || raw_head().is_some_and(|head| declares_content_length(&head))
+        {
+            return invalid("both Content-Length and Transfer-Encoding");
+        }
+        if codings.next().is_some()
+            || !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+        {
+            return invalid("Transfer-Encoding other than a single chunked");
+        }
+    }
     let mut first: Option<&[u8]> = None;
     for v in req.headers.get_all(http::header::CONTENT_LENGTH) {
         for part in v.as_bytes().split(|b| *b == b',') {
             let digits = part.trim_ascii();
             if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-                return Err(GatewayError::InvalidFraming);
+                return invalid("invalid Content-Length");
             }
             match first {
-                Some(f) if f != digits => return Err(GatewayError::InvalidFraming),
+                Some(f) if f != digits => return invalid("conflicting Content-Length values"),
                 _ => first = Some(digits),
             }
         }
     }
     Ok(())
+}
+
+/// Whether a raw request head has a `Content-Length` header line.
+fn declares_content_length(head: &[u8]) -> bool {
+    head.split(|b| *b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
 /// The `Content-Length` a request or response declares, if any and readable.
@@ -293,7 +330,7 @@ mod tests {
             for v in values {
                 r.append_header("content-length", *v).unwrap();
             }
-            check_framing(&r)
+            check_framing(&r, || None)
         };
         assert!(req(&["5"]).is_ok());
         assert!(req(&["5, 5"]).is_ok());
@@ -308,8 +345,54 @@ mod tests {
             &[""],
             &["5", "6"],
         ] {
-            assert_eq!(req(bad), Err(GatewayError::InvalidFraming), "{bad:?}");
+            assert!(
+                matches!(req(bad), Err(GatewayError::InvalidFraming(_))),
+                "{bad:?}"
+            );
         }
+    }
+
+    #[test]
+    fn transfer_encoding_must_be_a_single_chunked_without_length() {
+        let req = |version: http::Version, headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+            r.set_version(version);
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v).unwrap();
+            }
+            check_framing(&r, || None)
+        };
+        let v11 = http::Version::HTTP_11;
+        assert!(req(v11, &[("transfer-encoding", "chunked")]).is_ok());
+        assert!(req(v11, &[("transfer-encoding", "Chunked")]).is_ok());
+        for (version, bad) in [
+            (
+                v11,
+                &[("transfer-encoding", "chunked"), ("content-length", "5")][..],
+            ),
+            (v11, &[("transfer-encoding", "xchunked")]),
+            (v11, &[("transfer-encoding", "gzip, chunked")]),
+            (
+                v11,
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+            ),
+            (http::Version::HTTP_10, &[("transfer-encoding", "chunked")]),
+        ] {
+            assert!(
+                matches!(req(version, bad), Err(GatewayError::InvalidFraming(_))),
+                "{bad:?}"
+            );
+        }
+        // The length Pingora removed is still found in the raw head.
+        let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+        r.append_header("transfer-encoding", "chunked").unwrap();
+        let raw = bytes::Bytes::from_static(
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(check_framing(&r, || Some(raw)).is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub(super) async fn respond(
 ) -> Result<bool> {
     let (mut header, body) = err.to_response(&ctx.request_id);
     decorate(ctx, &mut header);
-    if *err == GatewayError::InvalidFraming {
+    if matches!(err, GatewayError::InvalidFraming(_)) {
         // Where this request's body ends is ambiguous: never read another one after it.
         session.set_keepalive(None);
     }

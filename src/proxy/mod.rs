@@ -239,7 +239,10 @@ impl Gateway {
     /// Everything `request_filter` decides before proxying; `Ok(true)` when it answered.
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool, Answer> {
         let snapshot = self.begin(session, ctx);
-        edge::check_framing(session.req_header())?;
+        edge::check_framing(session.req_header(), || {
+            let h1 = session.as_downstream().as_http1()?;
+            Some(h1.get_headers_raw_bytes())
+        })?;
         snapshot.limits.check_head(session.req_header())?;
         let path = edge::normalize_path(session.req_header().uri.path())
             .map_err(GatewayError::BadRequest)?;
