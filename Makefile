@@ -67,6 +67,9 @@ install: build
 	[ -f /etc/apigateway/users.yaml ] || install -m 0640 conf/users.yaml /etc/apigateway/users.yaml
 	id -u apigateway >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin apigateway
 	chgrp apigateway /etc/apigateway/users.yaml
+	# A self-signed placeholder so the shipped `tls:` section loads; replace with real files.
+	$(RELEASE)/examples/demo_services --write-cert /etc/apigateway/tls
+	chgrp apigateway /etc/apigateway/tls/localhost.key && chmod 0640 /etc/apigateway/tls/localhost.key
 	/usr/local/bin/apigateway -t -c /etc/apigateway/gateway.yaml
 	install -D -m 0644 systemd/apigateway.service /etc/systemd/system/apigateway.service
 
