@@ -146,14 +146,10 @@ impl Snapshot {
             let key = format!("services.{name}");
             // TLS files are part of a service's identity: a reload after a certificate or CA
             // rotation must rebuild the pool rather than keep the old material.
-            let tls_files = svc.tls.as_ref().map(|t| {
-                files_digest(
-                    [&t.ca_file, &t.client_cert, &t.client_key]
-                        .into_iter()
-                        .flatten()
-                        .map(|f| base.join(f)),
-                )
-            });
+            let tls_files = svc
+                .tls
+                .as_ref()
+                .map(|t| files_digest(t.referenced_files().map(|f| base.join(f))));
             let fingerprint = format!("{name}|{svc:?}|{tls_files:?}");
             let kept = previous.and_then(|p| {
                 let i = p
@@ -439,19 +435,18 @@ fn auth_fingerprint(cfg: &crate::auth::AuthConfig) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(format!("{cfg:?}").as_bytes());
-    h.update(files_digest(
-        cfg.referenced_files().into_iter().map(|p| p.to_path_buf()),
-    ));
+    h.update(files_digest(cfg.referenced_files()));
     h.finalize().into()
 }
 
 /// Digest of files' names and contents (an unreadable file counts as a distinct content).
-fn files_digest(files: impl Iterator<Item = std::path::PathBuf>) -> [u8; 32] {
+fn files_digest(files: impl IntoIterator<Item = impl AsRef<Path>>) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for file in files {
+        let file = file.as_ref();
         h.update(file.as_os_str().as_encoded_bytes());
-        match std::fs::read(&file) {
+        match std::fs::read(file) {
             Ok(bytes) => h.update(&bytes),
             Err(_) => h.update(b"\0unreadable"),
         }

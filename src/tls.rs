@@ -95,21 +95,8 @@ fn valid_for(cert: &CertifiedKey, name: &ServerName<'_>) -> bool {
 fn load_certified_key(c: &CertificateConfig, base: &Path) -> Result<Arc<CertifiedKey>, String> {
     let cert_path = base.join(&c.cert);
     let key_path = base.join(&c.key);
-    let chain = CertificateDer::pem_file_iter(&cert_path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cert: cannot read {}: {e}", cert_path.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "cert: no certificate in {} (expected PEM `CERTIFICATE` blocks)",
-            cert_path.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-        format!(
-            "key: cannot read a private key from {}: {e}",
-            key_path.display()
-        )
-    })?;
+    let chain = read_certs(&cert_path).map_err(|e| format!("cert: {e}"))?;
+    let key = read_private_key(&key_path).map_err(|e| format!("key: {e}"))?;
     let provider = crypto_provider();
     let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
         format!(
@@ -128,10 +115,30 @@ fn load_certified_key(c: &CertificateConfig, base: &Path) -> Result<Arc<Certifie
     Ok(Arc::new(certified))
 }
 
+/// Every certificate of a PEM file; none is an error. Shared with upstream TLS.
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "no certificate in {} (expected PEM `CERTIFICATE` blocks)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file. Shared with upstream TLS.
+pub(crate) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
+}
+
 /// The process-wide rustls provider. Pingora installs `ring` when it builds its first TLS
 /// config; installing it here first keeps every TLS user (listeners, upstream connectors and
 /// config loading) on the same provider.
-pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     pingora::tls::install_default_crypto_provider();
     rustls::crypto::CryptoProvider::get_default()
         .cloned()

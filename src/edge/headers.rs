@@ -125,16 +125,9 @@ impl SecurityHeaders {
 /// `Connection` header names, and the standard set. Pingora writes its own `Connection` and
 /// framing headers downstream; everything else would otherwise be relayed.
 pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
-    // A `101` accepted on a WebSocket route needs its `Connection: upgrade` and `Upgrade`
-    // to reach the client (the request policy only forwards WebSocket handshakes).
-    if resp.status == 101 {
-        for n in ["keep-alive", "proxy-connection", "te", "trailer"] {
-            if resp.headers.contains_key(n) {
-                resp.remove_header(n);
-            }
-        }
-        return;
-    }
+    // A `101` accepted on a WebSocket route needs its `Upgrade` (which its `Connection` names)
+    // to reach the client; the request policy only forwards WebSocket handshakes.
+    let switching = resp.status == 101;
     let nominated: Vec<HeaderName> = resp
         .headers
         .get_all(http::header::CONNECTION)
@@ -143,6 +136,7 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .filter(|n| !matches!(n.as_str(), "content-length" | "transfer-encoding"))
+        .filter(|n| !(switching && *n == http::header::UPGRADE))
         .collect();
     for n in nominated {
         resp.remove_header(&n);
@@ -158,7 +152,7 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
             resp.remove_header(n);
         }
     }
-    if resp.status != 101 && resp.headers.contains_key(http::header::UPGRADE) {
+    if !switching && resp.headers.contains_key(http::header::UPGRADE) {
         resp.remove_header(&http::header::UPGRADE);
     }
 }

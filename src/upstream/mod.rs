@@ -4,6 +4,8 @@
 //! Health checks are driven by one [`HealthChecker`] background service that walks the *current*
 //! snapshot, so pools created by a later config reload are checked too.
 
+pub mod tls;
+
 use crate::config::de_duration;
 use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
@@ -15,8 +17,6 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-pub mod tls;
-
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy, PeerOptions};
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
@@ -172,8 +172,6 @@ pub struct ServicePool {
     /// Extra attempts after a failed one (see [`ServiceConfig::retries`]).
     pub retries: usize,
     peer_options: PeerOptions,
-    /// Same options, with WebSocket upgrades forwarded (routes with `websocket: true`).
-    upgrade_options: PeerOptions,
     tls: Option<tls::PeerTls>,
     /// Time from picking a backend to its response header.
     pub upstream_latency: prometheus::Histogram,
@@ -261,8 +259,7 @@ impl ServicePool {
             balancer,
             hash_key,
             retries: cfg.retries,
-            peer_options: peer_options(&cfg.timeouts, cfg, false),
-            upgrade_options: peer_options(&cfg.timeouts, cfg, true),
+            peer_options: peer_options(cfg),
             tls,
             upstream_latency: crate::metrics::upstream_histogram(name),
             health_interval: cfg.health_check.as_ref().map(|h| h.interval),
@@ -297,19 +294,20 @@ impl ServicePool {
             // Backends are only ever built from resolved inet addresses above.
             SocketAddr::Unix(_) => unreachable!("unix backends are not configurable"),
         };
-        let options = if upgrades {
-            &self.upgrade_options
-        } else {
-            &self.peer_options
-        };
+        let mut options = self.peer_options.clone();
+        // Only routes that opt into WebSocket forward an upgrade handshake: a backend answering
+        // `101` to a request the gateway did not mean to tunnel would bypass it.
+        if upgrades {
+            options.http_upstream_request_policy = HttpUpstreamRequestPolicy::standard();
+        }
         match &self.tls {
             Some(tls) => {
                 let host = backend.ext.get::<BackendHost>().map_or("", |h| &h.0);
-                tls.peer(addr, host, options.clone())
+                tls.peer(addr, host, options)
             }
             None => {
                 let mut peer = HttpPeer::new(addr, false, String::new());
-                peer.options = options.clone();
+                peer.options = options;
                 peer
             }
         }
@@ -391,7 +389,7 @@ fn build_health_check(
         HealthCheckKind::Http => {
             let mut check = HttpHealthCheck::new(&hc.host, tls.is_some());
             if let Some(tls) = tls {
-                tls.configure(&mut check.peer_template);
+                tls.configure(&mut check.peer_template, &hc.host);
             }
             check.consecutive_success = hc.healthy_threshold;
             check.consecutive_failure = hc.unhealthy_threshold;
@@ -407,15 +405,12 @@ fn build_health_check(
     })
 }
 
-fn peer_options(t: &Timeouts, cfg: &ServiceConfig, upgrades: bool) -> PeerOptions {
+/// Options of a service's peers; upgrades are denied here and allowed per request in
+/// [`ServicePool::peer`].
+fn peer_options(cfg: &ServiceConfig) -> PeerOptions {
+    let t = &cfg.timeouts;
     let mut o = PeerOptions::new();
-    // Only routes that opt into WebSocket forward an upgrade handshake: a backend answering
-    // `101` to a request the gateway did not mean to tunnel would bypass it.
-    o.http_upstream_request_policy = if upgrades {
-        HttpUpstreamRequestPolicy::standard()
-    } else {
-        HttpUpstreamRequestPolicy::deny_upgrades()
-    };
+    o.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
     o.connection_timeout = Some(t.connect);
     o.total_connection_timeout = Some(t.connect);
     o.read_timeout = Some(t.read);

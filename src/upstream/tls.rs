@@ -2,10 +2,9 @@
 //! certificates. Everything is loaded once when the config compiles into a [`PeerTls`];
 //! building a peer on the request path only copies `Arc`s.
 
+use crate::tls::{read_certs, read_private_key};
 use pingora::upstreams::peer::{HttpPeer, PeerOptions};
 use pingora::utils::tls::{CertKey, WrappedX509};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +36,17 @@ impl Default for UpstreamTlsConfig {
             client_cert: None,
             client_key: None,
         }
+    }
+}
+
+impl UpstreamTlsConfig {
+    /// The files this section reads (relative to the config file): a reload after any of them
+    /// changes must rebuild the pool rather than keep the old material.
+    pub fn referenced_files(&self) -> impl Iterator<Item = &Path> {
+        [&self.ca_file, &self.client_cert, &self.client_key]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
     }
 }
 
@@ -108,19 +118,16 @@ impl PeerTls {
 
     /// A TLS peer for `addr`; `host` is the backend's host as written, the default SNI.
     pub fn peer(&self, addr: std::net::SocketAddr, host: &str, options: PeerOptions) -> HttpPeer {
-        let sni = self.sni.as_deref().unwrap_or(host).to_string();
-        let mut peer = HttpPeer::new(addr, true, sni);
+        let mut peer = HttpPeer::new(addr, true, String::new());
         peer.options = options;
-        self.configure(&mut peer);
+        self.configure(&mut peer, host);
         peer
     }
 
-    /// Applies verification, CAs, client certificate, pool key and (when set) SNI to a TLS
-    /// peer, e.g. a health check's template.
-    pub fn configure(&self, peer: &mut HttpPeer) {
-        if let Some(sni) = &self.sni {
-            peer.sni.clone_from(sni);
-        }
+    /// Applies SNI (`sni`, else `default_sni`), verification, CAs, client certificate and
+    /// pool key to a TLS peer, e.g. a health check's template.
+    pub fn configure(&self, peer: &mut HttpPeer, default_sni: &str) {
+        peer.sni = self.sni.as_deref().unwrap_or(default_sni).to_string();
         peer.options.verify_cert = self.verify;
         peer.options.verify_hostname = self.verify;
         peer.options.ca = self.ca.clone();
@@ -129,24 +136,9 @@ impl PeerTls {
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("no PEM `CERTIFICATE` block in {}", path.display()));
-    }
-    Ok(certs)
-}
-
 fn load_client_cert(cert: &Path, key_path: &Path, key: &str) -> Result<CertKey, String> {
     let chain = read_certs(cert).map_err(|e| format!("{key}.client_cert: {e}"))?;
-    let private = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
-        format!(
-            "{key}.client_key: cannot read a private key from {}: {e}",
-            key_path.display()
-        )
-    })?;
+    let private = read_private_key(key_path).map_err(|e| format!("{key}.client_key: {e}"))?;
     Ok(CertKey::new(
         chain.into_iter().map(|c| c.to_vec()).collect(),
         private.secret_der().to_vec(),
