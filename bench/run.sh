@@ -29,23 +29,11 @@ DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-50}
 if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1s; fi
 
-need() { command -v "$1" >/dev/null 2>&1 || echo "$2"; }
-missing="$(need wrk wrk) $(need nginx nginx-light) $(need haproxy haproxy)"
-if [ -n "${missing// /}" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-  else
-    echo "missing:$missing — run: sudo apt-get install -y $missing"; exit 1
-  fi
-fi
+. bench/common.sh
+install_missing wrk:wrk nginx:nginx-light haproxy:haproxy
 
 cargo build --release --bin apigateway >/dev/null
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_workdir
 UP=$(port); NGX=$(port); HAP=$(port); GW3=$(port); GW1K=$(port); GWL=$(port); HAPJ=$(port)
 
 # Upstream: nginx answering a small JSON body, and a 1 KB one on /kb.
@@ -145,7 +133,6 @@ RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GW3.yaml" & PIDS+=($!); GW3
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GW1K.yaml" & PIDS+=($!); GW1K_PID=$!
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GWL.yaml" & PIDS+=($!); GWL_PID=$!
 
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
 for p in $UP $NGX $HAP $HAPJ $GW3 $GW1K $GWL; do wait_port "$p"; done
 
 # Tokens minted here with openssl, independently of the gateway.
@@ -190,7 +177,6 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 rss() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 NGX_RPS=$(awk '$1=="nginx" {print $2}' "$RAW/summary.txt" | median)
 {
   echo "Date: $STAMP · $(nproc) cores · $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo) · wrk -t1 -c$CONNECTIONS -d$DURATION · $ROUNDS interleaved rounds · medians"

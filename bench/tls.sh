@@ -12,22 +12,11 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-8}
-need() { command -v "$1" >/dev/null 2>&1 || echo "$2"; }
-missing="$(need h2load nghttp2-client) $(need nginx nginx-light) $(need openssl openssl)"
-if [ -n "${missing// /}" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-  else
-    echo "missing:$missing — run: sudo apt-get install -y $missing"; exit 1
-  fi
-fi
+. bench/common.sh
+install_missing h2load:nghttp2-client nginx:nginx-light openssl:openssl
 
 cargo build --release --bin apigateway >/dev/null
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_workdir
 UP=$(port); NGX=$(port); GW=$(port); GWP=$(port)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
@@ -68,7 +57,6 @@ CONF
 nginx -c "$WORK/up/nginx.conf" & PIDS+=($!)
 nginx -c "$WORK/ngx/nginx.conf" & PIDS+=($!)
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw.yaml" & PIDS+=($!)
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
 for p in $UP $NGX $GW; do wait_port "$p"; done
 for p in $NGX $GW; do
   code=$(curl -sk --http2 -o /dev/null -w '%{http_code} %{http_version}' "https://127.0.0.1:$p/api/users/42")
@@ -93,7 +81,6 @@ for r in $(seq 1 "$ROUNDS"); do
     echo "round $r $t: $rps req/s, mean $mean, $ok succeeded"
   done
 done
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 {
   echo "Date: $STAMP · $(nproc) cores · h2load -t1 -D ${DURATION}s · $ROUNDS interleaved rounds · medians"
   echo

@@ -7,11 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-30}
 CONNECTIONS=${CONNECTIONS:-50}
-command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx (bench/run.sh installs them)"; exit 1; }
+. bench/common.sh
+install_missing wrk:wrk nginx:nginx-light
 cargo build --release --bin apigateway >/dev/null
 BIN=$PWD/target/release/apigateway
 WORK=$(mktemp -d)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); GW=$(port)
 cleanup() {
   [ -f "$WORK/gw.pid" ] && kill -INT "$(cat "$WORK/gw.pid")" 2>/dev/null || true

@@ -1,0 +1,32 @@
+# Helpers shared by the bench scripts (sourced, not run). Callers set `set -euo pipefail`.
+
+# install_missing CMD:PACKAGE...  installs the packages whose command is missing (apt-get as
+# root), or prints the command to run and exits.
+install_missing() {
+  local missing="" pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
+  done
+  [ -z "$missing" ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  else
+    echo "missing:$missing — run: sudo apt-get install -y$missing"; exit 1
+  fi
+}
+
+# A free loopback TCP port.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits (10 s at most) until something accepts on 127.0.0.1:$1.
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
+
+# Median of the numbers on stdin, one per line.
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+
+# A work directory and a PIDS array whose processes are killed on exit.
+bench_workdir() {
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
