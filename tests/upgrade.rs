@@ -130,12 +130,17 @@ async fn graceful_upgrade_and_reload_under_load_lose_no_request() {
                 }
                 // A connection the old process accepted but had not read a request from when
                 // it stopped is closed without an answer (Pingora's shutdown, ~1 in 14,000
-                // requests during a handover here). Nothing was processed, so a GET is retried
+                // requests during a handover here): a FIN (IncompleteMessage) or, when the
+                // request bytes were already queued, a reset. Nothing was processed, so a GET is retried
                 // once, as HTTP clients do for idempotent requests (RFC 9110 §9.2.2).
                 let url = format!("http://127.0.0.1:{port}/api/x");
                 let mut result = c.get(&url).send().await;
-                if matches!(&result, Err(e) if e.is_request() && format!("{e:?}").contains("IncompleteMessage"))
-                {
+                let closed_unanswered = |e: &reqwest::Error| {
+                    let text = format!("{e:?}");
+                    e.is_request()
+                        && (text.contains("IncompleteMessage") || text.contains("ConnectionReset"))
+                };
+                if matches!(&result, Err(e) if closed_unanswered(e)) {
                     retried.fetch_add(1, Ordering::Relaxed);
                     result = c.get(&url).send().await;
                 }
