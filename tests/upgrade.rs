@@ -131,8 +131,8 @@ async fn graceful_upgrade_and_reload_under_load_lose_no_request() {
                 // A connection the old process accepted but had not read a request from when
                 // it stopped is closed without an answer (Pingora's shutdown, ~1 in 14,000
                 // requests during a handover here): a FIN (IncompleteMessage) or, when the
-                // request bytes were already queued, a reset. Nothing was processed, so a GET is retried
-                // once, as HTTP clients do for idempotent requests (RFC 9110 §9.2.2).
+                // request bytes were already queued, a reset. Nothing was processed, so a GET
+                // is retried once, as HTTP clients do for idempotent requests (RFC 9110 §9.2.2).
                 let url = format!("http://127.0.0.1:{port}/api/x");
                 let mut result = c.get(&url).send().await;
                 let closed_unanswered = |e: &reqwest::Error| {
