@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     /// Request size limits.
     #[serde(default)]
     pub limits: crate::edge::EdgeLimits,
+    /// Client deadlines (request head, body, sending, keep-alive) and the connection limit.
+    #[serde(default)]
+    pub client: crate::connection::ClientConfig,
     /// The admin listener (metrics and health endpoints).
     #[serde(default)]
     pub admin: crate::admin::AdminConfig,

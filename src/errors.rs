@@ -46,6 +46,12 @@ pub enum GatewayError {
     /// A `Content-Length` that is not plain digits (`+5`, `-0`, `5,5`) or several that
     /// disagree: the body's end is ambiguous, so the connection is closed after the answer.
     InvalidFraming(&'static str),
+    /// The client did not send the request head or body within `client:` deadlines.
+    RequestTimeout,
+    /// `client.max_connections` connections are open already.
+    TooManyConnections,
+    /// Too many requests with invalid tokens from one client IP (checked before verifying).
+    TooManyInvalidTokens { retry_after: u64 },
     /// A WebSocket handshake on a route without `websocket: true`.
     UpgradeNotAllowed,
     /// A rate-limit policy refused the request; the report fills the headers.
@@ -82,8 +88,9 @@ impl GatewayError {
             | GatewayError::InvalidJsonBody
             | GatewayError::InvalidFraming(_)
             | GatewayError::UpgradeNotAllowed => 400,
-            GatewayError::RateLimited(_) => 429,
-            GatewayError::LimiterUnavailable => 503,
+            GatewayError::RateLimited(_) | GatewayError::TooManyInvalidTokens { .. } => 429,
+            GatewayError::LimiterUnavailable | GatewayError::TooManyConnections => 503,
+            GatewayError::RequestTimeout => 408,
             GatewayError::AggregateCallFailed { .. } | GatewayError::AggregateConflict { .. } => {
                 502
             }
@@ -136,11 +143,12 @@ impl GatewayError {
                     r#"Bearer realm="apigateway", error="insufficient_scope""#,
                 );
             }
-            GatewayError::TooManyLoginAttempts { retry_after } => {
+            GatewayError::TooManyLoginAttempts { retry_after }
+            | GatewayError::TooManyInvalidTokens { retry_after } => {
                 let _ = header.insert_header("retry-after", retry_after.to_string());
             }
             GatewayError::RateLimited(report) => report.write(&mut header),
-            GatewayError::LimiterUnavailable => {
+            GatewayError::LimiterUnavailable | GatewayError::TooManyConnections => {
                 let _ = header.insert_header("retry-after", "1");
             }
             _ => {}
@@ -148,6 +156,25 @@ impl GatewayError {
         // `X-Request-Id` and the other headers every answer carries are added by the proxy's
         // `decorate`, the one place for them.
         (header, body)
+    }
+}
+
+impl GatewayError {
+    /// The whole answer as HTTP/1.1 bytes ending the connection, for the connection layer,
+    /// which answers before Pingora has a session to write through.
+    pub fn to_http1_bytes(&self, request_id: &str) -> Vec<u8> {
+        let (header, body) = self.to_response(request_id);
+        let reason = header.status.canonical_reason().unwrap_or("");
+        let mut out = format!("HTTP/1.1 {} {reason}\r\n", header.status.as_u16()).into_bytes();
+        for (name, value) in header.headers.iter() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"connection: close\r\n\r\n");
+        out.extend_from_slice(&body);
+        out
     }
 }
 
@@ -183,6 +210,11 @@ impl fmt::Display for GatewayError {
                 f.write_str("Bad request: the body must be a JSON object")
             }
             GatewayError::InvalidFraming(reason) => write!(f, "Bad request: {reason}"),
+            GatewayError::RequestTimeout => f.write_str("Request timed out"),
+            GatewayError::TooManyConnections => f.write_str("Too many connections"),
+            GatewayError::TooManyInvalidTokens { .. } => {
+                f.write_str("Too many requests with invalid tokens")
+            }
             GatewayError::UpgradeNotAllowed => {
                 f.write_str("Bad request: WebSocket upgrades are not enabled on this route")
             }
@@ -227,6 +259,23 @@ mod tests {
                 .unwrap(),
             body.len().to_string()
         );
+    }
+
+    #[test]
+    fn raw_answer_is_a_complete_closing_response() {
+        let raw = GatewayError::RequestTimeout.to_http1_bytes("");
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("connection: close"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        assert!(body.contains(r#""status":408"#), "{body}");
     }
 
     #[test]

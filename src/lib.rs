@@ -9,6 +9,7 @@ pub mod admin;
 pub mod aggregate;
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod edge;
 pub mod errors;
 pub mod limits;

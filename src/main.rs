@@ -3,6 +3,7 @@
 use apigateway::admin::AdminApp;
 use apigateway::auth::jwks::JwksRefresher;
 use apigateway::config::GatewayConfig;
+use apigateway::connection::ClientConnections;
 use apigateway::limits::LimiterSweeper;
 use apigateway::proxy::Gateway;
 use apigateway::reloader::ConfigReloader;
@@ -10,6 +11,7 @@ use apigateway::snapshot::Snapshot;
 use apigateway::upstream::HealthChecker;
 use arc_swap::ArcSwap;
 use clap::Parser;
+use pingora::listeners::{DEFAULT_L4_WRITE_BUFFER_SIZE, L4BufferSettings, ListenerConfig};
 use pingora::server::Server;
 use pingora::server::configuration::Opt;
 use pingora::services::background::background_service;
@@ -83,6 +85,7 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
     let tls_listen = snapshot.tls_listen.clone();
     let http2 = snapshot.tls.as_ref().is_some_and(|t| t.http2);
     let h2c = snapshot.h2c;
+    let keepalive_timeout = snapshot.client.keepalive_timeout;
     let admin_listen = snapshot.admin.listen;
     apigateway::metrics::set_config_hash(&apigateway::config::file_hash(&cli.conf));
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -94,27 +97,34 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
     let mut server = Server::new_with_opt_and_conf(opt, cfg.server.to_server_conf());
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "apigateway",
-    );
+    // Our connection layer sits between Pingora's listener and the proxy (see `connection`).
+    let mut proxy_app =
+        pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = h2c;
+    options.h2_idle_timeout = Some(keepalive_timeout);
+    proxy_app.server_options = Some(options);
+    let app = ClientConnections::new(proxy_app, shared.clone(), h2c);
+    let mut proxy = pingora::services::listening::Service::new("apigateway".to_string(), app);
+    // Pingora gives every connection a 64 KiB read buffer, which an idle keep-alive connection
+    // holds (82 KiB RSS per connection measured). Plaintext reads go straight into the HTTP
+    // parser's own buffer instead; TLS keeps one record's worth (rustls reads in 16 KiB).
     for addr in &listen {
-        proxy.add_tcp(&addr.to_string());
+        let buffers = L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE);
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     for addr in &tls_listen {
         match apigateway::tls::listener_settings(shared.clone(), http2) {
-            Ok(settings) => proxy.add_tls_with_settings(&addr.to_string(), None, settings),
+            Ok(settings) => {
+                let buffers = L4BufferSettings::new(16 * 1024, DEFAULT_L4_WRITE_BUFFER_SIZE);
+                let listener = ListenerConfig::tcp(addr.to_string()).tls(settings);
+                proxy.add_listener(listener.l4_buffer(buffers));
+            }
             Err(e) => {
                 eprintln!("apigateway: cannot set up TLS on {addr}: {e}");
                 return ExitCode::FAILURE;
             }
         }
-    }
-    if h2c && let Some(app) = proxy.app_logic_mut() {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
     }
     server.add_service(proxy);
     if let Some(addr) = admin_listen {

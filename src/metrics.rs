@@ -28,6 +28,8 @@ struct Metrics {
     reloads: IntCounterVec,
     info: IntGaugeVec,
     access_log_dropped: IntCounter,
+    connections_closed: IntCounterVec,
+    connections_open: prometheus::IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -101,6 +103,20 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             IntCounter::new(
                 "apigateway_access_log_dropped_total",
                 "Access log lines dropped because the writer fell behind",
+            )
+            .expect("valid metric"),
+        ),
+        connections_closed: counter(
+            "apigateway_client_connections_closed_total",
+            "Client connections the gateway closed itself, by reason (limit, header_timeout, \
+             head_too_large)",
+            &["reason"],
+        ),
+        connections_open: register(
+            &r,
+            prometheus::IntGauge::new(
+                "apigateway_client_connections_open",
+                "Client connections open now",
             )
             .expect("valid metric"),
         ),
@@ -197,6 +213,20 @@ pub fn set_config_hash(hash: &str) {
     info.reset();
     info.with_label_values(&[env!("CARGO_PKG_VERSION"), hash])
         .set(1);
+}
+
+/// Counts a client connection closed by the gateway (`limit`, `header_timeout`,
+/// `head_too_large`).
+pub fn connection_closed(reason: &'static str) {
+    METRICS
+        .connections_closed
+        .with_label_values(&[reason])
+        .inc();
+}
+
+/// Tracks the open client connections (+1 on accept, -1 on close).
+pub fn connections_open(delta: i64) {
+    METRICS.connections_open.add(delta);
 }
 
 pub fn access_log_dropped() {

@@ -74,6 +74,8 @@ pub struct Snapshot {
     pub security: Arc<SecurityHeaders>,
     /// Request size limits.
     pub limits: EdgeLimits,
+    /// Client deadlines and the connection limit.
+    pub client: crate::connection::ClientConfig,
     /// Pingora process settings (changing them needs a process upgrade, not a reload).
     pub server: crate::config::ServerSettings,
     /// The access log settings.
@@ -196,6 +198,7 @@ impl Snapshot {
             .map(|l| Limiter::compile(l, previous_limiter))
             .transpose()
             .map_err(|(k, r)| invalid(k, r))?;
+        cfg.client.check().map_err(|(k, r)| invalid(k, r))?;
         let client_ip =
             ClientIpResolver::compile(&cfg.trusted_proxies).map_err(|(k, r)| invalid(k, r))?;
         let global_cors = cfg
@@ -300,7 +303,8 @@ impl Snapshot {
             client_ip,
             cors: global_cors,
             security: global_security,
-            limits: cfg.limits.clone(),
+            limits: cfg.limits,
+            client: cfg.client,
             server: cfg.server.clone(),
             access_log: cfg.access_log.clone(),
             admin: cfg.admin.clone(),

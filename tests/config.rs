@@ -145,6 +145,13 @@ fn unparsable_addresses_and_zero_backends() {
     );
     let bad_hash = "services:\n  users:\n    backends: ['127.0.0.1:1']\n    load_balancing: consistent_hash\n    hash_key: cookie\n";
     assert_rejected(&config(bad_hash, route), &["services.users.hash_key"]);
+    let zero_deadline = format!("client: {{header_timeout: 0s}}\n{SERVICES}");
+    assert_rejected(
+        &config(&zero_deadline, route),
+        &["client.header_timeout", "greater than 0"],
+    );
+    let no_connections = format!("client: {{max_connections: 0}}\n{SERVICES}");
+    assert_rejected(&config(&no_connections, route), &["client.max_connections"]);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use pingora::http::RequestHeader;
 use serde::Deserialize;
 
 /// The `limits:` section: request sizes refused with nginx-like statuses before any work.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeLimits {
     /// Longest request target (path and query) in bytes: 414 above.

@@ -104,7 +104,8 @@ pub(super) fn classify(e: &Error) -> Option<GatewayError> {
         ) => Some(GatewayError::UpstreamTimeout),
         (_, ErrorSource::Upstream) => Some(GatewayError::UpstreamUnavailable),
         (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => None,
-        (ReadTimedout, ErrorSource::Downstream) => None,
+        // A client that stopped sending its body: tell it why (nginx answers 408 too).
+        (ReadTimedout, ErrorSource::Downstream) => Some(GatewayError::RequestTimeout),
         (_, ErrorSource::Downstream) => Some(GatewayError::BadRequest("malformed request")),
         _ => Some(GatewayError::Internal),
     }

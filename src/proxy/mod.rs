@@ -524,6 +524,15 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Pingora bounds each read (`client.body_timeout`); this bounds the whole body, so a
+        // client trickling bytes cannot hold the connection and the upstream request forever.
+        if !end_of_stream
+            && let Some(snapshot) = ctx.snapshot.as_ref()
+            && ctx.started.elapsed() > snapshot.client.body_deadline
+        {
+            ctx.error = Some(GatewayError::RequestTimeout);
+            return Error::e_explain(ErrorType::HTTPStatus(408), "request body deadline passed");
+        }
         if let Some(chunk) = body.as_ref() {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > ctx.target().map_or(u64::MAX, |t| t.max_body) {

@@ -128,6 +128,12 @@ impl Gateway {
         assert!(status.success(), "kill -{name} failed");
     }
 
+    /// The gateway's process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The gateway's working directory (config, logs).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
