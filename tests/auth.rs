@@ -668,3 +668,57 @@ async fn cached_tokens_stop_working_at_exp() {
         "the cache outlived exp"
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_invalid_tokens_from_one_ip_is_refused_before_verification() {
+    let up = EchoServer::start("api", "127.0.0.1:0").await.unwrap();
+    let admin_port = free_port();
+    let config = auth_config(&up).replace(
+        "  max_token_bytes: 4096\n",
+        "  max_token_bytes: 4096\n  invalid_token_limit: {failures: 5, period: 1m}\n",
+    );
+    let gw = Gateway::start(&format!(
+        "admin: {{listen: '127.0.0.1:{admin_port}'}}\n{config}"
+    ));
+    let known = mint(Algorithm::RS256, &claims(json!({})));
+    assert_eq!(get(&gw, "/user", Some(&known)).await.0, 200);
+    // A correctly shaped RS256 token with a forged signature: each costs a signature check.
+    let forged = format!(
+        "{}x",
+        mint(Algorithm::RS256, &claims(json!({"sub": "mallory"})))
+    );
+    for _ in 0..5 {
+        assert_eq!(get(&gw, "/user", Some(&forged)).await.0, 401);
+    }
+    let (status, headers, body) = get(&gw, "/user", Some(&forged)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "Too many requests with invalid tokens");
+    assert_eq!(headers["retry-after"], "60");
+    // While throttled, a token never verified before is refused unverified too...
+    let fresh = mint(Algorithm::RS256, &claims(json!({"sub": "new"})));
+    assert_eq!(get(&gw, "/user", Some(&fresh)).await.0, 429);
+    // ...but one the gateway already verified still works (no signature check needed),
+    assert_eq!(get(&gw, "/user", Some(&known)).await.0, 200);
+    // routes without auth are untouched, and another client IP is not throttled.
+    assert_eq!(get(&gw, "/open", Some(&forged)).await.0, 200);
+    let other = client_from("127.0.0.2");
+    let (status, _, _) = send(
+        other
+            .get(gw.url("/user"))
+            .header("authorization", format!("Bearer {forged}")),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"apigateway_auth_failures_total{reason="invalid_token_throttled"} 2"#),
+        "{metrics}"
+    );
+}

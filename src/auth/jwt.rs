@@ -136,14 +136,11 @@ impl JwtVerifier {
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         // Cache first: only tokens that passed every check below were ever cached.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.cache_lookup(&digest) {
+            return Ok(hit);
+        }
         let now = now_secs();
         let generation = self.jwks_generation();
-        if let Some((hit, g)) = self.cache.get(&digest) {
-            if hit.expires_at > now && g == generation {
-                return Ok(hit);
-            }
-            self.cache.remove(&digest);
-        }
         let header = parse_header(token)?;
         let alg: Algorithm = header
             .alg
@@ -165,6 +162,21 @@ impl JwtVerifier {
             }
         }
         Err(last)
+    }
+
+    /// The identity of a token verified before and still valid (not expired, key set
+    /// unchanged), without any signature check.
+    pub fn cached(&self, token: &str) -> Option<Arc<Identity>> {
+        self.cache_lookup(&Sha256::digest(token.as_bytes()).into())
+    }
+
+    fn cache_lookup(&self, digest: &[u8; 32]) -> Option<Arc<Identity>> {
+        let (hit, generation) = self.cache.get(digest)?;
+        if hit.expires_at > now_secs() && generation == self.jwks_generation() {
+            return Some(hit);
+        }
+        self.cache.remove(digest);
+        None
     }
 
     /// Keys that may have signed a token with this `kid`/`alg`, refreshing JWKS once if the

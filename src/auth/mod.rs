@@ -7,6 +7,7 @@
 pub mod jwks;
 pub mod jwt;
 pub mod login;
+pub mod throttle;
 
 use crate::config::{de_duration, de_opt_duration};
 use http::{HeaderName, HeaderValue};
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +63,9 @@ pub struct AuthConfig {
     pub identity_headers: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub login: Option<LoginConfig>,
+    /// Invalid tokens one client IP may present per period before it is refused unverified.
+    #[serde(default)]
+    pub invalid_token_limit: throttle::InvalidTokenLimitConfig,
 }
 
 fn default_leeway() -> Duration {
@@ -230,6 +235,8 @@ pub enum AuthFailure {
     InvalidToken,
     /// The token is valid but lacks a required role or scope.
     Forbidden,
+    /// The client IP presented too many invalid tokens lately; the token was not verified.
+    TooManyInvalidTokens { retry_after: u64 },
 }
 
 /// The compiled `auth:` section.
@@ -240,6 +247,7 @@ pub struct Auth {
     identity_headers: Vec<HeaderName>,
     pub login: Option<Arc<LoginService>>,
     pub jwks: Vec<Arc<JwksSource>>,
+    throttle: Option<throttle::InvalidTokenThrottle>,
 }
 
 impl Auth {
@@ -321,31 +329,64 @@ impl Auth {
             identity_headers,
             login,
             jwks,
+            throttle: throttle::InvalidTokenThrottle::compile(&cfg.invalid_token_limit)?,
         })
     }
 
     /// Verifies the caller against a route's policy. `Ok(None)` is an anonymous caller on a
-    /// route that allows one.
+    /// route that allows one. `client_ip` keys the invalid-token throttle.
     pub async fn authenticate(
         &self,
         req: &RequestHeader,
         policy: &RoutePolicy,
+        client_ip: Option<IpAddr>,
     ) -> Result<Option<Arc<Identity>>, AuthFailure> {
         if policy.mode == AuthMode::None {
             return Ok(None);
         }
+        let throttle = self.throttle.as_ref().zip(client_ip);
+        let identity = match self.verify_request(req, policy, throttle).await {
+            Err(AuthFailure::InvalidToken) => {
+                if let Some((throttle, ip)) = throttle {
+                    throttle.record_failure(&ip);
+                }
+                return Err(AuthFailure::InvalidToken);
+            }
+            other => other?,
+        };
+        let Some(identity) = identity else {
+            return Ok(None);
+        };
+        if !authorized(&identity, policy) {
+            return Err(AuthFailure::Forbidden);
+        }
+        Ok(Some(identity))
+    }
+
+    /// Finds and verifies the token. A throttled IP still gets in with a token verified before
+    /// (a cache hit costs no signature check), so one bad client behind a shared address does
+    /// not lock out the others.
+    async fn verify_request(
+        &self,
+        req: &RequestHeader,
+        policy: &RoutePolicy,
+        throttle: Option<(&throttle::InvalidTokenThrottle, IpAddr)>,
+    ) -> Result<Option<Arc<Identity>>, AuthFailure> {
         let token = match self.extract_token(req)? {
             Some(t) => t,
             None if policy.mode == AuthMode::Optional => return Ok(None),
             None => return Err(AuthFailure::NoToken),
         };
+        if let Some(retry_after) = throttle.and_then(|(t, ip)| t.refused(&ip)) {
+            return match self.verifier.cached(&token) {
+                Some(identity) => Ok(Some(identity)),
+                None => Err(AuthFailure::TooManyInvalidTokens { retry_after }),
+            };
+        }
         let identity = self.verifier.verify(&token).await.map_err(|e| {
             log::debug!("token refused: {e}");
             AuthFailure::InvalidToken
         })?;
-        if !authorized(&identity, policy) {
-            return Err(AuthFailure::Forbidden);
-        }
         Ok(Some(identity))
     }
 

@@ -141,7 +141,7 @@ impl Gateway {
         let (Some(auth), Some(target)) = (snapshot.auth.as_ref(), ctx.target()) else {
             return Ok(());
         };
-        match auth.authenticate(req, &target.policy).await {
+        match auth.authenticate(req, &target.policy, ctx.client_ip).await {
             Ok(identity) => {
                 ctx.identity = identity;
                 Ok(())
@@ -161,6 +161,10 @@ impl Gateway {
             Err(AuthFailure::Forbidden) => {
                 crate::metrics::auth_failure("forbidden");
                 Err(GatewayError::Forbidden)
+            }
+            Err(AuthFailure::TooManyInvalidTokens { retry_after }) => {
+                crate::metrics::auth_failure("invalid_token_throttled");
+                Err(GatewayError::TooManyInvalidTokens { retry_after })
             }
         }
     }
