@@ -246,6 +246,12 @@ impl Aggregate {
                 }
             }))
             .await;
+        self.merge(results)
+    }
+
+    /// Merges the calls' results (in config order) into the answer: keyed by call, or fields
+    /// at the top level; failed optional calls are listed under `_errors`.
+    pub fn merge(&self, results: Vec<Result<Value, String>>) -> Outcome {
         let mut errors = Map::new();
         let mut answers = Vec::with_capacity(results.len());
         for (call, result) in self.calls.iter().zip(results) {

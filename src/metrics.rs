@@ -29,6 +29,7 @@ struct Metrics {
     info: IntGaugeVec,
     access_log_dropped: IntCounter,
     connections_closed: IntCounterVec,
+    ejections: IntCounterVec,
     connections_open: prometheus::IntGauge,
 }
 
@@ -111,6 +112,11 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "Client connections the gateway closed itself, by reason (limit, header_timeout, \
              head_too_large)",
             &["reason"],
+        ),
+        ejections: counter(
+            "apigateway_backend_ejections_total",
+            "Times passive health took a backend out of rotation, by service and backend",
+            &["service", "backend"],
         ),
         connections_open: register(
             &r,
@@ -199,6 +205,14 @@ pub fn backend_health(service: &str, backend: &str, healthy: bool) {
         .backend_up
         .with_label_values(&[service, backend])
         .set(i64::from(healthy));
+}
+
+/// Counts a backend taken out of rotation by its circuit breaker.
+pub fn backend_ejected(service: &str, backend: &str) {
+    METRICS
+        .ejections
+        .with_label_values(&[service, backend])
+        .inc();
 }
 
 /// Counts a reload attempt.

@@ -110,20 +110,40 @@ pub fn check_framing(
             return invalid("Transfer-Encoding other than a single chunked");
         }
     }
+    check_content_lengths(&req.headers).map_err(GatewayError::InvalidFraming)
+}
+
+/// Every `Content-Length` (header lines and comma-separated values) is plain digits and they
+/// all agree (RFC 9112 §6.3: anything else makes the message length unknowable).
+fn check_content_lengths(headers: &http::HeaderMap) -> Result<(), &'static str> {
     let mut first: Option<&[u8]> = None;
-    for v in req.headers.get_all(http::header::CONTENT_LENGTH) {
+    for v in headers.get_all(http::header::CONTENT_LENGTH) {
         for part in v.as_bytes().split(|b| *b == b',') {
             let digits = part.trim_ascii();
             if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-                return invalid("invalid Content-Length");
+                return Err("invalid Content-Length");
             }
             match first {
-                Some(f) if f != digits => return invalid("conflicting Content-Length values"),
+                Some(f) if f != digits => return Err("conflicting Content-Length values"),
                 _ => first = Some(digits),
             }
         }
     }
     Ok(())
+}
+
+/// Checks an upstream response's framing before it is relayed: conflicting `Content-Length`s,
+/// or `Content-Length` beside `Transfer-Encoding`, mean the upstream and the gateway may
+/// disagree on where the body ends — the next response on that connection could be forged.
+/// Pingora relays such responses as they are; the gateway answers 502 and drops the
+/// connection instead.
+pub fn check_response_framing(resp: &pingora::http::ResponseHeader) -> Result<(), &'static str> {
+    if resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && resp.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    check_content_lengths(&resp.headers)
 }
 
 /// Whether a raw request head has a `Content-Length` header line.

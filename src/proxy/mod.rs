@@ -18,6 +18,7 @@ use crate::snapshot::{RouteTarget, SharedSnapshot, Snapshot};
 use crate::template::TemplateVars;
 use crate::transform::PreparedHeaders;
 use crate::transform::json::{BodyBuffer, Collected, is_json};
+use crate::upstream::breaker::Attempt;
 use crate::upstream::{HashKey, ServicePool};
 use answer::{classify, decorate, respond, respond_json, write};
 use async_trait::async_trait;
@@ -33,6 +34,13 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
+    )
+}
 
 /// The gateway's proxy logic; one instance serves every listener.
 pub struct Gateway {
@@ -92,6 +100,13 @@ impl RequestCtx {
 
     fn pool(&self) -> Option<&ServicePool> {
         Some(self.snapshot.as_ref()?.service(self.target()?.service?))
+    }
+
+    /// Reports the outcome of the attempt on the backend tried last to its circuit breaker.
+    fn record_attempt(&self, outcome: Attempt) {
+        if let (Some(pool), Some(addr)) = (self.pool(), self.tried.last()) {
+            pool.record_attempt(addr, outcome);
+        }
     }
 
     /// The values transform templates are rendered with.
@@ -579,6 +594,20 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        if let Err(reason) = edge::check_response_framing(upstream_response) {
+            ctx.record_attempt(Attempt::Failed);
+            ctx.error = Some(GatewayError::UpstreamUnavailable);
+            let service = ctx.pool().map_or("", |p| p.name.as_str());
+            log::warn!("service {service}: invalid upstream response ({reason}), answered 502");
+            // An error here also keeps Pingora from pooling the connection.
+            return Error::e_explain(ErrorType::InvalidHTTPHeader, reason).map_err(|e| e.into_up());
+        }
+        let overloaded = matches!(upstream_response.status.as_u16(), 502..=504);
+        ctx.record_attempt(if overloaded {
+            Attempt::Failed
+        } else {
+            Attempt::Succeeded
+        });
         strip_response_hop_by_hop(upstream_response);
         if let Some(t) = ctx.target() {
             t.security.hide(upstream_response);
@@ -650,6 +679,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        ctx.record_attempt(Attempt::Failed);
         let budget = ctx.pool().map_or(0, |p| p.retries);
         e.set_retry(ctx.tried.len() <= budget);
         e
@@ -666,6 +696,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        // The backend failed (not the client, not a refusal of ours): tell its breaker.
+        if e.esource() == &ErrorSource::Upstream && ctx.error.is_none() {
+            ctx.record_attempt(Attempt::Failed);
+        }
         let mut e = e.more_context(format!("Peer: {peer}"));
         let budget = ctx.pool().map_or(0, |p| p.retries);
         if ctx.error.is_some()
@@ -674,6 +708,11 @@ impl ProxyHttp for Gateway {
             || ctx.tried.len() > budget
         {
             e.set_retry(false);
+        } else if e.esource() == &ErrorSource::Upstream && !is_timeout(&e) {
+            // The backend broke the connection before answering (crash, reset, garbage): an
+            // idempotent request goes to another backend, as nginx's `proxy_next_upstream
+            // error` does. Timeouts are not retried: a slow service would get the load twice.
+            e.set_retry(true);
         } else {
             e.retry.decide_reuse(client_reused);
         }

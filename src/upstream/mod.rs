@@ -4,6 +4,7 @@
 //! Health checks are driven by one [`HealthChecker`] background service that walks the *current*
 //! snapshot, so pools created by a later config reload are checked too.
 
+pub mod breaker;
 pub mod tls;
 
 use crate::config::de_duration;
@@ -50,6 +51,9 @@ pub struct ServiceConfig {
     /// in plaintext with prior knowledge (h2c, as gRPC servers expect).
     #[serde(default)]
     pub http2: bool,
+    /// The circuit breaker fed by real requests (on by default: 5 failures, 10 s cooldown).
+    #[serde(default)]
+    pub passive_health: breaker::PassiveHealthConfig,
 }
 
 fn default_retries() -> usize {
@@ -177,6 +181,7 @@ pub struct ServicePool {
     pub upstream_latency: prometheus::Histogram,
     health_interval: Option<Duration>,
     backend_count: usize,
+    breakers: Option<breaker::Breakers>,
 }
 
 /// The host part of a backend as written in the config: the default SNI for TLS backends.
@@ -228,6 +233,10 @@ impl ServicePool {
             }
         }
         let backend_count = set.len();
+        let breakers = breaker::Breakers::new(
+            &cfg.passive_health,
+            set.iter().map(|b: &Backend| b.addr.clone()),
+        );
         let hash_key = match (cfg.load_balancing, cfg.hash_key.as_deref()) {
             (LoadBalancing::RoundRobin, None) => None,
             (LoadBalancing::RoundRobin, Some(_)) => {
@@ -264,6 +273,7 @@ impl ServicePool {
             upstream_latency: crate::metrics::upstream_histogram(name),
             health_interval: cfg.health_check.as_ref().map(|h| h.interval),
             backend_count,
+            breakers,
         })
     }
 
@@ -277,12 +287,30 @@ impl ServicePool {
         self.backend_count
     }
 
-    /// Picks a healthy backend not in `exclude` (addresses already tried for this request).
+    /// Picks a healthy backend not in `exclude` (addresses already tried for this request)
+    /// whose circuit breaker admits a request.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Backend> {
-        let accept = |b: &Backend, healthy: bool| healthy && !exclude.contains(&b.addr);
+        let accept = |b: &Backend, healthy: bool| {
+            healthy
+                && !exclude.contains(&b.addr)
+                && self.breakers.as_ref().is_none_or(|br| br.admits(&b.addr))
+        };
         match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
             Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+        }
+    }
+
+    /// Feeds one attempt's outcome to the backend's circuit breaker.
+    pub fn record_attempt(&self, addr: &SocketAddr, outcome: breaker::Attempt) {
+        if let Some(breakers) = &self.breakers
+            && breakers.record(addr, outcome)
+        {
+            log::warn!(
+                "service {}: backend {addr} failed repeatedly, taken out of rotation (passive health)",
+                self.name
+            );
+            crate::metrics::backend_ejected(&self.name, &addr.to_string());
         }
     }
 

@@ -1,0 +1,351 @@
+//! Upstream faults (security-cases §fault): a scripted raw-TCP upstream that refuses, resets
+//! mid-response, hangs after its headers, or answers malformed or oversized responses. The
+//! client must get a JSON 502/504 (or, once the upstream's header has been relayed, a cut
+//! connection) within the configured timeout; the broken connection must not be reused; a POST
+//! is never sent twice; and passive health takes a failing backend out, then probes it back in.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// What the scripted upstream does after reading a request head.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// A normal keep-alive 200.
+    Ok,
+    /// Half a body, then a TCP reset.
+    ResetMidBody,
+    /// A complete header announcing 100 bytes, then silence.
+    HangAfterHeaders,
+    /// Two different `Content-Length`s.
+    TwoLengths,
+    /// `Content-Length` and `Transfer-Encoding: chunked` together (the chunked body is 5
+    /// bytes, the length says 3).
+    LengthAndChunked,
+    /// Not HTTP at all.
+    Garbage,
+    /// A response header of 2 MiB.
+    HugeHeader,
+    /// Close without answering.
+    Close,
+    /// Never answer.
+    Silent,
+}
+
+struct FaultServer {
+    addr: SocketAddr,
+    /// Request heads read, and connections accepted.
+    requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    fault: Arc<std::sync::Mutex<Fault>>,
+}
+
+impl FaultServer {
+    fn start(fault: Fault) -> FaultServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = FaultServer {
+            addr: listener.local_addr().unwrap(),
+            requests: Arc::default(),
+            connections: Arc::default(),
+            fault: Arc::new(std::sync::Mutex::new(fault)),
+        };
+        let (requests, connections, fault) = (
+            server.requests.clone(),
+            server.connections.clone(),
+            server.fault.clone(),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                connections.fetch_add(1, Ordering::SeqCst);
+                let (requests, fault) = (requests.clone(), fault.clone());
+                std::thread::spawn(move || serve(stream, &requests, &fault));
+            }
+        });
+        server
+    }
+
+    fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads one request head (and a `Content-Length` body); false when the connection ended.
+fn read_request(stream: &mut TcpStream) -> bool {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !data.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&data).to_ascii_lowercase();
+    let length: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let head_end = text.find("\r\n\r\n").unwrap() + 4;
+    let mut have = data.len() - head_end;
+    while have < length {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => have += n,
+        }
+    }
+    true
+}
+
+fn serve(mut stream: TcpStream, requests: &AtomicUsize, fault: &std::sync::Mutex<Fault>) {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    while read_request(&mut stream) {
+        requests.fetch_add(1, Ordering::SeqCst);
+        let fault = *fault.lock().unwrap();
+        let answer: Vec<u8> = match fault {
+            Fault::Ok => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            Fault::ResetMidBody => {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf");
+                let _ = stream.flush();
+                // SO_LINGER 0: close sends RST instead of FIN.
+                set_linger_zero(&stream);
+                return;
+            }
+            Fault::HangAfterHeaders => {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
+                std::thread::sleep(Duration::from_secs(10));
+                return;
+            }
+            Fault::TwoLengths => {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello!!".to_vec()
+            }
+            Fault::LengthAndChunked => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\
+                Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+            Fault::Garbage => b"SURPRISE\r\n\r\n".to_vec(),
+            Fault::HugeHeader => {
+                let mut a = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+                a.extend(std::iter::repeat_n(b'a', 2 << 20));
+                a.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+                a
+            }
+            Fault::Close => return,
+            Fault::Silent => {
+                std::thread::sleep(Duration::from_secs(10));
+                return;
+            }
+        };
+        if stream.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
+
+fn set_linger_zero(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = [1i32, 0i32]; // struct linger { l_onoff = 1, l_linger = 0 }
+    // SAFETY: a valid socket fd and a correctly sized `struct linger`.
+    unsafe {
+        setsockopt(
+            stream.as_raw_fd(),
+            1,  /* SOL_SOCKET */
+            13, /* SO_LINGER */
+            linger.as_ptr().cast(),
+            8,
+        );
+    }
+}
+
+unsafe extern "C" {
+    fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, len: u32) -> i32;
+}
+
+fn gateway(backends: &[SocketAddr], extra: &str) -> Gateway {
+    let list = backends
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Gateway::start(&format!(
+        "services:\n  svc:\n    backends: [{list}]\n    timeouts: {{connect: 1s, read: 1s, write: 1s}}\n{extra}\
+         routes:\n  - {{path: /api, service: svc}}\n"
+    ))
+}
+
+#[tokio::test]
+async fn malformed_and_broken_responses_are_json_502_and_never_reused() {
+    let up = FaultServer::start(Fault::Ok);
+    let gw = gateway(
+        &[up.addr],
+        "    retries: 0\n    passive_health: {failures: 0}\n",
+    );
+    // Content-Length beside chunked: Pingora drops the length before any hook sees the header
+    // and relays the chunked body (what RFC 9112 §6.3 asks of an intermediary that forwards
+    // it); the client gets exactly the chunked body, never the length-framed reading.
+    up.set(Fault::LengthAndChunked);
+    let resp = client().get(gw.url("/api/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("content-length").is_none());
+    assert_eq!(resp.bytes().await.unwrap(), "hello");
+    up.set(Fault::Ok);
+    assert_eq!(send(client().get(gw.url("/api/after"))).await.0, 200);
+
+    for fault in [
+        Fault::TwoLengths,
+        Fault::Garbage,
+        Fault::HugeHeader,
+        Fault::Close,
+    ] {
+        up.set(Fault::Ok);
+        assert_eq!(send(client().get(gw.url("/api/warm"))).await.0, 200);
+        let connections = up.connections();
+        up.set(fault);
+        let started = Instant::now();
+        let (status, headers, body) = send(client().get(gw.url("/api/x"))).await;
+        assert_eq!(status, 502, "{fault:?}: {headers:?} {body}");
+        assert_eq!(body["error"], "Upstream unavailable");
+        assert_eq!(headers["content-type"], "application/json");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        // The connection that carried the bad answer is gone: the next request opens another.
+        up.set(Fault::Ok);
+        assert_eq!(send(client().get(gw.url("/api/after"))).await.0, 200);
+        assert!(
+            up.connections() > connections,
+            "a broken connection was reused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reset_or_hang_after_headers_cut_the_client_within_the_timeout() {
+    let up = FaultServer::start(Fault::ResetMidBody);
+    let gw = gateway(
+        &[up.addr],
+        "    retries: 0\n    passive_health: {failures: 0}\n",
+    );
+    for fault in [Fault::ResetMidBody, Fault::HangAfterHeaders] {
+        up.set(fault);
+        let started = Instant::now();
+        // The 200 header was already relayed, so the only honest signal left is a cut body.
+        let resp = client().get(gw.url("/api/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.bytes().await.is_err(),
+            "a truncated body must not look complete"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    up.set(Fault::Ok);
+    assert_eq!(send(client().get(gw.url("/api/after"))).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_silent_upstream_is_json_504_and_a_post_is_sent_once() {
+    let up = FaultServer::start(Fault::Silent);
+    let other = FaultServer::start(Fault::Silent);
+    let gw = gateway(
+        &[up.addr, other.addr],
+        "    retries: 3\n    passive_health: {failures: 0}\n",
+    );
+    let started = Instant::now();
+    let (status, _, body) = send(client().get(gw.url("/api/slow"))).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"], "Upstream timed out");
+    // A read timeout on a fresh connection is not retried: one attempt, within `read: 1s`.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    up.set(Fault::Close);
+    other.set(Fault::Close);
+    let sent = up.requests() + other.requests();
+    // A POST that reached a backend and failed there is not replayed on the other one...
+    let (status, _, body) = send(client().post(gw.url("/api/pay")).body("once")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        up.requests() + other.requests(),
+        sent + 1,
+        "the POST was sent twice"
+    );
+    // ...while a GET is (retries: 3, two backends: each tried once).
+    let (status, _, _) = send(client().get(gw.url("/api/read"))).await;
+    assert_eq!(status, 502);
+    assert_eq!(up.requests() + other.requests(), sent + 3);
+}
+
+#[tokio::test]
+async fn passive_health_takes_a_failing_backend_out_and_probes_it_back() {
+    let bad = FaultServer::start(Fault::Close);
+    let good = FaultServer::start(Fault::Ok);
+    let gw = gateway(
+        &[bad.addr, good.addr],
+        "    retries: 1\n    passive_health: {failures: 3, cooldown: 1s}\n",
+    );
+    // GETs are retried on the good backend, so clients see 200 while the bad one fails.
+    for _ in 0..10 {
+        assert_eq!(send(client().get(gw.url("/api/x"))).await.0, 200);
+    }
+    let failed = bad.requests();
+    assert_eq!(
+        failed, 3,
+        "the breaker opens after exactly 3 consecutive failures"
+    );
+    for _ in 0..10 {
+        assert_eq!(send(client().get(gw.url("/api/x"))).await.0, 200);
+    }
+    assert_eq!(
+        bad.requests(),
+        failed,
+        "an open breaker sends nothing to the backend"
+    );
+    // After the cooldown one probe goes through; the backend has recovered, so it is back.
+    bad.set(Fault::Ok);
+    let back = eventually(Duration::from_secs(5), || async {
+        send(client().get(gw.url("/api/x"))).await;
+        bad.requests() > failed
+    })
+    .await;
+    assert!(back, "no half-open probe after the cooldown");
+    let before = bad.requests();
+    for _ in 0..10 {
+        assert_eq!(send(client().get(gw.url("/api/x"))).await.0, 200);
+    }
+    assert!(
+        bad.requests() >= before + 4,
+        "a recovered backend gets its share again"
+    );
+}
+
+#[tokio::test]
+async fn every_backend_open_fails_fast_with_no_healthy_backend() {
+    let bad = FaultServer::start(Fault::Garbage);
+    let gw = gateway(
+        &[bad.addr],
+        "    retries: 0\n    passive_health: {failures: 2, cooldown: 1m}\n",
+    );
+    for _ in 0..2 {
+        assert_eq!(send(client().get(gw.url("/api/x"))).await.0, 502);
+    }
+    let (status, _, body) = send(client().get(gw.url("/api/x"))).await;
+    assert_eq!(status, 502);
+    assert_eq!(body["error"], "No healthy backend for service svc");
+    assert_eq!(bad.requests(), 2);
+}
