@@ -6,7 +6,7 @@ CARGO   ?= cargo
 CONFIG  ?= conf/gateway.yaml
 RELEASE := target/release
 
-.PHONY: run test deps build lint unit bench bench-smoke install clean
+.PHONY: run test deps build lint deny unit bench bench-smoke soak fuzz install clean
 
 ## make run: build in release mode, start the demo services (users, products, orders on
 ## 127.0.0.1:3001-3003) and the gateway on 0.0.0.0:8080 (HTTP) and 8443 (HTTPS, HTTP/2; a demo
@@ -18,8 +18,9 @@ run: deps build
 	echo "gateway on http://localhost:8080 and https://localhost:8443 — try: curl http://localhost:8080/api/public or curl -k --http2 https://localhost:8443/api/public"; \
 	$(RELEASE)/apigateway -c $(CONFIG)
 
-## make test: formatting, lints, unit and integration tests (real upstreams, real gateway).
-test: deps lint unit
+## make test: formatting, lints, dependency checks, unit and integration tests (real
+## upstreams, real gateway).
+test: deps lint deny unit
 
 build:
 	$(CARGO) build --release --bin apigateway --example demo_services
@@ -31,12 +32,26 @@ lint:
 unit:
 	$(CARGO) test --all-targets
 
+## Licenses, version floors of crates with advisories, and sources of every dependency
+## (deny.toml). Installs cargo-deny on first use.
+deny:
+	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install cargo-deny --locked
+	$(CARGO) deny check licenses bans sources
+
 ## make bench: gateway vs nginx (and HAProxy) on this machine; see bench/README.md.
 bench: deps
 	bench/run.sh
 
 bench-smoke: deps
 	bench/run.sh --smoke
+
+## make soak: 10 minutes of mixed traffic, RSS and open files sampled (bench/soak.sh).
+soak: deps
+	bench/soak.sh
+
+## make fuzz: every cargo-fuzz target for FUZZ_SECONDS (30) each; needs a nightly toolchain.
+fuzz: deps
+	fuzz/run.sh
 
 ## Installs system packages the build needs: apt-get when root, otherwise prints the command.
 deps:
