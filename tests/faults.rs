@@ -34,6 +34,9 @@ enum Fault {
     Close,
     /// Never answer.
     Silent,
+    /// A normal keep-alive 200, then the upstream closes the idle connection (as when its
+    /// keep-alive timeout is shorter than the gateway's pool idle time).
+    OkThenClose,
 }
 
 struct FaultServer {
@@ -41,6 +44,8 @@ struct FaultServer {
     /// Request heads read, and connections accepted.
     requests: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    /// Connections the upstream closed after answering (`OkThenClose`).
+    closed: Arc<AtomicUsize>,
     fault: Arc<std::sync::Mutex<Fault>>,
 }
 
@@ -51,19 +56,21 @@ impl FaultServer {
             addr: listener.local_addr().unwrap(),
             requests: Arc::default(),
             connections: Arc::default(),
+            closed: Arc::default(),
             fault: Arc::new(std::sync::Mutex::new(fault)),
         };
-        let (requests, connections, fault) = (
+        let (requests, connections, closed, fault) = (
             server.requests.clone(),
             server.connections.clone(),
+            server.closed.clone(),
             server.fault.clone(),
         );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 connections.fetch_add(1, Ordering::SeqCst);
-                let (requests, fault) = (requests.clone(), fault.clone());
-                std::thread::spawn(move || serve(stream, &requests, &fault));
+                let (requests, closed, fault) = (requests.clone(), closed.clone(), fault.clone());
+                std::thread::spawn(move || serve(stream, &requests, &closed, &fault));
             }
         });
         server
@@ -109,7 +116,12 @@ fn read_request(stream: &mut TcpStream) -> bool {
     true
 }
 
-fn serve(mut stream: TcpStream, requests: &AtomicUsize, fault: &std::sync::Mutex<Fault>) {
+fn serve(
+    mut stream: TcpStream,
+    requests: &AtomicUsize,
+    closed: &AtomicUsize,
+    fault: &std::sync::Mutex<Fault>,
+) {
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
     while read_request(&mut stream) {
         requests.fetch_add(1, Ordering::SeqCst);
@@ -144,6 +156,12 @@ fn serve(mut stream: TcpStream, requests: &AtomicUsize, fault: &std::sync::Mutex
             Fault::Close => return,
             Fault::Silent => {
                 std::thread::sleep(Duration::from_secs(10));
+                return;
+            }
+            Fault::OkThenClose => {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                closed.fetch_add(1, Ordering::SeqCst);
                 return;
             }
         };
@@ -289,6 +307,39 @@ async fn a_silent_upstream_is_json_504_and_a_post_is_sent_once() {
     let (status, _, _) = send(client().get(gw.url("/api/read"))).await;
     assert_eq!(status, 502);
     assert_eq!(up.requests() + other.requests(), sent + 3);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_not_reused() {
+    let up = FaultServer::start(Fault::OkThenClose);
+    let gw = gateway(
+        &[up.addr],
+        "    retries: 0\n    passive_health: {failures: 0}\n",
+    );
+    for i in 0..10 {
+        // Wait until the upstream has closed every connection it answered on, so the
+        // gateway's pool holds only dead connections when the next request comes.
+        let answered = up.requests();
+        let all_closed = eventually(Duration::from_secs(5), || async {
+            up.closed.load(Ordering::SeqCst) == answered
+        })
+        .await;
+        assert!(all_closed);
+        // A POST is the hard case: it may not be retried, so it must not meet a dead socket.
+        let req = if i % 2 == 0 {
+            client().post(gw.url("/api/pay")).body("once")
+        } else {
+            client().get(gw.url("/api/read"))
+        };
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    assert_eq!(up.requests(), 10, "no request was sent twice");
+    assert_eq!(
+        up.connections(),
+        10,
+        "every request needed a fresh connection"
+    );
 }
 
 #[tokio::test]
