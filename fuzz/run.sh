@@ -20,6 +20,9 @@ for t in "${TARGETS[@]}"; do
     outcome="FAILED (see $log and fuzz/artifacts/$t/)"; status=1
   fi
   execs=$(grep -o 'Done [0-9]* runs' "$log" | awk '{print $2}' | tail -1)
-  echo "$t: ${execs:-?} executions in ${FUZZ_SECONDS}s, corpus $(ls "fuzz/corpus/$t" | wc -l) inputs: $outcome"
+  # libFuzzer's last status line: coverage, features, corpus (inputs/bytes), peak RSS.
+  stats=$(grep -o 'cov: [0-9]* ft: [0-9]* corp: [0-9]*/[0-9.]*[KMb]*' "$log" | tail -1)
+  rss=$(grep -o 'rss: [0-9]*Mb' "$log" | tail -1)
+  echo "$t: ${execs:-?} executions in ${FUZZ_SECONDS}s, ${stats:-no stats}, ${rss:-}: $outcome"
 done
 exit $status
