@@ -143,7 +143,12 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let client = self.snapshot.load().client;
+        // One snapshot per connection: its deadlines and head cap hold for all its requests.
+        let snapshot = self.snapshot.load();
+        let client = snapshot.client;
+        let limits = snapshot.limits;
+        let max_head = limits.max_uri_bytes + limits.max_header_bytes + HEAD_FRAMING_ALLOWANCE;
+        drop(snapshot);
         let Some(_slot) = ConnectionSlot::acquire(&self.open, client.max_connections) else {
             crate::metrics::connection_closed("limit");
             if stream.selected_alpn_proto() != Some(ALPN::H2) {
@@ -155,7 +160,7 @@ where
         if self.is_h2(&mut stream, &client).await {
             return ServerApp::process_new(&self.app, stream, shutdown).await;
         }
-        self.serve_http1(stream, client, shutdown).await;
+        self.serve_http1(stream, client, max_head, shutdown).await;
         None
     }
 
@@ -185,6 +190,7 @@ where
         &self,
         mut stream: Stream,
         client: ClientConfig,
+        max_head: usize,
         shutdown: &ShutdownWatch,
     ) {
         let keep_alive_limit = self
@@ -194,8 +200,6 @@ where
         let mut persisted: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
-            let limits = self.snapshot.load().limits;
-            let max_head = limits.max_uri_bytes + limits.max_header_bytes + HEAD_FRAMING_ALLOWANCE;
             let head = match read_head(&mut stream, first, &client, max_head, shutdown).await {
                 Ok(head) => head,
                 Err(HeadFailure::Closed) => return,

@@ -90,6 +90,15 @@ pub(super) async fn write(
     Ok(())
 }
 
+/// Whether the error is a connect, TLS handshake, read or write timeout.
+pub(super) fn is_timeout(e: &Error) -> bool {
+    use ErrorType::*;
+    matches!(
+        e.etype(),
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
+    )
+}
+
 /// Maps a Pingora error to what the client should see; `None` when the client is already gone.
 pub(super) fn classify(e: &Error) -> Option<GatewayError> {
     use ErrorType::*;
@@ -98,10 +107,7 @@ pub(super) fn classify(e: &Error) -> Option<GatewayError> {
         (HTTPStatus(504), _) => Some(GatewayError::UpstreamTimeout),
         (HTTPStatus(c), _) if (500..600).contains(c) => Some(GatewayError::UpstreamUnavailable),
         (HTTPStatus(_), _) => Some(GatewayError::Internal),
-        (
-            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout,
-            ErrorSource::Upstream,
-        ) => Some(GatewayError::UpstreamTimeout),
+        (_, ErrorSource::Upstream) if is_timeout(e) => Some(GatewayError::UpstreamTimeout),
         (_, ErrorSource::Upstream) => Some(GatewayError::UpstreamUnavailable),
         (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => None,
         // A client that stopped sending its body: tell it why (nginx answers 408 too).

@@ -20,7 +20,7 @@ use crate::transform::PreparedHeaders;
 use crate::transform::json::{BodyBuffer, Collected, is_json};
 use crate::upstream::breaker::Attempt;
 use crate::upstream::{HashKey, ServicePool};
-use answer::{classify, decorate, respond, respond_json, write};
+use answer::{classify, decorate, is_timeout, respond, respond_json, write};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, Method};
@@ -34,13 +34,6 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn is_timeout(e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
-    )
-}
 
 /// The gateway's proxy logic; one instance serves every listener.
 pub struct Gateway {
@@ -697,7 +690,8 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         // The backend failed (not the client, not a refusal of ours): tell its breaker.
-        if e.esource() == &ErrorSource::Upstream && ctx.error.is_none() {
+        let backend_failed = e.esource() == &ErrorSource::Upstream && ctx.error.is_none();
+        if backend_failed {
             ctx.record_attempt(Attempt::Failed);
         }
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -708,7 +702,7 @@ impl ProxyHttp for Gateway {
             || ctx.tried.len() > budget
         {
             e.set_retry(false);
-        } else if e.esource() == &ErrorSource::Upstream && !is_timeout(&e) {
+        } else if backend_failed && !is_timeout(&e) {
             // The backend broke the connection before answering (crash, reset, garbage): an
             // idempotent request goes to another backend, as nginx's `proxy_next_upstream
             // error` does. Timeouts are not retried: a slow service would get the load twice.
