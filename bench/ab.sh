@@ -13,14 +13,7 @@ install_missing wrk:wrk nginx:nginx
 bench_workdir
 
 UP=$(port)
-cat > "$WORK/nginx.conf" <<NGX
-worker_processes 1; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:$UP; keepalive_requests 100000;
-    location / { default_type application/json; return 200 '{"ok":true,"service":"users"}'; } } }
-NGX
-nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+start_json_upstream "$UP"
 wait_port "$UP"
 
 start_gateway() { # NAME BINARY PORT

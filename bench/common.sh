@@ -30,3 +30,19 @@ bench_workdir() {
   PIDS=()
   trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 }
+
+# Starts the upstream every bench proxies to: nginx (one worker) on 127.0.0.1:$1 answering
+# every request with a small JSON body; $2 (optional) holds extra `location` blocks matched
+# before that default one. Needs bench_workdir; sets UP_PID.
+start_json_upstream() {
+  mkdir -p "$WORK/up"
+  cat > "$WORK/up/nginx.conf" <<CONF
+master_process off; worker_processes 1; daemon off; pid $WORK/up/nginx.pid; error_log stderr error;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$1;
+    ${2:-}
+    location / { default_type application/json; return 200 '{"id":42,"name":"demo user","ok":true}'; } } }
+CONF
+  nginx -c "$WORK/up/nginx.conf" & PIDS+=($!); UP_PID=$!
+}

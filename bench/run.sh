@@ -38,15 +38,8 @@ UP=$(port); NGX=$(port); HAP=$(port); GW3=$(port); GW1K=$(port); GWL=$(port); HA
 
 # Upstream: nginx answering a small JSON body, and a 1 KB one on /kb.
 KB_JSON=$(python3 -c 'import json; print(json.dumps({"id": 42, "service": "catalog", "internal": {"cost": 3}, "items": [{"sku": "sku-%03d" % i, "name": "item number %d" % i, "price": i * 1.5} for i in range(17)]}, separators=(",", ":")))')
-mkdir -p "$WORK/up" "$WORK/ngx"
-cat > "$WORK/up/nginx.conf" <<CONF
-master_process off; worker_processes 1; daemon off; pid $WORK/up/nginx.pid; error_log stderr error;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP;
-    location /kb { default_type application/json; return 200 '$KB_JSON'; }
-    location / { default_type application/json; return 200 '{"id":42,"name":"demo user","ok":true}'; } } }
-CONF
+start_json_upstream "$UP" "location /kb { default_type application/json; return 200 '$KB_JSON'; }"
+mkdir -p "$WORK/ngx"
 cat > "$WORK/ngx/nginx.conf" <<CONF
 master_process off; worker_processes 1; daemon off; pid $WORK/ngx/nginx.pid; error_log stderr error;
 events { worker_connections 4096; }
@@ -125,7 +118,6 @@ gw_config "$GW1K" 997
 gw_config "$GWL" 0
 sed -i "s#^access_log: .*#access_log: {path: $WORK/access.log}#" "$WORK/gw$GWL.yaml"
 
-nginx -c "$WORK/up/nginx.conf" & PIDS+=($!); UP_PID=$!
 nginx -c "$WORK/ngx/nginx.conf" & PIDS+=($!); NGX_PID=$!
 haproxy -f "$WORK/haproxy.cfg" -q & PIDS+=($!); HAP_PID=$!
 haproxy -f "$WORK/haproxy-jwt.cfg" -q & PIDS+=($!); HAPJ_PID=$!

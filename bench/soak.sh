@@ -13,14 +13,7 @@ bench_workdir
 UP=$(port); GW=$(port); ADMIN=$(port); DEAD=$(port)
 SECRET=soak-secret-0123456789abcdef-0123456789
 
-cat > "$WORK/nginx.conf" <<CONF
-master_process off; worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log stderr error;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP;
-    location / { default_type application/json; return 200 '{"id":42,"ok":true}'; } } }
-CONF
-nginx -c "$WORK/nginx.conf" & PIDS+=($!)
+start_json_upstream "$UP"
 
 cat > "$WORK/gw.yaml" <<YAML
 server: {threads: 1, pid_file: $WORK/gw.pid, upgrade_sock: $WORK/gw.sock}

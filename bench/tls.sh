@@ -22,14 +22,8 @@ UP=$(port); NGX=$(port); GW=$(port); GWP=$(port)
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 
-mkdir -p "$WORK/up" "$WORK/ngx"
-cat > "$WORK/up/nginx.conf" <<CONF
-master_process off; worker_processes 1; daemon off; pid $WORK/up/nginx.pid; error_log stderr error;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP;
-    location / { default_type application/json; return 200 '{"id":42,"name":"demo user","ok":true}'; } } }
-CONF
+start_json_upstream "$UP"
+mkdir -p "$WORK/ngx"
 cat > "$WORK/ngx/nginx.conf" <<CONF
 master_process off; worker_processes 1; daemon off; pid $WORK/ngx/nginx.pid; error_log stderr error;
 events { worker_connections 4096; }
@@ -54,7 +48,6 @@ routes:
   - {path: /api/users, service: users}
 CONF
 
-nginx -c "$WORK/up/nginx.conf" & PIDS+=($!)
 nginx -c "$WORK/ngx/nginx.conf" & PIDS+=($!)
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw.yaml" & PIDS+=($!)
 for p in $UP $NGX $GW; do wait_port "$p"; done

@@ -709,14 +709,7 @@ async fn a_flood_of_invalid_tokens_from_one_ip_is_refused_before_verification() 
     )
     .await;
     assert_eq!(status, 401);
-    let metrics = client()
-        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(admin_port).await;
     assert!(
         metrics.contains(r#"apigateway_auth_failures_total{reason="invalid_token_throttled"} 2"#),
         "{metrics}"

@@ -190,6 +190,9 @@ unsafe extern "C" {
     fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, len: u32) -> i32;
 }
 
+/// Service settings for cases that watch one attempt: no retry, no passive health.
+const NO_RETRY_NO_BREAKER: &str = "    retries: 0\n    passive_health: {failures: 0}\n";
+
 fn gateway(backends: &[SocketAddr], extra: &str) -> Gateway {
     let list = backends
         .iter()
@@ -205,10 +208,7 @@ fn gateway(backends: &[SocketAddr], extra: &str) -> Gateway {
 #[tokio::test]
 async fn malformed_and_broken_responses_are_json_502_and_never_reused() {
     let up = FaultServer::start(Fault::Ok);
-    let gw = gateway(
-        &[up.addr],
-        "    retries: 0\n    passive_health: {failures: 0}\n",
-    );
+    let gw = gateway(&[up.addr], NO_RETRY_NO_BREAKER);
     // Content-Length beside chunked: Pingora drops the length before any hook sees the header
     // and relays the chunked body (what RFC 9112 §6.3 asks of an intermediary that forwards
     // it); the client gets exactly the chunked body, never the length-framed reading.
@@ -249,10 +249,7 @@ async fn malformed_and_broken_responses_are_json_502_and_never_reused() {
 #[tokio::test]
 async fn reset_or_hang_after_headers_cut_the_client_within_the_timeout() {
     let up = FaultServer::start(Fault::ResetMidBody);
-    let gw = gateway(
-        &[up.addr],
-        "    retries: 0\n    passive_health: {failures: 0}\n",
-    );
+    let gw = gateway(&[up.addr], NO_RETRY_NO_BREAKER);
     for fault in [Fault::ResetMidBody, Fault::HangAfterHeaders] {
         up.set(fault);
         let started = Instant::now();
@@ -312,10 +309,7 @@ async fn a_silent_upstream_is_json_504_and_a_post_is_sent_once() {
 #[tokio::test]
 async fn a_pooled_connection_the_upstream_closed_is_not_reused() {
     let up = FaultServer::start(Fault::OkThenClose);
-    let gw = gateway(
-        &[up.addr],
-        "    retries: 0\n    passive_health: {failures: 0}\n",
-    );
+    let gw = gateway(&[up.addr], NO_RETRY_NO_BREAKER);
     for i in 0..10 {
         // Wait until the upstream has closed every connection it answered on, so the
         // gateway's pool holds only dead connections when the next request comes.

@@ -143,14 +143,7 @@ async fn admin_endpoints_expose_health_readiness_and_metrics() {
     assert_eq!(send(c.get(gw.url("/once"))).await.0, 429);
     assert_eq!(send(c.get(gw.url("/nowhere"))).await.0, 404);
 
-    let text = c
-        .get(url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(admin).await;
     for series in [
         r#"apigateway_requests_total{route="api",service="a",status="2xx"} 3"#,
         r#"apigateway_requests_total{route="secure",service="a",status="4xx"} 1"#,

@@ -345,10 +345,6 @@ async fn tls_upstreams_are_verified_by_ca_and_sni_and_speak_h2() {
 
     // `http` health checks of a TLS service use its TLS settings: the check with the right CA
     // (and SNI from `health_check.host`) passes, the one trusting system roots fails.
-    let metrics = || async {
-        let url = format!("http://127.0.0.1:{admin}/metrics");
-        c.get(url).send().await.unwrap().text().await.unwrap()
-    };
     let series = |service: &str, v: u8| {
         format!(
             "apigateway_backend_healthy{{backend=\"{}\",service=\"{service}\"}} {v}",
@@ -356,11 +352,11 @@ async fn tls_upstreams_are_verified_by_ca_and_sni_and_speak_h2() {
         )
     };
     let checked = eventually(Duration::from_secs(10), || async {
-        let m = metrics().await;
+        let m = metrics_text(admin).await;
         m.contains(&series("checked_untrusted", 0)) && m.contains(&series("checked", 1))
     })
     .await;
-    assert!(checked, "{}", metrics().await);
+    assert!(checked, "{}", metrics_text(admin).await);
     let (status, _, body) = send(c.get(gw.url("/untrusted/x"))).await;
     assert_eq!(status, 502, "{body}");
 }

@@ -182,6 +182,19 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// The Prometheus text of the admin listener on `admin_port`.
+#[allow(dead_code)]
+pub async fn metrics_text(admin_port: u16) -> String {
+    client()
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 /// Sends a request and returns (status, headers, JSON body or Null).
 pub async fn send(
     req: reqwest::RequestBuilder,
