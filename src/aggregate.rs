@@ -6,10 +6,12 @@
 //! `ServicePool`s as proxied traffic, so they share health state, timeouts and keep-alive
 //! behaviour, and no second HTTP stack is involved.
 
-use crate::auth::jwt::Identity;
-use crate::config::{de_duration, de_opt_duration};
-use crate::snapshot::Snapshot;
+use crate::de::{de_duration, de_opt_duration};
+use crate::errors::GatewayError;
+use crate::identity::Identity;
+use crate::invalid::Invalid;
 use crate::template::{Template, TemplateScope, TemplateVars};
+use crate::upstream::ServicePool;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
 use pingora::connectors::http::Connector;
@@ -118,7 +120,8 @@ pub struct Aggregate {
 
 /// Everything a fan-out needs from the incoming request.
 pub struct CallContext<'a> {
-    pub snapshot: &'a Snapshot,
+    /// The snapshot's service pools, which the calls index into.
+    pub services: &'a [Arc<ServicePool>],
     pub connector: &'a Connector,
     pub params: &'a [(Arc<str>, String)],
     pub identity: Option<&'a Identity>,
@@ -142,6 +145,27 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The merged body and whether it is complete, or the refusal to answer with.
+    pub fn into_answer(self) -> Result<(Bytes, bool), GatewayError> {
+        match self {
+            Outcome::Merged { body, complete } => Ok((body, complete)),
+            Outcome::CallFailed { call, reason } => {
+                Err(GatewayError::AggregateCallFailed { call, reason })
+            }
+            Outcome::Conflict {
+                field,
+                first,
+                second,
+            } => Err(GatewayError::AggregateConflict {
+                field,
+                first,
+                second,
+            }),
+        }
+    }
+}
+
 impl Aggregate {
     /// Compiles an `aggregate:` block of route `key`. `params` are the route's parameter names.
     pub fn compile(
@@ -150,37 +174,37 @@ impl Aggregate {
         services: &HashMap<&str, usize>,
         params: &[String],
         authenticated: bool,
-    ) -> Result<Self, (String, String)> {
+    ) -> Result<Self, Invalid> {
         if cfg.calls.is_empty() {
-            return Err((
+            return Err(Invalid::new(
                 format!("{key}.calls"),
-                "at least one call is required".into(),
+                "at least one call is required",
             ));
         }
         if cfg.timeout.is_zero() || cfg.max_body_bytes == 0 {
-            return Err((
+            return Err(Invalid::new(
                 key.to_string(),
-                "timeout and max_body_bytes must be positive".into(),
+                "timeout and max_body_bytes must be positive",
             ));
         }
         let mut calls = Vec::new();
         for (i, c) in cfg.calls.iter().enumerate() {
             let ck = format!("{key}.calls[{i}]");
             if cfg.calls[..i].iter().any(|o| o.key == c.key) || c.key == "_errors" {
-                return Err((
+                return Err(Invalid::new(
                     format!("{ck}.key"),
                     format!("duplicate or reserved key {:?}", c.key),
                 ));
             }
             let service = *services.get(c.service.as_str()).ok_or_else(|| {
-                (
+                Invalid::new(
                     format!("{ck}.service"),
                     format!("unknown service {:?}", c.service),
                 )
             })?;
             let method =
                 Method::from_bytes(c.method.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                    (
+                    Invalid::new(
                         format!("{ck}.method"),
                         format!("invalid method {:?}", c.method),
                     )
@@ -194,17 +218,17 @@ impl Aggregate {
             } else {
                 Err(format!("{:?} must start with `/`", c.path))
             }
-            .map_err(|r| (format!("{ck}.path"), r))?;
+            .map_err(|r| Invalid::new(format!("{ck}.path"), r))?;
             let mut headers = Vec::new();
             for (name, value) in &c.headers {
                 let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    (
+                    Invalid::new(
                         format!("{ck}.headers"),
                         format!("invalid header name {name:?}"),
                     )
                 })?;
                 let v = HeaderValue::from_str(value).map_err(|_| {
-                    (
+                    Invalid::new(
                         format!("{ck}.headers.{name}"),
                         "invalid header value".to_string(),
                     )
@@ -336,7 +360,7 @@ impl Aggregate {
     }
 
     async fn call(&self, call: &Call, cx: &CallContext<'_>) -> Result<Value, String> {
-        let pool = cx.snapshot.service(call.service);
+        let pool = &cx.services[call.service];
         let backend = pool
             .select(b"", &[])
             .ok_or_else(|| format!("no healthy backend for service {}", pool.name))?;

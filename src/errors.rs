@@ -54,8 +54,9 @@ pub enum GatewayError {
     TooManyInvalidTokens { retry_after: u64 },
     /// A WebSocket handshake on a route without `websocket: true`.
     UpgradeNotAllowed,
-    /// A rate-limit policy refused the request; the report fills the headers.
-    RateLimited(Box<crate::limits::LimitReport>),
+    /// A rate-limit policy refused the request; it carries the limit headers to send
+    /// (`X-RateLimit-*`, `RateLimit*`, `Retry-After`) so errors need not know the limiter.
+    RateLimited(Box<[(&'static str, http::HeaderValue)]>),
     /// The shared rate-limit store is down and `on_store_error: deny`.
     LimiterUnavailable,
     /// A required call of an aggregate route failed.
@@ -147,7 +148,11 @@ impl GatewayError {
             | GatewayError::TooManyInvalidTokens { retry_after } => {
                 let _ = header.insert_header("retry-after", retry_after.to_string());
             }
-            GatewayError::RateLimited(report) => report.write(&mut header),
+            GatewayError::RateLimited(headers) => {
+                for (name, value) in headers.iter() {
+                    let _ = header.insert_header(*name, value.clone());
+                }
+            }
             GatewayError::LimiterUnavailable | GatewayError::TooManyConnections => {
                 let _ = header.insert_header("retry-after", "1");
             }

@@ -1,24 +1,39 @@
 //! apigateway: an API gateway on Cloudflare's Pingora.
 //!
-//! The request path is the list of phases in [`proxy`]; each capability is a module that owns
-//! its config struct, its compiled runtime form and its tests. [`snapshot`] compiles the YAML
-//! file into the immutable form the proxy reads through one swappable pointer.
+//! The crate is a house of layers; imports only point down (`tests/layers.rs` checks it):
+//!
+//! - base: [`de`], [`invalid`], [`identity`], [`template`], [`errors`], [`metrics`] — small
+//!   shared types that import nothing above them;
+//! - capabilities: [`router`], [`upstream`], [`auth`], [`rate_limit`], [`transform`], [`edge`],
+//!   [`aggregate`], [`access_log`], [`tls`] — each owns its config struct, its compiled form
+//!   and its per-request stage state;
+//! - [`config`]: the YAML file, assembled from the capabilities' config structs;
+//! - [`snapshot`]: the config compiled into one immutable value behind a swappable pointer;
+//! - [`services`]: what runs beside requests and reads the live snapshot (listeners, health
+//!   checks, JWKS refresh, reload, admin);
+//! - [`proxy`]: the Pingora `ProxyHttp` phases, each a short list of stage calls;
+//! - `main.rs`: the command line and the wiring.
+
+pub mod de;
+pub mod errors;
+pub mod identity;
+pub mod invalid;
+pub mod metrics;
+pub mod template;
 
 pub mod access_log;
-pub mod admin;
 pub mod aggregate;
 pub mod auth;
-pub mod config;
-pub mod connection;
 pub mod edge;
-pub mod errors;
-pub mod limits;
-pub mod metrics;
-pub mod proxy;
-pub mod reloader;
+pub mod rate_limit;
 pub mod router;
-pub mod snapshot;
-pub mod template;
 pub mod tls;
 pub mod transform;
 pub mod upstream;
+
+pub mod config;
+pub mod snapshot;
+
+pub mod services;
+
+pub mod proxy;

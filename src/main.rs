@@ -1,14 +1,12 @@
 //! `apigateway -c FILE [-t] [-d] [-u]`: load and compile the config, then run the Pingora server.
 
-use apigateway::admin::AdminApp;
-use apigateway::auth::jwks::JwksRefresher;
 use apigateway::config::GatewayConfig;
-use apigateway::connection::ClientConnections;
-use apigateway::limits::LimiterSweeper;
 use apigateway::proxy::Gateway;
-use apigateway::reloader::ConfigReloader;
+use apigateway::services::admin::AdminApp;
+use apigateway::services::background::{HealthChecker, JwksRefresher, LimiterSweeper};
+use apigateway::services::connections::ClientConnections;
+use apigateway::services::reload::ConfigReloader;
 use apigateway::snapshot::Snapshot;
-use apigateway::upstream::HealthChecker;
 use arc_swap::ArcSwap;
 use clap::Parser;
 use pingora::listeners::{DEFAULT_L4_WRITE_BUFFER_SIZE, L4BufferSettings, ListenerConfig};
@@ -114,7 +112,7 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     for addr in &tls_listen {
-        match apigateway::tls::listener_settings(shared.clone(), http2) {
+        match apigateway::services::tls_listener::listener_settings(shared.clone(), http2) {
             Ok(settings) => {
                 let buffers = L4BufferSettings::new(16 * 1024, DEFAULT_L4_WRITE_BUFFER_SIZE);
                 let listener = ListenerConfig::tcp(addr.to_string()).tls(settings);

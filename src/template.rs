@@ -4,8 +4,7 @@
 //! Templates are parsed when the config is compiled, so a name that cannot resolve (an unknown
 //! parameter, a claim on a route without auth) is a config error, not a runtime surprise.
 
-use crate::auth::ClaimPath;
-use crate::auth::jwt::{Identity, strings_at};
+use crate::identity::{ClaimPath, Identity, strings_at};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -93,6 +92,14 @@ impl Template {
                 scope.params
             )),
         }
+    }
+
+    /// The literal pieces between the variables.
+    pub fn literal_text(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Literal(s) => Some(s.as_str()),
+            _ => None,
+        })
     }
 
     /// The text, if the template has no variables.

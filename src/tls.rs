@@ -10,8 +10,7 @@
 //! reads the current snapshot at every handshake, so a SIGHUP reload that changes the files
 //! rotates certificates without dropping a connection. Listener addresses need an upgrade.
 
-use crate::snapshot::SharedSnapshot;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use crate::invalid::Invalid;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -55,11 +54,11 @@ pub struct CertStore {
 
 impl CertStore {
     /// Loads every certificate and key; `key` is the config key path used in errors (`tls`).
-    pub fn load(cfg: &TlsConfig, base: &Path, key: &str) -> Result<Self, (String, String)> {
+    pub fn load(cfg: &TlsConfig, base: &Path, key: &str) -> Result<Self, Invalid> {
         if cfg.certificates.is_empty() {
-            return Err((
+            return Err(Invalid::new(
                 format!("{key}.certificates"),
-                "at least one certificate is required".into(),
+                "at least one certificate is required",
             ));
         }
         let certs = cfg
@@ -67,7 +66,8 @@ impl CertStore {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                load_certified_key(c, base).map_err(|e| (format!("{key}.certificates[{i}]"), e))
+                load_certified_key(c, base)
+                    .map_err(|e| Invalid::new(format!("{key}.certificates[{i}]"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(CertStore {
@@ -143,45 +143,4 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .expect("a default crypto provider was just installed")
-}
-
-/// Picks the certificate from the current snapshot at each handshake.
-pub struct SniResolver {
-    pub snapshot: SharedSnapshot,
-}
-
-impl std::fmt::Debug for SniResolver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SniResolver")
-    }
-}
-
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.snapshot
-            .load()
-            .tls
-            .as_ref()?
-            .select(hello.server_name())
-    }
-}
-
-/// Pingora's rustls listener takes its certificate from a resolver only through settings
-/// built with callbacks; ours has nothing to do in them.
-struct NoCallbacks;
-
-#[async_trait::async_trait]
-impl pingora::listeners::TlsAccept for NoCallbacks {}
-
-/// Listener settings for one TLS address: SNI resolver and ALPN.
-pub fn listener_settings(
-    snapshot: SharedSnapshot,
-    http2: bool,
-) -> pingora::Result<pingora::listeners::tls::TlsSettings> {
-    let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(NoCallbacks))?;
-    settings.set_cert_resolver(Arc::new(SniResolver { snapshot }));
-    if http2 {
-        settings.enable_h2();
-    }
-    Ok(settings)
 }

@@ -2,14 +2,11 @@
 //! per interval, single-flight) when a token names an unknown `kid`, and kept on fetch errors.
 
 use super::jwt::VerifyKey;
-use crate::config::de_duration;
-use crate::snapshot::SharedSnapshot;
+use crate::de::de_duration;
+use crate::invalid::Invalid;
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -74,19 +71,24 @@ pub struct JwksSource {
 impl JwksSource {
     /// Builds the source; a file source is loaded now and must be valid. `key` is the key path
     /// for error messages.
-    pub fn compile(cfg: &JwksConfig, key: &str) -> Result<Self, (String, String)> {
+    pub fn compile(cfg: &JwksConfig, key: &str) -> Result<Self, Invalid> {
         let location = match (&cfg.file, &cfg.url) {
             (Some(f), None) => Location::File(f.clone()),
             (None, Some(u)) => {
-                check_url(u).map_err(|r| (format!("{key}.url"), r))?;
+                check_url(u).map_err(|r| Invalid::new(format!("{key}.url"), r))?;
                 Location::Url(u.clone())
             }
-            _ => return Err((key.to_string(), "set exactly one of `file` or `url`".into())),
+            _ => {
+                return Err(Invalid::new(
+                    key.to_string(),
+                    "set exactly one of `file` or `url`",
+                ));
+            }
         };
         if cfg.min_refresh_interval.is_zero() {
-            return Err((
+            return Err(Invalid::new(
                 format!("{key}.min_refresh_interval"),
-                "must be positive".into(),
+                "must be positive",
             ));
         }
         let source = JwksSource {
@@ -101,12 +103,12 @@ impl JwksSource {
         };
         if let Location::File(path) = &source.location {
             let text = std::fs::read(path).map_err(|e| {
-                (
+                Invalid::new(
                     format!("{key}.file"),
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            let keys = parse_jwks(&text).map_err(|e| (format!("{key}.file"), e))?;
+            let keys = parse_jwks(&text).map_err(|e| Invalid::new(format!("{key}.file"), e))?;
             source.keys.store(Arc::new(keys));
         }
         Ok(source)
@@ -131,6 +133,17 @@ impl JwksSource {
 
     /// Called when a token names a kid nobody knows: refetch, unless a fetch happened within
     /// `min_refresh_interval`. Concurrent callers wait for the one fetch in flight.
+    /// A scheduled refresh (the background refresher's): fetches and stores the set, and says
+    /// how long to wait before the next one (the TTL, or the retry interval after a failure).
+    pub async fn refresh_scheduled(&self) -> Duration {
+        let _guard = self.refresh_lock.lock().await;
+        if self.fetch_and_store().await {
+            self.ttl
+        } else {
+            self.min_interval
+        }
+    }
+
     pub async fn refresh_for_unknown_kid(&self, kid: &str) -> Option<Arc<VerifyKey>> {
         if !self.may_fetch() {
             return None;
@@ -287,40 +300,6 @@ fn default_alg(params: &AlgorithmParameters) -> Option<Algorithm> {
         },
         AlgorithmParameters::OctetKeyPair(_) => Some(Algorithm::EdDSA),
         _ => None,
-    }
-}
-
-/// Background service: fetches URL key sets at startup and every TTL (every
-/// `min_refresh_interval` while failing). The gateway serves meanwhile: tokens for a source
-/// that is down fail until it answers.
-pub struct JwksRefresher {
-    pub snapshot: SharedSnapshot,
-}
-
-#[async_trait]
-impl BackgroundService for JwksRefresher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut due: HashMap<usize, Instant> = HashMap::new();
-        loop {
-            let snapshot = self.snapshot.load_full();
-            let now = Instant::now();
-            let mut next = now + Duration::from_secs(60);
-            for source in snapshot.jwks_sources() {
-                let id = Arc::as_ptr(source) as usize;
-                let when = *due.entry(id).or_insert(now);
-                if when <= now {
-                    let _guard = source.refresh_lock.lock().await;
-                    let ok = source.fetch_and_store().await;
-                    let wait = if ok { source.ttl } else { source.min_interval };
-                    due.insert(id, Instant::now() + wait);
-                }
-                next = next.min(due[&id]);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(next.saturating_duration_since(Instant::now())) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
     }
 }
 

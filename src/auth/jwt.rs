@@ -4,11 +4,12 @@
 //! leaves out: `crit` rejection, duplicate-claim rejection, one algorithm per key, maximum
 //! lifetime, and a cache so asymmetric verification is paid once per token.
 
+use super::IdentityHeader;
 use super::jwks::JwksSource;
-use super::{ClaimPath, IdentityHeader};
+use crate::identity::{ClaimPath, Identity, strings_at};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -18,23 +19,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// A verified caller, shared by every request carrying the same token.
-#[derive(Debug)]
-pub struct Identity {
-    /// The `sub` claim, if a string.
-    pub subject: Option<String>,
-    /// Roles read from the configured roles claim.
-    pub roles: Vec<String>,
-    /// Scopes from the space-delimited `scope` claim.
-    pub scopes: Vec<String>,
-    /// Identity headers to send upstream, computed once at verification.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// All claims, for templates in later phases.
-    pub claims: Map<String, Value>,
-    /// `exp`, seconds since the epoch.
-    pub expires_at: u64,
-}
 
 /// Why a token was refused. Logged at debug level only; the client sees "Invalid token".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,24 +285,6 @@ fn parse_header(token: &str) -> Result<JoseHeader, TokenError> {
         return Err(TokenError::CriticalHeader);
     }
     Ok(header)
-}
-
-/// Strings at a claim path: a string, an array of strings, or a number/bool rendered as text.
-pub fn strings_at(claims: &Map<String, Value>, path: &ClaimPath) -> Vec<String> {
-    let mut value = claims.get(&path.0[0]);
-    for part in &path.0[1..] {
-        value = value.and_then(|v| v.get(part));
-    }
-    match value {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect(),
-        Some(Value::Number(n)) => vec![n.to_string()],
-        Some(Value::Bool(b)) => vec![b.to_string()],
-        _ => Vec::new(),
-    }
 }
 
 pub fn now_secs() -> u64 {

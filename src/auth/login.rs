@@ -1,7 +1,8 @@
 //! `POST /auth/login`: checks an email and password against a users file of argon2id hashes and
 //! answers a signed token. Also `apigateway hash-password`.
 
-use crate::config::de_duration;
+use crate::de::de_duration;
+use crate::invalid::Invalid;
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
@@ -130,25 +131,25 @@ impl LoginService {
         issuer: Option<String>,
         audience: Option<String>,
         key: &str,
-    ) -> Result<Self, (String, String)> {
+    ) -> Result<Self, Invalid> {
         if !cfg.path.starts_with('/') {
-            return Err((format!("{key}.path"), "must start with `/`".into()));
+            return Err(Invalid::new(format!("{key}.path"), "must start with `/`"));
         }
         if cfg.attempts_per_minute == 0 {
-            return Err((
+            return Err(Invalid::new(
                 format!("{key}.attempts_per_minute"),
-                "must be at least 1".into(),
+                "must be at least 1",
             ));
         }
         let file_key = format!("{key}.users_file");
         let text = std::fs::read_to_string(&cfg.users_file).map_err(|e| {
-            (
+            Invalid::new(
                 file_key.clone(),
                 format!("cannot read {}: {e}", cfg.users_file.display()),
             )
         })?;
         let parsed: UsersFile = serde_yaml::from_str(&text).map_err(|e| {
-            (
+            Invalid::new(
                 file_key.clone(),
                 format!("{}: {e}", cfg.users_file.display()),
             )
@@ -156,7 +157,7 @@ impl LoginService {
         let mut users = HashMap::new();
         for (i, u) in parsed.users.into_iter().enumerate() {
             if let Err(e) = PasswordHash::new(&u.password_hash) {
-                return Err((
+                return Err(Invalid::new(
                     file_key.clone(),
                     format!(
                         "users[{i}].password_hash is not a PHC hash ({e}); make one with `apigateway hash-password`"
@@ -174,7 +175,7 @@ impl LoginService {
                 )
                 .is_some()
             {
-                return Err((
+                return Err(Invalid::new(
                     file_key.clone(),
                     format!("users[{i}]: duplicate email {:?}", u.email),
                 ));
@@ -185,7 +186,7 @@ impl LoginService {
             attempts_per_minute: cfg.attempts_per_minute,
             users,
             dummy_hash: hash_password(&uuid::Uuid::new_v4().to_string())
-                .map_err(|e| (key.to_string(), e))?,
+                .map_err(|e| Invalid::new(key.to_string(), e))?,
             signing,
             token_ttl: cfg.token_ttl,
             issuer,

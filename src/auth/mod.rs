@@ -4,190 +4,27 @@
 //! Runs in `request_filter` right after routing and before anything keyed on the caller, so
 //! later phases only ever see an identity that was verified.
 
+mod config;
 pub mod jwks;
 pub mod jwt;
+mod keys;
 pub mod login;
 pub mod throttle;
 
-use crate::config::{de_duration, de_opt_duration};
+pub use config::{AuthConfig, AuthMode, KeyConfig, ScopeMatch, TokenSourcesConfig};
+
+use crate::errors::GatewayError;
+use crate::identity::{ClaimPath, Identity};
+use crate::invalid::Invalid;
 use http::{HeaderName, HeaderValue};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
-use jwks::{JwksConfig, JwksSource};
-use jwt::{ClaimRules, Identity, JwtVerifier, VerifyKey};
-use login::{LoginConfig, LoginService, SigningKey};
+use jwks::JwksSource;
+use jwt::{JwtVerifier, VerifyKey};
+use keys::{claim_rules, load_key};
+use login::{LoginService, SigningKey};
 use pingora::http::RequestHeader;
-use serde::Deserialize;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// The top-level `auth:` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Static keys, each pinned to one algorithm.
-    #[serde(default)]
-    pub keys: Vec<KeyConfig>,
-    /// JWKS key sets (file or URL).
-    #[serde(default)]
-    pub jwks: Vec<JwksConfig>,
-    /// Required `iss` value, if set.
-    #[serde(default)]
-    pub issuer: Option<String>,
-    /// Accepted `aud` values (any of), if set; `aud` is then required.
-    #[serde(default)]
-    pub audience: Vec<String>,
-    /// Clock skew allowed on `exp` and `nbf`.
-    #[serde(default = "default_leeway", deserialize_with = "de_duration")]
-    pub leeway: Duration,
-    /// Reject tokens valid for longer than this (from now, and from `iat`).
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub max_lifetime: Option<Duration>,
-    #[serde(default)]
-    pub token_sources: TokenSourcesConfig,
-    /// Tokens longer than this are refused before any decoding.
-    #[serde(default = "default_max_token_bytes")]
-    pub max_token_bytes: usize,
-    /// Verified tokens remembered (bounded; entries end at the token's `exp`).
-    #[serde(default = "default_cache_size")]
-    pub cache_size: usize,
-    /// Claim holding roles: a string or array, dotted path for nested claims.
-    #[serde(default = "default_roles_claim")]
-    pub roles_claim: String,
-    /// Header → claim path sent upstream for verified callers; client copies are always removed.
-    #[serde(default)]
-    pub identity_headers: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    pub login: Option<LoginConfig>,
-    /// Invalid tokens one client IP may present per period before it is refused unverified.
-    #[serde(default)]
-    pub invalid_token_limit: throttle::InvalidTokenLimitConfig,
-}
-
-fn default_leeway() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_token_bytes() -> usize {
-    8192
-}
-fn default_cache_size() -> usize {
-    10_000
-}
-fn default_roles_claim() -> String {
-    "role".into()
-}
-
-impl AuthConfig {
-    /// Resolves relative file paths against `base` (the config file's directory), so the
-    /// config works whatever directory the gateway is started from.
-    /// Every file this section reads.
-    pub fn referenced_files(&self) -> Vec<&std::path::Path> {
-        let mut files: Vec<&std::path::Path> = Vec::new();
-        for k in &self.keys {
-            for f in [&k.secret_file, &k.public_key_file, &k.private_key_file]
-                .into_iter()
-                .flatten()
-            {
-                files.push(f);
-            }
-        }
-        files.extend(self.jwks.iter().filter_map(|j| j.file.as_deref()));
-        if let Some(l) = &self.login {
-            files.push(&l.users_file);
-        }
-        files
-    }
-
-    pub fn relative_to(mut self, base: &std::path::Path) -> Self {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
-        for k in &mut self.keys {
-            k.secret_file.as_mut().map(fix);
-            k.public_key_file.as_mut().map(fix);
-            k.private_key_file.as_mut().map(fix);
-        }
-        for j in &mut self.jwks {
-            j.file.as_mut().map(fix);
-        }
-        if let Some(l) = &mut self.login {
-            fix(&mut l.users_file);
-        }
-        self
-    }
-}
-
-/// Where tokens are looked for.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TokenSourcesConfig {
-    /// `Authorization: Bearer <token>`.
-    pub header: bool,
-    /// Cookie name carrying the token (removed before forwarding).
-    pub cookie: Option<String>,
-    /// Query parameter carrying the token (removed before forwarding).
-    pub query: Option<String>,
-}
-
-impl Default for TokenSourcesConfig {
-    fn default() -> Self {
-        TokenSourcesConfig {
-            header: true,
-            cookie: None,
-            query: None,
-        }
-    }
-}
-
-/// One `auth.keys[]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyConfig {
-    #[serde(default)]
-    pub kid: Option<String>,
-    pub alg: Algorithm,
-    /// HMAC secret inline (demo only), from an environment variable, or from a file.
-    #[serde(default)]
-    pub secret: Option<String>,
-    #[serde(default)]
-    pub secret_env: Option<String>,
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    /// PEM public key (RSA/PS, EC, Ed25519).
-    #[serde(default)]
-    pub public_key_file: Option<PathBuf>,
-    /// PEM private key, only needed to sign login tokens.
-    #[serde(default)]
-    pub private_key_file: Option<PathBuf>,
-}
-
-/// Per-route authentication mode.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMode {
-    /// No token looked at (client identity headers are still removed).
-    #[default]
-    None,
-    /// A token is verified if present; a bad one is still refused.
-    Optional,
-    /// A valid token is required.
-    Required,
-}
-
-/// How a route's `scopes` list is matched.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ScopeMatch {
-    #[default]
-    All,
-    Any,
-}
 
 /// A route's compiled authentication policy.
 #[derive(Debug, Clone, Default)]
@@ -197,26 +34,6 @@ pub struct RoutePolicy {
     pub scopes: Vec<String>,
     pub scope_match: ScopeMatch,
     pub forward_authorization: bool,
-}
-
-/// A dotted claim path such as `realm_access.roles`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimPath(pub Vec<String>);
-
-impl ClaimPath {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let parts: Vec<String> = s.split('.').map(String::from).collect();
-        if parts.iter().any(String::is_empty) {
-            return Err(format!("invalid claim path {s:?}"));
-        }
-        Ok(ClaimPath(parts))
-    }
-}
-
-impl fmt::Display for ClaimPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join("."))
-    }
 }
 
 /// One identity header mapping.
@@ -239,6 +56,33 @@ pub enum AuthFailure {
     TooManyInvalidTokens { retry_after: u64 },
 }
 
+impl AuthFailure {
+    /// The answer to send, counted in `apigateway_auth_failures_total`.
+    pub fn into_refusal(self) -> GatewayError {
+        let (reason, err) = match self {
+            AuthFailure::NoToken => (
+                "no_token",
+                GatewayError::Unauthorized {
+                    token_present: false,
+                },
+            ),
+            AuthFailure::InvalidToken => (
+                "invalid_token",
+                GatewayError::Unauthorized {
+                    token_present: true,
+                },
+            ),
+            AuthFailure::Forbidden => ("forbidden", GatewayError::Forbidden),
+            AuthFailure::TooManyInvalidTokens { retry_after } => (
+                "invalid_token_throttled",
+                GatewayError::TooManyInvalidTokens { retry_after },
+            ),
+        };
+        crate::metrics::auth_failure(reason);
+        err
+    }
+}
+
 /// The compiled `auth:` section.
 pub struct Auth {
     pub verifier: JwtVerifier,
@@ -252,7 +96,7 @@ pub struct Auth {
 
 impl Auth {
     /// Loads keys, key sets and the users file. Errors are (key path, reason).
-    pub fn compile(cfg: &AuthConfig) -> Result<Self, (String, String)> {
+    pub fn compile(cfg: &AuthConfig) -> Result<Self, Invalid> {
         let mut keys = Vec::new();
         let mut signing = None;
         let login_kid = cfg.login.as_ref().map(|l| l.signing_key.as_str());
@@ -261,12 +105,15 @@ impl Auth {
             if let Some(kid) = &k.kid
                 && cfg.keys[..i].iter().any(|o| o.kid.as_ref() == Some(kid))
             {
-                return Err((format!("{key}.kid"), format!("duplicate kid {kid:?}")));
+                return Err(Invalid::new(
+                    format!("{key}.kid"),
+                    format!("duplicate kid {kid:?}"),
+                ));
             }
             let (decoding, encoding) = load_key(k, &key)?;
             if login_kid.is_some() && k.kid.as_deref() == login_kid {
                 let encoding = encoding.ok_or_else(|| {
-                    (
+                    Invalid::new(
                         key.clone(),
                         "signs login tokens, so it needs `private_key_file`".to_string(),
                     )
@@ -290,9 +137,9 @@ impl Auth {
             .map(|(i, j)| JwksSource::compile(j, &format!("auth.jwks[{i}]")).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() && jwks.is_empty() {
-            return Err((
-                "auth".into(),
-                "configure at least one of `keys` or `jwks`".into(),
+            return Err(Invalid::new(
+                "auth",
+                "configure at least one of `keys` or `jwks`",
             ));
         }
         let rules = claim_rules(cfg)?;
@@ -304,7 +151,7 @@ impl Auth {
         let login = match &cfg.login {
             Some(l) => {
                 let signing = signing.ok_or_else(|| {
-                    (
+                    Invalid::new(
                         "auth.login.signing_key".to_string(),
                         format!("no key in auth.keys has kid {:?}", l.signing_key),
                     )
@@ -320,7 +167,7 @@ impl Auth {
             None => None,
         };
         if cfg.max_token_bytes == 0 {
-            return Err(("auth.max_token_bytes".into(), "must be positive".into()));
+            return Err(Invalid::new("auth.max_token_bytes", "must be positive"));
         }
         Ok(Auth {
             verifier: JwtVerifier::new(keys, jwks.clone(), rules, cfg.cache_size),
@@ -535,156 +382,10 @@ fn authorized(identity: &Identity, policy: &RoutePolicy) -> bool {
     roles_ok && scopes_ok
 }
 
-fn claim_rules(cfg: &AuthConfig) -> Result<ClaimRules, (String, String)> {
-    let roles_claim =
-        ClaimPath::parse(&cfg.roles_claim).map_err(|e| ("auth.roles_claim".to_string(), e))?;
-    let mapping = cfg.identity_headers.clone().unwrap_or_else(|| {
-        BTreeMap::from([
-            ("X-User-Id".to_string(), "sub".to_string()),
-            ("X-User-Role".to_string(), cfg.roles_claim.clone()),
-        ])
-    });
-    let mut identity_headers = Vec::new();
-    for (header, claim) in mapping {
-        let key = format!("auth.identity_headers.{header}");
-        let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
-            (
-                key.clone(),
-                format!("{header:?} is not a valid header name"),
-            )
-        })?;
-        let claim = ClaimPath::parse(&claim).map_err(|e| (key, e))?;
-        identity_headers.push(IdentityHeader {
-            header: name,
-            claim,
-        });
-    }
-    Ok(ClaimRules {
-        issuer: cfg.issuer.clone(),
-        audience: cfg.audience.clone(),
-        leeway: cfg.leeway,
-        max_lifetime: cfg.max_lifetime,
-        roles_claim,
-        identity_headers,
-    })
-}
-
-/// Loads one configured key: the verification half, and the signing half when available.
-fn load_key(
-    k: &KeyConfig,
-    key: &str,
-) -> Result<(DecodingKey, Option<EncodingKey>), (String, String)> {
-    let err = |field: &str, reason: String| (format!("{key}.{field}"), reason);
-    if k.alg.family() == AlgorithmFamily::Hmac {
-        if k.public_key_file.is_some() || k.private_key_file.is_some() {
-            return Err(err(
-                "alg",
-                format!("{:?} takes a secret, not PEM key files", k.alg),
-            ));
-        }
-        let secret = hmac_secret(k).map_err(|(f, r)| err(f, r))?;
-        let min = match k.alg {
-            Algorithm::HS256 => 32,
-            Algorithm::HS384 => 48,
-            _ => 64,
-        };
-        if secret.len() < min {
-            return Err(err(
-                "secret",
-                format!(
-                    "{:?} needs a secret of at least {min} bytes (RFC 7518 §3.2), got {}",
-                    k.alg,
-                    secret.len()
-                ),
-            ));
-        }
-        return Ok((
-            DecodingKey::from_secret(&secret),
-            Some(EncodingKey::from_secret(&secret)),
-        ));
-    }
-    if k.secret.is_some() || k.secret_env.is_some() || k.secret_file.is_some() {
-        return Err(err(
-            "alg",
-            format!("{:?} takes PEM key files, not a secret", k.alg),
-        ));
-    }
-    let path = k
-        .public_key_file
-        .as_ref()
-        .ok_or_else(|| err("public_key_file", format!("required for {:?}", k.alg)))?;
-    let pem = std::fs::read(path).map_err(|e| {
-        err(
-            "public_key_file",
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
-    let decoding = match k.alg.family() {
-        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
-        AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
-        _ => DecodingKey::from_ed_pem(&pem),
-    }
-    .map_err(|e| {
-        err(
-            "public_key_file",
-            format!("{}: not a {:?} public key: {e}", path.display(), k.alg),
-        )
-    })?;
-    let encoding = match &k.private_key_file {
-        None => None,
-        Some(p) => {
-            let pem = std::fs::read(p).map_err(|e| {
-                err(
-                    "private_key_file",
-                    format!("cannot read {}: {e}", p.display()),
-                )
-            })?;
-            Some(
-                match k.alg.family() {
-                    AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(&pem),
-                    AlgorithmFamily::Ec => EncodingKey::from_ec_pem(&pem),
-                    _ => EncodingKey::from_ed_pem(&pem),
-                }
-                .map_err(|e| err("private_key_file", format!("{}: {e}", p.display())))?,
-            )
-        }
-    };
-    Ok((decoding, encoding))
-}
-
-fn hmac_secret(k: &KeyConfig) -> Result<Vec<u8>, (&'static str, String)> {
-    match (&k.secret, &k.secret_env, &k.secret_file) {
-        (Some(s), None, None) => Ok(s.clone().into_bytes()),
-        (None, Some(var), None) => std::env::var(var).map(String::into_bytes).map_err(|_| {
-            (
-                "secret_env",
-                format!("environment variable {var} is not set"),
-            )
-        }),
-        (None, None, Some(path)) => std::fs::read(path)
-            .map(|mut b| {
-                // Editors and `echo` add a trailing newline that is not part of the secret.
-                while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
-                    b.pop();
-                }
-                b
-            })
-            .map_err(|e| {
-                (
-                    "secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            }),
-        _ => Err((
-            "secret",
-            "set exactly one of `secret`, `secret_env` or `secret_file`".to_string(),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::Algorithm;
 
     fn hs_key(secret: &str) -> KeyConfig {
         KeyConfig {
@@ -703,10 +404,14 @@ mod tests {
         let short = load_key(&hs_key("too-short"), "auth.keys[0]")
             .err()
             .unwrap();
-        assert_eq!(short.0, "auth.keys[0].secret");
-        assert!(short.1.contains("at least 32 bytes"), "{}", short.1);
+        assert_eq!(short.key, "auth.keys[0].secret");
+        assert!(
+            short.reason.contains("at least 32 bytes"),
+            "{}",
+            short.reason
+        );
         let empty = load_key(&hs_key(""), "auth.keys[0]").err().unwrap();
-        assert_eq!(empty.0, "auth.keys[0].secret");
+        assert_eq!(empty.key, "auth.keys[0].secret");
         let mut both = hs_key("0123456789abcdef0123456789abcdef");
         both.secret_env = Some("X".into());
         assert!(load_key(&both, "k").is_err());

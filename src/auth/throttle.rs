@@ -6,7 +6,8 @@
 //! `trusted_proxies`, never a claim) in pingora-limits' `Rate`: a fixed window of count-min
 //! sketches, a few atomic adds per failure and constant memory whatever the number of IPs.
 
-use crate::config::de_duration;
+use crate::de::de_duration;
+use crate::invalid::Invalid;
 use pingora_limits::rate::Rate;
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -40,14 +41,14 @@ pub struct InvalidTokenThrottle {
 
 impl InvalidTokenThrottle {
     /// `None` when turned off. Errors are (key path, reason).
-    pub fn compile(cfg: &InvalidTokenLimitConfig) -> Result<Option<Self>, (String, String)> {
+    pub fn compile(cfg: &InvalidTokenLimitConfig) -> Result<Option<Self>, Invalid> {
         if cfg.failures == 0 {
             return Ok(None);
         }
         if cfg.period < Duration::from_secs(1) {
-            return Err((
-                "auth.invalid_token_limit.period".into(),
-                "must be at least 1s".into(),
+            return Err(Invalid::new(
+                "auth.invalid_token_limit.period",
+                "must be at least 1s",
             ));
         }
         Ok(Some(InvalidTokenThrottle {
@@ -102,6 +103,6 @@ mod tests {
             ..Default::default()
         };
         let err = InvalidTokenThrottle::compile(&short).err().unwrap();
-        assert_eq!(err.0, "auth.invalid_token_limit.period");
+        assert_eq!(err.key, "auth.invalid_token_limit.period");
     }
 }

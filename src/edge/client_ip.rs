@@ -1,5 +1,6 @@
 //! The client address behind trusted proxies.
 
+use crate::invalid::Invalid;
 /// Decides the client address: the socket peer, unless the peer is a trusted proxy, in which
 /// case `X-Forwarded-For` is walked right to left past trusted hops. Entries a client could
 /// have written (left of the first untrusted hop) are never used.
@@ -10,14 +11,14 @@ pub struct ClientIpResolver {
 
 impl ClientIpResolver {
     /// Parses `trusted_proxies` (CIDRs or single addresses).
-    pub fn compile(entries: &[String]) -> Result<Self, (String, String)> {
+    pub fn compile(entries: &[String]) -> Result<Self, Invalid> {
         let mut trusted = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
             let net = e
                 .parse::<ipnet::IpNet>()
                 .or_else(|_| e.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
                 .map_err(|_| {
-                    (
+                    Invalid::new(
                         format!("trusted_proxies[{i}]"),
                         format!("{e:?} is not an IP address or CIDR"),
                     )

@@ -4,7 +4,8 @@
 //! them; the route's policy decides, and an origin it does not allow simply gets no
 //! `Access-Control-Allow-Origin`, which makes the browser refuse.
 
-use crate::config::de_duration;
+use crate::de::de_duration;
+use crate::invalid::Invalid;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use serde::Deserialize;
@@ -86,11 +87,11 @@ pub struct Cors {
 
 impl Cors {
     /// Compiles a `cors:` block; `None` when it is disabled.
-    pub fn compile(cfg: &CorsConfig, key: &str) -> Result<Option<Self>, (String, String)> {
+    pub fn compile(cfg: &CorsConfig, key: &str) -> Result<Option<Self>, Invalid> {
         if !cfg.enabled {
             return Ok(None);
         }
-        let err = |k: &str, r: String| (format!("{key}.{k}"), r);
+        let err = |k: &str, r: String| Invalid::new(format!("{key}.{k}"), r);
         if cfg.allow_origins.is_empty() {
             return Err(err(
                 "allow_origins",
@@ -223,7 +224,7 @@ pub fn is_preflight(req: &pingora::http::RequestHeader) -> bool {
 mod tests {
     use super::*;
 
-    fn cors(yaml: &str) -> Result<Option<Cors>, (String, String)> {
+    fn cors(yaml: &str) -> Result<Option<Cors>, Invalid> {
         let cfg: CorsConfig = serde_yaml::from_str(yaml).unwrap();
         Cors::compile(&cfg, "cors")
     }
@@ -247,7 +248,7 @@ mod tests {
     #[test]
     fn star_with_credentials_is_refused() {
         let err = cors("allow_origins: ['*']\nallow_credentials: true").unwrap_err();
-        assert_eq!(err.0, "cors.allow_credentials");
+        assert_eq!(err.key, "cors.allow_credentials");
         assert!(cors("allow_origins: []").is_err());
         assert!(cors("allow_origins: ['example.com']").is_err());
         assert!(cors("allow_origins: ['https://a.*.com']").is_err());

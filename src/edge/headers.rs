@@ -1,7 +1,8 @@
 //! Header hygiene at the edge: the security-header preset, hop-by-hop stripping on responses,
 //! and the forwarding headers sent upstream.
 
-use crate::transform::OrderedMap;
+use crate::de::OrderedMap;
+use crate::invalid::Invalid;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -52,7 +53,7 @@ impl SecurityHeaders {
         global: Option<&SecurityHeadersConfig>,
         route: Option<&SecurityHeadersConfig>,
         key: &str,
-    ) -> Result<Self, (String, String)> {
+    ) -> Result<Self, Invalid> {
         let layers: Vec<&SecurityHeadersConfig> = global.into_iter().chain(route).collect();
         let enabled = layers.iter().rev().find_map(|l| l.enabled).unwrap_or(true);
         let hide = layers
@@ -60,7 +61,7 @@ impl SecurityHeaders {
             .rev()
             .find_map(|l| l.hide.clone())
             .unwrap_or_else(|| vec!["server".into(), "x-powered-by".into()]);
-        let err = |r: String| (key.to_string(), r);
+        let err = |r: String| Invalid::new(key, r);
         let name = |n: &str| {
             HeaderName::from_bytes(n.as_bytes())
                 .map_err(|_| err(format!("invalid header name {n:?}")))

@@ -7,8 +7,10 @@
 mod client_ip;
 pub mod cors;
 pub mod headers;
+mod inbound;
 
 pub use client_ip::ClientIpResolver;
+pub use inbound::{BodyLimit, Inbound};
 
 use crate::errors::GatewayError;
 use pingora::http::RequestHeader;
@@ -17,7 +19,7 @@ use serde::Deserialize;
 /// The `limits:` section: request sizes refused with nginx-like statuses before any work.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct EdgeLimits {
+pub struct SizeLimits {
     /// Longest request target (path and query) in bytes: 414 above.
     pub max_uri_bytes: usize,
     /// Total bytes of header names and values: 431 above.
@@ -29,9 +31,9 @@ pub struct EdgeLimits {
     pub max_body_bytes: u64,
 }
 
-impl Default for EdgeLimits {
+impl Default for SizeLimits {
     fn default() -> Self {
-        EdgeLimits {
+        SizeLimits {
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 32 * 1024,
             max_headers: 100,
@@ -40,7 +42,7 @@ impl Default for EdgeLimits {
     }
 }
 
-impl EdgeLimits {
+impl SizeLimits {
     /// Checks the request line and header block.
     pub fn check_head(&self, req: &RequestHeader) -> Result<(), GatewayError> {
         if req.raw_path().len() > self.max_uri_bytes {

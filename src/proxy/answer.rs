@@ -11,23 +11,21 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 /// Adds what every response carries: the request id, the rate-limit report, the security
 /// headers and CORS of the route (or the top-level ones when no route matched).
 pub(super) fn decorate(ctx: &RequestCtx, h: &mut ResponseHeader) {
-    // Empty only when Pingora failed the request before `request_filter` ran.
-    if !ctx.request_id.is_empty() {
-        let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
-    }
-    if let Some(report) = &ctx.limit_report {
-        report.write(h);
-    }
+    ctx.admission.on_response(h);
     let (security, cors) = match (ctx.target(), ctx.snapshot.as_ref()) {
-        (Some(t), _) => (Some(&t.security), t.cors.as_ref()),
-        (None, Some(s)) => (Some(&s.security), s.cors.as_ref()),
+        (Some(t), _) => (Some(&*t.security), t.cors.as_deref()),
+        (None, Some(s)) => (Some(&*s.security), s.cors.as_deref()),
         (None, None) => (None, None),
     };
-    if let Some(security) = security {
-        security.apply(h, ctx.tls);
-    }
-    if let Some(cors) = cors {
-        cors.apply(h, ctx.origin.as_ref());
+    ctx.inbound.decorate(h, security, cors);
+}
+
+/// While the process drains (graceful upgrade or shutdown), answers carry `Connection: close`,
+/// so clients reconnect (to the new process) instead of reusing a connection that is about to
+/// be dropped between two requests.
+pub(super) fn close_if_draining(session: &mut Session) {
+    if crate::services::reload::is_draining() || session.is_process_shutting_down() {
+        session.set_keepalive(None);
     }
 }
 
@@ -37,7 +35,7 @@ pub(super) async fn respond(
     ctx: &RequestCtx,
     err: &GatewayError,
 ) -> Result<bool> {
-    let (mut header, body) = err.to_response(&ctx.request_id);
+    let (mut header, body) = err.to_response(&ctx.inbound.request_id);
     decorate(ctx, &mut header);
     if matches!(err, GatewayError::InvalidFraming(_)) {
         // Where this request's body ends is ambiguous: never read another one after it.
@@ -63,12 +61,7 @@ pub(super) async fn respond_json(
         header.insert_header(*name, *value)?;
     }
     decorate(ctx, &mut header);
-    if let (Some(t), Some(p)) = (
-        ctx.target().and_then(|t| t.transforms.as_ref()),
-        ctx.prepared.as_ref(),
-    ) {
-        t.apply_response_headers(&mut header, p);
-    }
+    ctx.exchange.on_gateway_answer(&mut header);
     write(session, header, body).await?;
     Ok(true)
 }
@@ -80,7 +73,7 @@ pub(super) async fn write(
     body: Bytes,
 ) -> Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
-    super::close_if_draining(session);
+    close_if_draining(session);
     session
         .write_response_header(Box::new(header), head_only)
         .await?;

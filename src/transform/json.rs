@@ -5,7 +5,8 @@
 //! one chunk. Bodies over the cap are never held whole: the buffer flushes what it has and
 //! passes the rest through.
 
-use super::OrderedMap;
+use crate::de::OrderedMap;
+use crate::invalid::Invalid;
 use crate::template::{Template, TemplateScope, TemplateVars, verbatim};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -121,16 +122,21 @@ impl JsonOps {
         cfg: &JsonOpsConfig,
         key: &str,
         scope: &TemplateScope<'_>,
-    ) -> Result<Self, (String, String)> {
-        let path = |k: &str, p: &str| JsonPath::parse(p).map_err(|r| (format!("{key}.{k}"), r));
+    ) -> Result<Self, Invalid> {
+        let path = |k: &str, p: &str| {
+            JsonPath::parse(p).map_err(|r| Invalid::new(format!("{key}.{k}"), r))
+        };
         let value = |k: &str, v: &Value| match v {
             Value::String(s) => Template::parse(s, scope)
                 .map(NewValue::Template)
-                .map_err(|r| (format!("{key}.{k}"), r)),
+                .map_err(|r| Invalid::new(format!("{key}.{k}"), r)),
             other => Ok(NewValue::Fixed(other.clone())),
         };
         if cfg.max_body_bytes == 0 {
-            return Err((format!("{key}.max_body_bytes"), "must be positive".into()));
+            return Err(Invalid::new(
+                format!("{key}.max_body_bytes"),
+                "must be positive",
+            ));
         }
         Ok(JsonOps {
             remove: cfg
@@ -142,17 +148,17 @@ impl JsonOps {
                 .rename
                 .iter()
                 .map(|(f, t)| Ok((path("rename", f)?, path("rename", t)?)))
-                .collect::<Result<_, (String, String)>>()?,
+                .collect::<Result<_, Invalid>>()?,
             set: cfg
                 .set
                 .iter()
                 .map(|(p, v)| Ok((path("set", p)?, value("set", v)?)))
-                .collect::<Result<_, (String, String)>>()?,
+                .collect::<Result<_, Invalid>>()?,
             add: cfg
                 .add
                 .iter()
                 .map(|(p, v)| Ok((path("add", p)?, value("add", v)?)))
-                .collect::<Result<_, (String, String)>>()?,
+                .collect::<Result<_, Invalid>>()?,
             max_body: cfg.max_body_bytes,
         })
     }

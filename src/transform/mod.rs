@@ -5,52 +5,19 @@
 //! upstream work, so a value that would carry CR, LF or NUL fails the request with a 400
 //! instead of reaching an upstream or a client.
 
+mod exchange;
 pub mod json;
 
+pub use exchange::{Exchange, Prepared};
+
+use crate::de::OrderedMap;
+use crate::invalid::Invalid;
 use crate::template::{Template, TemplateScope, TemplateVars};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use json::{JsonOps, JsonOpsConfig};
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
-use std::fmt;
-
-/// A YAML mapping kept in file order (operations run in the order they are written).
-#[derive(Debug, Clone)]
-pub struct OrderedMap<V>(pub Vec<(String, V)>);
-
-impl<V> Default for OrderedMap<V> {
-    fn default() -> Self {
-        OrderedMap(Vec::new())
-    }
-}
-
-impl<V> OrderedMap<V> {
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.0.iter().map(|(k, v)| (k, v))
-    }
-}
-
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V_<V>(std::marker::PhantomData<V>);
-        impl<'de, V: Deserialize<'de>> Visitor<'de> for V_<V> {
-            type Value = OrderedMap<V>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a mapping")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<String, V>()? {
-                    out.push((k, v));
-                }
-                Ok(OrderedMap(out))
-            }
-        }
-        d.deserialize_map(V_(std::marker::PhantomData))
-    }
-}
 
 /// A route's `request:` block.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -165,12 +132,13 @@ impl HeaderOps {
         cfg: &HeaderOpsConfig,
         key: &str,
         scope: &TemplateScope<'_>,
-    ) -> Result<Self, (String, String)> {
+    ) -> Result<Self, Invalid> {
         let name = |k: &str, n: &str| {
-            let parsed = WireName::parse(n)
-                .ok_or_else(|| (format!("{key}.{k}"), format!("invalid header name {n:?}")))?;
+            let parsed = WireName::parse(n).ok_or_else(|| {
+                Invalid::new(format!("{key}.{k}"), format!("invalid header name {n:?}"))
+            })?;
             if PROTECTED.contains(&parsed.name.as_str()) {
-                return Err((
+                return Err(Invalid::new(
                     format!("{key}.{k}"),
                     format!("{n:?} is managed by the proxy and cannot be transformed"),
                 ));
@@ -187,7 +155,7 @@ impl HeaderOps {
                 .rename
                 .iter()
                 .map(|(f, t)| Ok((name("rename", f)?.name, name("rename", t)?)))
-                .collect::<Result<_, (String, String)>>()?,
+                .collect::<Result<_, Invalid>>()?,
             ..Default::default()
         };
         for (kind, k, map) in [
@@ -196,10 +164,11 @@ impl HeaderOps {
             (Write::Append, "append", &cfg.append),
         ] {
             for (n, v) in map.iter() {
-                let t = Template::parse(v, scope).map_err(|r| (format!("{key}.{k}.{n}"), r))?;
+                let t = Template::parse(v, scope)
+                    .map_err(|r| Invalid::new(format!("{key}.{k}.{n}"), r))?;
                 let source = match t.as_literal() {
                     Some(lit) => HeaderSource::Fixed(HeaderValue::from_str(lit).map_err(|_| {
-                        (
+                        Invalid::new(
                             format!("{key}.{k}.{n}"),
                             "value has characters not allowed in a header".to_string(),
                         )
@@ -322,13 +291,13 @@ impl QueryOps {
         cfg: &QueryOpsConfig,
         key: &str,
         scope: &TemplateScope<'_>,
-    ) -> Result<Self, (String, String)> {
+    ) -> Result<Self, Invalid> {
         let name = |k: &str, n: &str| {
             if n.is_empty()
                 || n.bytes()
                     .any(|b| b"&=#? ".contains(&b) || b.is_ascii_control())
             {
-                return Err((
+                return Err(Invalid::new(
                     format!("{key}.{k}"),
                     format!("invalid parameter name {n:?}"),
                 ));
@@ -338,10 +307,11 @@ impl QueryOps {
         let templates = |k: &str, m: &OrderedMap<String>| {
             m.iter()
                 .map(|(n, v)| {
-                    let t = Template::parse(v, scope).map_err(|r| (format!("{key}.{k}.{n}"), r))?;
+                    let t = Template::parse(v, scope)
+                        .map_err(|r| Invalid::new(format!("{key}.{k}.{n}"), r))?;
                     Ok((name(k, n)?, t))
                 })
-                .collect::<Result<Vec<_>, (String, String)>>()
+                .collect::<Result<Vec<_>, Invalid>>()
         };
         Ok(QueryOps {
             remove: cfg
@@ -353,7 +323,7 @@ impl QueryOps {
                 .rename
                 .iter()
                 .map(|(f, t)| Ok((name("rename", f)?, name("rename", t)?)))
-                .collect::<Result<_, (String, String)>>()?,
+                .collect::<Result<_, Invalid>>()?,
             set: templates("set", &cfg.set)?,
             add: templates("add", &cfg.add)?,
         })
@@ -442,7 +412,7 @@ impl RouteTransforms {
         request: Option<&RequestTransformConfig>,
         response: Option<&ResponseTransformConfig>,
         scope: &TemplateScope<'_>,
-    ) -> Result<Option<Self>, (String, String)> {
+    ) -> Result<Option<Self>, Invalid> {
         if request.is_none() && response.is_none() {
             return Ok(None);
         }
@@ -568,6 +538,6 @@ mod tests {
             claims: false,
         };
         let err = RouteTransforms::compile(Some(&cfg), None, &scope).unwrap_err();
-        assert_eq!(err.0, "request.headers.set");
+        assert_eq!(err.key, "request.headers.set");
     }
 }

@@ -6,7 +6,7 @@
 //! failure opens it for another `cooldown`. Active health checks (if configured) still run and
 //! are independent. Pingora's load balancer has no passive checks, hence this file.
 
-use crate::config::de_duration;
+use crate::de::de_duration;
 use pingora::protocols::l4::socket::SocketAddr;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

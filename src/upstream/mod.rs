@@ -4,25 +4,25 @@
 //! Health checks are driven by one [`HealthChecker`] background service that walks the *current*
 //! snapshot, so pools created by a later config reload are checked too.
 
+mod attempts;
 pub mod breaker;
 pub mod tls;
 
-use crate::config::de_duration;
-use crate::snapshot::SharedSnapshot;
-use async_trait::async_trait;
+pub use attempts::{Attempts, Failure, Retry};
+
+use crate::de::de_duration;
+use crate::invalid::Invalid;
 use pingora::http::RequestHeader;
 use pingora::lb::discovery::Static;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy, PeerOptions};
 use serde::Deserialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::ToSocketAddrs;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One entry of `services:` as written in the YAML file.
 #[derive(Debug, Clone, Deserialize)]
@@ -199,9 +199,12 @@ impl ServicePool {
         cfg: &ServiceConfig,
         key: &str,
         base: &std::path::Path,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Invalid> {
         if cfg.backends.is_empty() {
-            return Err(format!("{key}.backends: at least one backend is required"));
+            return Err(Invalid::new(
+                format!("{key}.backends"),
+                "at least one backend is required",
+            ));
         }
         let mut set = BTreeSet::new();
         for (i, b) in cfg.backends.iter().enumerate() {
@@ -211,15 +214,22 @@ impl ServicePool {
             };
             let bkey = format!("{key}.backends[{i}]");
             if weight == 0 {
-                return Err(format!("{bkey}.weight: must be at least 1"));
+                return Err(Invalid::new(format!("{bkey}.weight"), "must be at least 1"));
             }
             // Resolve once at load time: Pingora would otherwise resolve with blocking DNS (and
             // panic on failure) when building a peer on the request path.
             let resolved = addr
                 .to_socket_addrs()
-                .map_err(|e| format!("{bkey}: cannot resolve {addr:?} as host:port: {e}"))?
+                .map_err(|e| {
+                    Invalid::new(
+                        bkey.clone(),
+                        format!("cannot resolve {addr:?} as host:port: {e}"),
+                    )
+                })?
                 .next()
-                .ok_or_else(|| format!("{bkey}: {addr:?} resolves to no address"))?;
+                .ok_or_else(|| {
+                    Invalid::new(bkey.clone(), format!("{addr:?} resolves to no address"))
+                })?;
             let mut backend = Backend {
                 addr: SocketAddr::Inet(resolved),
                 weight,
@@ -229,7 +239,10 @@ impl ServicePool {
             let host = host.trim_start_matches('[').trim_end_matches(']');
             backend.ext.insert(BackendHost(host.into()));
             if !set.insert(backend) {
-                return Err(format!("{bkey}: duplicate backend {addr:?}"));
+                return Err(Invalid::new(
+                    bkey.clone(),
+                    format!("duplicate backend {addr:?}"),
+                ));
             }
         }
         let backend_count = set.len();
@@ -240,13 +253,14 @@ impl ServicePool {
         let hash_key = match (cfg.load_balancing, cfg.hash_key.as_deref()) {
             (LoadBalancing::RoundRobin, None) => None,
             (LoadBalancing::RoundRobin, Some(_)) => {
-                return Err(format!(
-                    "{key}.hash_key: only meaningful with load_balancing: consistent_hash"
+                return Err(Invalid::new(
+                    format!("{key}.hash_key"),
+                    "only meaningful with load_balancing: consistent_hash",
                 ));
             }
             (LoadBalancing::ConsistentHash, k) => Some(
                 parse_hash_key(k.unwrap_or("client_ip"))
-                    .map_err(|e| format!("{key}.hash_key: {e}"))?,
+                    .map_err(|e| Invalid::new(format!("{key}.hash_key"), e.to_string()))?,
             ),
         };
         let tls = cfg
@@ -257,11 +271,14 @@ impl ServicePool {
         let mut backends = Backends::new(Static::new(set));
         if let Some(hc) = &cfg.health_check {
             validate_health_check(hc, key)?;
-            backends.set_health_check(build_health_check(hc, tls.as_ref())?);
+            backends.set_health_check(
+                build_health_check(hc, tls.as_ref())
+                    .map_err(|e| e.within(&format!("{key}.health_check")))?,
+            );
         }
         let balancer = match cfg.load_balancing {
-            LoadBalancing::RoundRobin => Balancer::RoundRobin(load(backends)?),
-            LoadBalancing::ConsistentHash => Balancer::Consistent(load(backends)?),
+            LoadBalancing::RoundRobin => Balancer::RoundRobin(load(backends, key)?),
+            LoadBalancing::ConsistentHash => Balancer::Consistent(load(backends, key)?),
         };
         Ok(ServicePool {
             name: name.to_string(),
@@ -341,7 +358,13 @@ impl ServicePool {
         }
     }
 
-    async fn run_health_check(&self) {
+    /// How often the active health check runs, if the service has one.
+    pub fn health_interval(&self) -> Option<Duration> {
+        self.health_interval
+    }
+
+    /// Runs one round of the active health check and publishes each backend's state.
+    pub async fn run_health_check(&self) {
         let backends = match &self.balancer {
             Balancer::RoundRobin(lb) => lb.backends(),
             Balancer::Consistent(lb) => lb.backends(),
@@ -353,7 +376,7 @@ impl ServicePool {
     }
 }
 
-fn load<S>(backends: Backends) -> Result<LoadBalancer<S>, String>
+fn load<S>(backends: Backends, key: &str) -> Result<LoadBalancer<S>, Invalid>
 where
     S: pingora::lb::selection::BackendSelection + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
@@ -363,8 +386,14 @@ where
     // Static discovery completes without awaiting anything, so this never yields Pending.
     match lb.update().now_or_never() {
         Some(Ok(())) => Ok(lb),
-        Some(Err(e)) => Err(format!("cannot load backends: {e}")),
-        None => Err("static backend discovery unexpectedly blocked".into()),
+        Some(Err(e)) => Err(Invalid::new(
+            format!("{key}.backends"),
+            format!("cannot load backends: {e}"),
+        )),
+        None => Err(Invalid::new(
+            format!("{key}.backends"),
+            "static backend discovery unexpectedly blocked",
+        )),
     }
 }
 
@@ -383,19 +412,22 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
     }
 }
 
-fn validate_health_check(hc: &HealthCheckConfig, key: &str) -> Result<(), String> {
+fn validate_health_check(hc: &HealthCheckConfig, key: &str) -> Result<(), Invalid> {
     let key = format!("{key}.health_check");
     if hc.interval < Duration::from_millis(10) {
-        return Err(format!("{key}.interval: must be at least 10ms"));
+        return Err(Invalid::new(
+            format!("{key}.interval"),
+            "must be at least 10ms",
+        ));
     }
     if hc.timeout.is_zero() {
-        return Err(format!("{key}.timeout: must be positive"));
+        return Err(Invalid::new(format!("{key}.timeout"), "must be positive"));
     }
     if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-        return Err(format!("{key}: thresholds must be at least 1"));
+        return Err(Invalid::new(key.clone(), "thresholds must be at least 1"));
     }
     if hc.kind == HealthCheckKind::Http && !hc.path.starts_with('/') {
-        return Err(format!("{key}.path: must start with `/`"));
+        return Err(Invalid::new(format!("{key}.path"), "must start with `/`"));
     }
     Ok(())
 }
@@ -405,7 +437,7 @@ fn validate_health_check(hc: &HealthCheckConfig, key: &str) -> Result<(), String
 fn build_health_check(
     hc: &HealthCheckConfig,
     tls: Option<&tls::PeerTls>,
-) -> Result<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>, String> {
+) -> Result<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>, Invalid> {
     Ok(match hc.kind {
         HealthCheckKind::Tcp => {
             let mut check = TcpHealthCheck::new();
@@ -424,9 +456,9 @@ fn build_health_check(
             check.peer_template.options.connection_timeout = Some(hc.timeout);
             check.peer_template.options.read_timeout = Some(hc.timeout);
             let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
-                .map_err(|e| format!("health_check.path: {e}"))?;
+                .map_err(|e| Invalid::new("path", e.to_string()))?;
             req.insert_header("host", &hc.host)
-                .map_err(|e| format!("health_check.host: {e}"))?;
+                .map_err(|e| Invalid::new("host", e.to_string()))?;
             check.req = req;
             Box::new(check)
         }
@@ -450,41 +482,4 @@ fn peer_options(cfg: &ServiceConfig) -> PeerOptions {
         o.set_http_version(2, min);
     }
     o
-}
-
-/// Background service running every service's health check on its own interval, against
-/// whatever snapshot is current at each tick.
-pub struct HealthChecker {
-    pub snapshot: SharedSnapshot,
-}
-
-#[async_trait]
-impl BackgroundService for HealthChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut due: HashMap<String, Instant> = HashMap::new();
-        loop {
-            let snapshot = self.snapshot.load_full();
-            let now = Instant::now();
-            let mut checks = Vec::new();
-            let mut next = now + Duration::from_secs(1);
-            for pool in snapshot.services() {
-                let Some(interval) = pool.health_interval else {
-                    continue;
-                };
-                let when = due.entry(pool.name.clone()).or_insert(now);
-                if *when <= now {
-                    *when = now + interval;
-                    checks.push(pool.run_health_check());
-                }
-                next = next.min(*when);
-            }
-            futures::future::join_all(checks).await;
-            crate::metrics::health_checked();
-            let sleep = next.saturating_duration_since(Instant::now());
-            tokio::select! {
-                _ = tokio::time::sleep(sleep) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
 }

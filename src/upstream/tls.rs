@@ -2,6 +2,7 @@
 //! certificates. Everything is loaded once when the config compiles into a [`PeerTls`];
 //! building a peer on the request path only copies `Arc`s.
 
+use crate::invalid::Invalid;
 use crate::tls::{read_certs, read_private_key};
 use pingora::upstreams::peer::{HttpPeer, PeerOptions};
 use pingora::utils::tls::{CertKey, WrappedX509};
@@ -65,17 +66,18 @@ pub struct PeerTls {
 
 impl PeerTls {
     /// Loads the files; `key` is the config key path (`services.billing.tls`).
-    pub fn compile(cfg: &UpstreamTlsConfig, base: &Path, key: &str) -> Result<Self, String> {
+    pub fn compile(cfg: &UpstreamTlsConfig, base: &Path, key: &str) -> Result<Self, Invalid> {
         let ca = cfg
             .ca_file
             .as_ref()
             .map(|f| {
-                let certs = read_certs(&base.join(f)).map_err(|e| format!("{key}.ca_file: {e}"))?;
+                let certs = read_certs(&base.join(f))
+                    .map_err(|e| Invalid::new(format!("{key}.ca_file"), e.to_string()))?;
                 let wrapped: Vec<WrappedX509> = certs
                     .into_iter()
                     .map(|c| WrappedX509::new(c.to_vec(), pingora::utils::tls::parse_x509))
                     .collect();
-                Ok::<_, String>(Arc::<[WrappedX509]>::from(wrapped))
+                Ok::<_, Invalid>(Arc::<[WrappedX509]>::from(wrapped))
             })
             .transpose()?;
         let client = match (&cfg.client_cert, &cfg.client_key) {
@@ -86,14 +88,16 @@ impl PeerTls {
                 key,
             )?)),
             _ => {
-                return Err(format!(
-                    "{key}: client_cert and client_key must be set together"
+                return Err(Invalid::new(
+                    key,
+                    "client_cert and client_key must be set together",
                 ));
             }
         };
         if cfg.sni.as_deref() == Some("") {
-            return Err(format!(
-                "{key}.sni: must not be empty (an empty SNI turns verification off)"
+            return Err(Invalid::new(
+                format!("{key}.sni"),
+                "must not be empty (an empty SNI turns verification off)",
             ));
         }
         if !cfg.verify {
@@ -136,9 +140,11 @@ impl PeerTls {
     }
 }
 
-fn load_client_cert(cert: &Path, key_path: &Path, key: &str) -> Result<CertKey, String> {
-    let chain = read_certs(cert).map_err(|e| format!("{key}.client_cert: {e}"))?;
-    let private = read_private_key(key_path).map_err(|e| format!("{key}.client_key: {e}"))?;
+fn load_client_cert(cert: &Path, key_path: &Path, key: &str) -> Result<CertKey, Invalid> {
+    let chain =
+        read_certs(cert).map_err(|e| Invalid::new(format!("{key}.client_cert"), e.to_string()))?;
+    let private = read_private_key(key_path)
+        .map_err(|e| Invalid::new(format!("{key}.client_key"), e.to_string()))?;
     Ok(CertKey::new(
         chain.into_iter().map(|c| c.to_vec()).collect(),
         private.secret_der().to_vec(),

@@ -3,7 +3,8 @@
 //! skewed clocks still agree.
 
 use super::local::{Gcra, Verdict};
-use crate::config::de_duration;
+use crate::de::de_duration;
+use crate::invalid::Invalid;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -72,19 +73,19 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn compile(cfg: &RedisConfig) -> Result<Self, (String, String)> {
+    pub fn compile(cfg: &RedisConfig) -> Result<Self, Invalid> {
         let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| ("rate_limits.redis.url".to_string(), e.to_string()))?;
+            .map_err(|e| Invalid::new("rate_limits.redis.url".to_string(), e.to_string()))?;
         if cfg.pool_size == 0 {
-            return Err((
-                "rate_limits.redis.pool_size".into(),
-                "must be at least 1".into(),
+            return Err(Invalid::new(
+                "rate_limits.redis.pool_size",
+                "must be at least 1",
             ));
         }
         if cfg.timeout.is_zero() {
-            return Err((
-                "rate_limits.redis.timeout".into(),
-                "must be positive".into(),
+            return Err(Invalid::new(
+                "rate_limits.redis.timeout",
+                "must be positive",
             ));
         }
         Ok(RedisStore {

@@ -2,30 +2,10 @@
 //! Prometheus text format, `/healthz` (the process answers) and `/readyz` (a config is loaded
 //! and the first round of health checks has finished).
 
-use crate::config::de_opt_socket;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use serde::Deserialize;
-use std::net::SocketAddr;
-
-/// The `admin:` section.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// Address of the admin listener; `null` turns it off.
-    #[serde(deserialize_with = "de_opt_socket")]
-    pub listen: Option<SocketAddr>,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
-        }
-    }
-}
 
 /// Serves the admin endpoints.
 pub struct AdminApp;

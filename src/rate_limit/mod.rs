@@ -2,17 +2,17 @@
 //! resolved client address, exact `X-RateLimit-*` / `RateLimit-*` headers, an in-process store
 //! and a Redis store shared by a cluster, and optional per-key concurrency limits.
 
+mod admission;
 pub mod local;
 pub mod redis_store;
 
-use crate::config::de_duration;
-use crate::snapshot::SharedSnapshot;
-use async_trait::async_trait;
+pub use admission::Admission;
+
+use crate::de::de_duration;
+use crate::invalid::Invalid;
 use http::HeaderValue;
 use local::{Gcra, LocalStore, Verdict};
 use pingora::http::ResponseHeader;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use redis_store::{RedisConfig, RedisStore};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -102,7 +102,7 @@ pub enum KeySource {
     /// A request header, else the client IP.
     Header(http::HeaderName),
     /// A verified claim, else the client IP.
-    Claim(crate::auth::ClaimPath),
+    Claim(crate::identity::ClaimPath),
     Route,
     Global,
 }
@@ -124,7 +124,7 @@ pub struct Policy {
 /// Where the caller's identity comes from when building keys.
 pub struct KeyInputs<'a> {
     pub client_ip: IpAddr,
-    pub identity: Option<&'a crate::auth::jwt::Identity>,
+    pub identity: Option<&'a crate::identity::Identity>,
     pub headers: &'a http::HeaderMap,
     pub route: usize,
 }
@@ -144,6 +144,19 @@ pub struct LimitReport {
 impl LimitReport {
     /// Adds `X-RateLimit-*` and the IETF draft `RateLimit-Policy` / `RateLimit` headers.
     pub fn write(&self, h: &mut ResponseHeader) {
+        self.for_each_header(|name, value| {
+            let _ = h.insert_header(name, value);
+        });
+    }
+
+    /// The same headers as a list, for a refusal (errors carry their headers themselves).
+    pub fn to_headers(&self) -> Box<[(&'static str, HeaderValue)]> {
+        let mut out = Vec::with_capacity(6);
+        self.for_each_header(|name, value| out.push((name, value)));
+        out.into_boxed_slice()
+    }
+
+    fn for_each_header(&self, mut put: impl FnMut(&'static str, HeaderValue)) {
         use std::fmt::Write;
         let v = &self.verdict;
         // The per-request values are rendered into one buffer and handed out as slices of it:
@@ -164,18 +177,18 @@ impl LimitReport {
         }
         let buf = buf.freeze();
         // Digits and a policy name checked at compile time: always valid header values.
-        let _ = h.insert_header(X_LIMIT, self.limit_value.clone());
-        let _ = h.insert_header(POLICY, self.policy_value.clone());
-        let mut put = |name: &'static str, r: std::ops::Range<usize>| {
+        put(X_LIMIT, self.limit_value.clone());
+        put(POLICY, self.policy_value.clone());
+        let mut slice = |name: &'static str, r: std::ops::Range<usize>| {
             if let Ok(value) = HeaderValue::from_maybe_shared(buf.slice(r)) {
-                let _ = h.insert_header(name, value);
+                put(name, value);
             }
         };
-        put(X_REMAINING, 0..remaining);
-        put(X_RESET, remaining..reset);
-        put(RATELIMIT, reset..ratelimit);
+        slice(X_REMAINING, 0..remaining);
+        slice(X_RESET, remaining..reset);
+        slice(RATELIMIT, reset..ratelimit);
         if !v.allowed {
-            put("retry-after", ratelimit..buf.len());
+            slice("retry-after", ratelimit..buf.len());
         }
     }
 }
@@ -219,10 +232,7 @@ impl Limiter {
     /// Compiles the `rate_limits:` section. With the previous snapshot's limiter, its key store
     /// and in-flight counters are kept (store keys carry each policy's settings, so only
     /// unchanged policies find their old counters).
-    pub fn compile(
-        cfg: &RateLimitsConfig,
-        previous: Option<&Limiter>,
-    ) -> Result<Self, (String, String)> {
+    pub fn compile(cfg: &RateLimitsConfig, previous: Option<&Limiter>) -> Result<Self, Invalid> {
         let mut policies = Vec::new();
         let mut by_name = BTreeMap::new();
         for (name, p) in &cfg.policies {
@@ -232,7 +242,7 @@ impl Limiter {
         }
         let default = match &cfg.default {
             Some(d) => Some(*by_name.get(d).ok_or_else(|| {
-                (
+                Invalid::new(
                     "rate_limits.default".to_string(),
                     format!("no policy named {d:?}"),
                 )
@@ -242,15 +252,15 @@ impl Limiter {
         let redis = match (cfg.store, &cfg.redis) {
             (StoreKind::Redis, Some(r)) => Some(RedisStore::compile(r)?),
             (StoreKind::Redis, None) => {
-                return Err((
-                    "rate_limits.redis".into(),
-                    "required with store: redis".into(),
+                return Err(Invalid::new(
+                    "rate_limits.redis",
+                    "required with store: redis",
                 ));
             }
             (StoreKind::Local, _) => None,
         };
         if cfg.max_keys == 0 {
-            return Err(("rate_limits.max_keys".into(), "must be at least 1".into()));
+            return Err(Invalid::new("rate_limits.max_keys", "must be at least 1"));
         }
         let kept = previous.filter(|p| p.max_keys == cfg.max_keys);
         Ok(Limiter {
@@ -421,7 +431,7 @@ fn key_text<'a>(policy: &'a Policy, inputs: &'a KeyInputs<'_>) -> KeyText<'a> {
         KeySource::Claim(path) => {
             let values = inputs
                 .identity
-                .map(|i| crate::auth::jwt::strings_at(&i.claims, path))
+                .map(|i| crate::identity::strings_at(&i.claims, path))
                 .unwrap_or_default();
             if values.is_empty() {
                 ip()
@@ -440,19 +450,28 @@ fn key_text<'a>(policy: &'a Policy, inputs: &'a KeyInputs<'_>) -> KeyText<'a> {
     }
 }
 
-fn compile_policy(name: &str, p: &PolicyConfig, key: &str) -> Result<Policy, (String, String)> {
+fn compile_policy(name: &str, p: &PolicyConfig, key: &str) -> Result<Policy, Invalid> {
     if p.requests == 0 {
-        return Err((format!("{key}.requests"), "must be at least 1".into()));
+        return Err(Invalid::new(
+            format!("{key}.requests"),
+            "must be at least 1",
+        ));
     }
     if p.period < Duration::from_millis(1) {
-        return Err((format!("{key}.period"), "must be at least 1ms".into()));
+        return Err(Invalid::new(
+            format!("{key}.period"),
+            "must be at least 1ms",
+        ));
     }
     let burst = p.burst.unwrap_or(p.requests);
     if burst == 0 {
-        return Err((format!("{key}.burst"), "must be at least 1".into()));
+        return Err(Invalid::new(format!("{key}.burst"), "must be at least 1"));
     }
     if p.concurrency == Some(0) {
-        return Err((format!("{key}.concurrency"), "must be at least 1".into()));
+        return Err(Invalid::new(
+            format!("{key}.concurrency"),
+            "must be at least 1",
+        ));
     }
     let source = match p.key.as_str() {
         "user" => KeySource::User,
@@ -461,18 +480,16 @@ fn compile_policy(name: &str, p: &PolicyConfig, key: &str) -> Result<Policy, (St
         "global" => KeySource::Global,
         other => {
             if let Some(h) = other.strip_prefix("header:") {
-                KeySource::Header(
-                    http::HeaderName::from_bytes(h.trim().as_bytes()).map_err(|_| {
-                        (format!("{key}.key"), format!("invalid header name {h:?}"))
-                    })?,
-                )
+                KeySource::Header(http::HeaderName::from_bytes(h.trim().as_bytes()).map_err(
+                    |_| Invalid::new(format!("{key}.key"), format!("invalid header name {h:?}")),
+                )?)
             } else if let Some(c) = other.strip_prefix("claim:") {
                 KeySource::Claim(
-                    crate::auth::ClaimPath::parse(c.trim())
-                        .map_err(|e| (format!("{key}.key"), e))?,
+                    crate::identity::ClaimPath::parse(c.trim())
+                        .map_err(|e| Invalid::new(format!("{key}.key"), e))?,
                 )
             } else {
-                return Err((
+                return Err(Invalid::new(
                     format!("{key}.key"),
                     format!(
                         "unknown key {other:?} (expected user, ip, header:NAME, claim:NAME, route or global)"
@@ -487,7 +504,7 @@ fn compile_policy(name: &str, p: &PolicyConfig, key: &str) -> Result<Policy, (St
         p.period.as_secs().max(1)
     ))
     .map_err(|_| {
-        (
+        Invalid::new(
             key.to_string(),
             "policy name must be printable ASCII".to_string(),
         )
@@ -505,28 +522,4 @@ fn compile_policy(name: &str, p: &PolicyConfig, key: &str) -> Result<Policy, (St
         key: source,
         concurrency: p.concurrency,
     })
-}
-
-/// Background service dropping idle keys from the local store.
-pub struct LimiterSweeper {
-    pub snapshot: SharedSnapshot,
-}
-
-#[async_trait]
-impl BackgroundService for LimiterSweeper {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            let interval = match &self.snapshot.load().limiter {
-                Some(limiter) => {
-                    limiter.local.sweep();
-                    limiter.sweep_interval
-                }
-                None => Duration::from_secs(10),
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
 }

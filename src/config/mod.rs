@@ -1,19 +1,28 @@
 //! The YAML file: top-level structure, Pingora server settings, and loading with errors that
 //! name the file, the key path and the line.
 //!
-//! Capability modules own their own config structs (`router::RouteConfig`,
-//! `upstream::ServiceConfig`); this module only assembles them and turns the file into a
-//! [`GatewayConfig`]. Semantic checks happen when the config is compiled into a snapshot.
+//! Capability modules own their config structs (`upstream::ServiceConfig`, `auth::AuthConfig`);
+//! this module assembles them into the file's shape ([`GatewayConfig`], [`route::RouteConfig`])
+//! and holds the sections no capability owns (server, client, admin). Semantic checks happen
+//! when the config is compiled into a snapshot.
+
+pub mod admin;
+pub mod client;
+pub mod route;
+pub mod server;
 
 use crate::auth::AuthConfig;
-use crate::limits::RateLimitsConfig;
-use crate::router::RouteConfig;
+use crate::invalid::Invalid;
+use crate::rate_limit::RateLimitsConfig;
 use crate::upstream::ServiceConfig;
-use serde::{Deserialize, Deserializer};
+pub use admin::AdminConfig;
+pub use client::ClientConfig;
+pub use route::RouteConfig;
+use serde::Deserialize;
+pub use server::ServerSettings;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,87 +62,16 @@ pub struct GatewayConfig {
     pub security_headers: Option<crate::edge::headers::SecurityHeadersConfig>,
     /// Request size limits.
     #[serde(default)]
-    pub limits: crate::edge::EdgeLimits,
+    pub limits: crate::edge::SizeLimits,
     /// Client deadlines (request head, body, sending, keep-alive) and the connection limit.
     #[serde(default)]
-    pub client: crate::connection::ClientConfig,
+    pub client: ClientConfig,
     /// The admin listener (metrics and health endpoints).
     #[serde(default)]
-    pub admin: crate::admin::AdminConfig,
+    pub admin: AdminConfig,
     /// The JSON access log.
     #[serde(default)]
     pub access_log: crate::access_log::AccessLogConfig,
-}
-
-/// The subset of Pingora's `ServerConf` a user can set, with defaults that fit systemd.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerSettings {
-    /// Worker threads for the proxy; 0 means one per CPU core.
-    pub threads: usize,
-    pub pid_file: String,
-    pub upgrade_sock: String,
-    /// File for the error log when running as a daemon (stderr otherwise).
-    pub error_log: Option<String>,
-    /// Run in the background (same as `-d`).
-    pub daemon: bool,
-    pub user: Option<String>,
-    pub group: Option<String>,
-    /// Seconds between the shutdown signal and closing listeners. Pingora defaults to 300 s,
-    /// longer than systemd's stop timeout, so we default to 10.
-    pub grace_period_seconds: u64,
-    /// Seconds in-flight requests get to finish after listeners close.
-    pub graceful_shutdown_timeout_seconds: u64,
-    /// Idle connections kept per upstream pool.
-    pub upstream_keepalive_pool_size: usize,
-    /// Let idle worker threads steal tasks from busy ones. Off by default: one single-threaded
-    /// runtime per thread avoids cross-thread wake-ups and measured faster on our benchmarks.
-    pub work_stealing: bool,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        ServerSettings {
-            threads: 0,
-            pid_file: "/tmp/apigateway.pid".into(),
-            upgrade_sock: "/tmp/apigateway_upgrade.sock".into(),
-            error_log: None,
-            daemon: false,
-            user: None,
-            group: None,
-            grace_period_seconds: 10,
-            graceful_shutdown_timeout_seconds: 10,
-            upstream_keepalive_pool_size: 128,
-            work_stealing: false,
-        }
-    }
-}
-
-impl ServerSettings {
-    /// Converts to Pingora's `ServerConf`.
-    pub fn to_server_conf(&self) -> pingora::server::configuration::ServerConf {
-        let mut conf = pingora::server::configuration::ServerConf {
-            threads: if self.threads == 0 {
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            } else {
-                self.threads
-            },
-            pid_file: self.pid_file.clone(),
-            upgrade_sock: self.upgrade_sock.clone(),
-            error_log: self.error_log.clone(),
-            daemon: self.daemon,
-            user: self.user.clone(),
-            group: self.group.clone(),
-            grace_period_seconds: Some(self.grace_period_seconds),
-            graceful_shutdown_timeout_seconds: Some(self.graceful_shutdown_timeout_seconds),
-            upstream_keepalive_pool_size: self.upstream_keepalive_pool_size,
-            work_stealing: self.work_stealing,
-            ..Default::default()
-        };
-        // Retries are decided per service in the proxy; this is only Pingora's outer bound.
-        conf.max_retries = 16;
-        conf
-    }
 }
 
 /// A configuration that cannot be used, with enough context to fix it.
@@ -170,6 +108,17 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// A compile step's error, placed in `file`.
+    pub fn invalid(file: &Path, e: Invalid) -> Self {
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: e.key,
+            reason: e.reason,
+        }
+    }
+}
+
 impl GatewayConfig {
     /// Reads and parses a file; schema errors carry serde_yaml's key path and line.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -201,44 +150,10 @@ pub fn file_hash(path: &Path) -> String {
     }
 }
 
-/// Deserializes an optional `ip:port` address.
-pub fn de_opt_socket<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<std::net::SocketAddr>, D::Error> {
-    let raw: Option<String> = Option::deserialize(d)?;
-    raw.map(|s| {
-        s.parse()
-            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not an ip:port address ({e})")))
-    })
-    .transpose()
-}
-
-/// Like [`de_duration`], for optional keys.
-pub fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    de_duration(d).map(Some)
-}
-
-/// Deserializes `"500ms"`, `"2s"`, `"1m"` (humantime syntax) or a bare number of seconds.
-pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Seconds(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => humantime::parse_duration(&t).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {t:?} ({e}); use e.g. 500ms, 2s, 1m"
-            ))
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const MINIMAL: &str = "listen: ['127.0.0.1:0']\nservices:\n  a:\n    backends: ['127.0.0.1:1']\nroutes:\n  - path: /a\n    service: a\n";
 

@@ -9,7 +9,7 @@
 //! head is still parsed by Pingora, once. HTTP/2 connections go straight to Pingora with its
 //! idle timeout set.
 
-use crate::config::de_duration;
+use crate::config::ClientConfig;
 use crate::errors::GatewayError;
 use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
@@ -18,10 +18,9 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
-use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout_at;
 
@@ -29,67 +28,6 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Room for the request line and headers beyond `limits.max_uri_bytes + max_header_bytes`
 /// (names, separators, CRLFs) before the head is refused with 431 without reading on.
 const HEAD_FRAMING_ALLOWANCE: usize = 8 * 1024;
-
-/// The `client:` section: how long a client may take and how many may be connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClientConfig {
-    /// The whole request head (request line and headers) must arrive within this time, counted
-    /// from the connection's accept or from the first byte of a keep-alive request (nginx's
-    /// `client_header_timeout`). Past it: 408 and the connection is closed.
-    #[serde(deserialize_with = "de_duration")]
-    pub header_timeout: Duration,
-    /// The longest pause between two reads of a request body (nginx's `client_body_timeout`).
-    #[serde(deserialize_with = "de_duration")]
-    pub body_timeout: Duration,
-    /// The whole request body must arrive within this time after the head; a client trickling
-    /// a body gets 408. Raise it for routes that take slow large uploads.
-    #[serde(deserialize_with = "de_duration")]
-    pub body_deadline: Duration,
-    /// The longest pause while writing a response to the client (nginx's `send_timeout`).
-    #[serde(deserialize_with = "de_duration")]
-    pub send_timeout: Duration,
-    /// How long an idle keep-alive connection waits for its next request.
-    #[serde(deserialize_with = "de_duration")]
-    pub keepalive_timeout: Duration,
-    /// Open client connections per process; beyond it a new connection gets 503 and is closed.
-    pub max_connections: usize,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            header_timeout: Duration::from_secs(60),
-            body_timeout: Duration::from_secs(60),
-            body_deadline: Duration::from_secs(300),
-            send_timeout: Duration::from_secs(60),
-            keepalive_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
-        }
-    }
-}
-
-impl ClientConfig {
-    /// Checks the values no Duration type rules out; `key` is the section's path.
-    pub fn check(&self) -> Result<(), (String, String)> {
-        let positive = [
-            ("header_timeout", self.header_timeout),
-            ("body_timeout", self.body_timeout),
-            ("body_deadline", self.body_deadline),
-            ("send_timeout", self.send_timeout),
-            ("keepalive_timeout", self.keepalive_timeout),
-        ];
-        for (key, value) in positive {
-            if value.is_zero() {
-                return Err((format!("client.{key}"), "must be greater than 0".into()));
-            }
-        }
-        if self.max_connections == 0 {
-            return Err(("client.max_connections".into(), "must be at least 1".into()));
-        }
-        Ok(())
-    }
-}
 
 /// The proxy app behind the connection limit and the request-head deadline.
 pub struct ClientConnections<A> {
@@ -146,7 +84,7 @@ where
         // One snapshot per connection: its deadlines and head cap hold for all its requests.
         let snapshot = self.snapshot.load();
         let client = snapshot.client;
-        let limits = snapshot.limits;
+        let limits = snapshot.sizes;
         let max_head = limits.max_uri_bytes + limits.max_header_bytes + HEAD_FRAMING_ALLOWANCE;
         drop(snapshot);
         let Some(_slot) = ConnectionSlot::acquire(&self.open, client.max_connections) else {
@@ -335,18 +273,5 @@ mod tests {
         drop(a);
         assert!(ConnectionSlot::acquire(&open, 2).is_some());
         assert_eq!(open.load(Ordering::Acquire), 1);
-    }
-
-    #[test]
-    fn zero_values_are_config_errors() {
-        let mut c = ClientConfig::default();
-        assert!(c.check().is_ok());
-        c.header_timeout = Duration::ZERO;
-        assert_eq!(c.check().unwrap_err().0, "client.header_timeout");
-        let c = ClientConfig {
-            max_connections: 0,
-            ..ClientConfig::default()
-        };
-        assert_eq!(c.check().unwrap_err().0, "client.max_connections");
     }
 }

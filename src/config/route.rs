@@ -1,0 +1,84 @@
+//! One entry of `routes:` as written in the YAML file: the route's whole schema, assembled from
+//! the config structs each capability owns. The snapshot compiles it; the router only sees the
+//! matching part of it.
+
+use crate::aggregate::AggregateConfig;
+use crate::auth::{AuthMode, ScopeMatch};
+use crate::edge::cors::CorsConfig;
+use crate::edge::headers::SecurityHeadersConfig;
+use crate::router::MatchKind;
+use crate::transform::{RequestTransformConfig, ResponseTransformConfig};
+use serde::Deserialize;
+
+/// One entry of `routes:` as written in the YAML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Optional name used in logs and metrics; defaults to `routes[i]`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path pattern: literal segments, `:name` parameters, optional trailing `*` or `*name`.
+    pub path: String,
+    /// `prefix` (default) also matches everything below the pattern; `exact` only the pattern.
+    #[serde(default, rename = "match")]
+    pub match_kind: MatchKind,
+    /// Allowed methods; empty means any. `GET` also admits `HEAD`.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Host filter: `api.example.com` or `*.example.com`; absent means any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Name of the service in `services:` that receives the traffic (or use `aggregate`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Fan out to several services and merge their JSON instead of proxying.
+    #[serde(default)]
+    pub aggregate: Option<AggregateConfig>,
+    /// Remove the part of the path matched by the pattern before forwarding (default true).
+    #[serde(default = "default_true")]
+    pub strip_prefix: bool,
+    /// Template for the upstream path, e.g. `/v2/users/{id}`; overrides `strip_prefix`.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// `none` (default), `optional` or `required` (needs the top-level `auth:` section).
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Roles admitted (any of); needs `auth: required`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Scopes from the `scope` claim; matched per `scope_match`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `all` (default) or `any`.
+    #[serde(default)]
+    pub scope_match: ScopeMatch,
+    /// Send the client's `Authorization` header upstream (default false: stripped).
+    #[serde(default)]
+    pub forward_authorization: bool,
+    /// Rate-limit policies that must all admit; absent = `rate_limits.default`, `[]` = none.
+    #[serde(default)]
+    pub rate_limits: Option<Vec<String>>,
+    /// CORS policy replacing the top-level `cors:` for this route.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    /// Security headers merged over the top-level `security_headers:`.
+    #[serde(default)]
+    pub security_headers: Option<SecurityHeadersConfig>,
+    /// Request transformation (headers, query, JSON body).
+    #[serde(default)]
+    pub request: Option<RequestTransformConfig>,
+    /// Response transformation (headers, JSON body).
+    #[serde(default)]
+    pub response: Option<ResponseTransformConfig>,
+    /// Largest request body for this route (default `limits.max_body_bytes`).
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// Forward WebSocket upgrades (`Upgrade: websocket`) to the service. Off by default: other
+    /// routes refuse the handshake with 400.
+    #[serde(default)]
+    pub websocket: bool,
+}
+
+fn default_true() -> bool {
+    true
+}

@@ -1,0 +1,189 @@
+//! `request_filter`'s stage list: everything decided before proxying, in order.
+
+use super::ctx::RequestCtx;
+use crate::edge::{self, NormalizedPath, cors};
+use crate::errors::GatewayError;
+use crate::rate_limit::KeyInputs;
+use crate::router::{RequestView, RouteMatch};
+use crate::snapshot::Snapshot;
+use bytes::Bytes;
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// How admission ends: the request goes on to its upstream (or fan-out), or the gateway
+/// answers it itself.
+pub(super) enum Admit {
+    Continue,
+    Answer(Answer),
+}
+
+/// An answer the gateway gives itself during admission.
+pub(super) enum Answer {
+    /// A refusal, rendered as JSON.
+    Refused(GatewayError),
+    /// A 200 JSON body (the login endpoint).
+    Json(Bytes),
+    /// A CORS preflight answer.
+    Preflight(Box<ResponseHeader>),
+}
+
+impl From<GatewayError> for Answer {
+    fn from(e: GatewayError) -> Self {
+        Answer::Refused(e)
+    }
+}
+
+/// Runs the admission stages: pin the snapshot and read the caller, check framing and sizes,
+/// normalize the path, serve the login endpoint, match the route, answer CORS preflights, then
+/// authenticate, rate-limit and prepare transforms.
+pub(super) async fn admit(
+    shared: &crate::snapshot::SharedSnapshot,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Admit, Answer> {
+    let snapshot = shared.load_full();
+    ctx.snapshot = Some(snapshot.clone());
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    ctx.inbound
+        .read(session.req_header(), peer, tls, &snapshot.client_ip);
+    ctx.body
+        .set_deadline(ctx.inbound.started + snapshot.client.body_deadline);
+    edge::check_framing(session.req_header(), || {
+        let h1 = session.as_downstream().as_http1()?;
+        Some(h1.get_headers_raw_bytes())
+    })?;
+    snapshot.sizes.check_head(session.req_header())?;
+    let path =
+        edge::normalize_path(session.req_header().uri.path()).map_err(GatewayError::BadRequest)?;
+    if let Some(login) = snapshot.auth().and_then(|a| a.login.as_ref())
+        && path.path == login.path
+    {
+        let body = crate::auth::login::serve(login, session, ctx.inbound.client_ip).await?;
+        return Ok(Admit::Answer(Answer::Json(body)));
+    }
+    let preflight = cors::is_preflight(session.req_header());
+    ctx.route = Some(match_route(
+        &snapshot,
+        session.req_header(),
+        &path,
+        preflight,
+    )?);
+    let Some(target) = ctx.target() else {
+        return Err(GatewayError::Internal.into());
+    };
+    if preflight
+        && let (Some(cors), Some(origin)) = (target.cors.as_ref(), ctx.inbound.origin.as_ref())
+    {
+        return Ok(Admit::Answer(Answer::Preflight(Box::new(
+            cors.preflight(origin),
+        ))));
+    }
+    if edge::is_websocket_upgrade(session.req_header()) && !target.websocket {
+        return Err(GatewayError::UpgradeNotAllowed.into());
+    }
+    edge::check_content_length(session.req_header(), target.max_body)?;
+    ctx.body.set_max(target.max_body);
+    authenticate(&snapshot, session.req_header(), ctx).await?;
+    rate_limit(&snapshot, session.req_header(), ctx).await?;
+    finish_route(&snapshot, ctx)?;
+    let has_body = !session.is_body_empty();
+    let transforms = ctx.target().and_then(|t| t.transforms.clone());
+    let vars = super::ctx::vars_of(&ctx.route, &ctx.identity, &ctx.inbound);
+    let prepared = ctx
+        .exchange
+        .prepare(transforms.as_ref(), &vars, session.req_header(), has_body);
+    if prepared?.wants_identity {
+        session.upstream_compression.adjust_decompression(true);
+    }
+    Ok(Admit::Continue)
+}
+
+/// Verifies the caller against the route's auth policy.
+async fn authenticate(
+    snapshot: &Snapshot,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    let (Some(auth), Some(target)) = (snapshot.auth(), ctx.target()) else {
+        return Ok(());
+    };
+    ctx.identity = auth
+        .authenticate(req, &target.policy, ctx.inbound.client_ip)
+        .await
+        .map_err(|f| f.into_refusal())?;
+    Ok(())
+}
+
+/// Applies the route's rate-limit policies, keyed on verified identity or client IP.
+async fn rate_limit(
+    snapshot: &Arc<Snapshot>,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    let (Some(limiter), Some(route)) = (snapshot.rate_limiter.as_ref(), ctx.route.as_ref()) else {
+        return Ok(());
+    };
+    let target = &snapshot.routes.routes()[route.route].target;
+    let inputs = KeyInputs {
+        client_ip: ctx.inbound.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        identity: ctx.identity.as_deref(),
+        headers: &req.headers,
+        route: route.route,
+    };
+    ctx.admission
+        .check(limiter, &target.rate_limits, &inputs, &target.metrics)
+        .await
+}
+
+/// Renders a template rewrite now that the caller is known. A claim the path needs but the
+/// caller lacks refuses the request rather than forwarding a path missing a segment.
+fn finish_route(snapshot: &Snapshot, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let Some(mut route) = ctx.route.take() else {
+        return Ok(());
+    };
+    let rendered = snapshot.routes.render_rewrite(
+        &mut route,
+        ctx.identity.as_deref(),
+        &ctx.inbound.request_id,
+        ctx.inbound.client_ip,
+    );
+    ctx.route = Some(route);
+    rendered.map_err(|_| match ctx.identity {
+        None => GatewayError::Unauthorized {
+            token_present: false,
+        },
+        Some(_) => GatewayError::Forbidden,
+    })
+}
+
+/// Matches the route once. A CORS preflight is matched with the method it asks about.
+fn match_route(
+    snapshot: &Snapshot,
+    req: &RequestHeader,
+    path: &NormalizedPath,
+    preflight: bool,
+) -> Result<RouteMatch, GatewayError> {
+    let segments = path.segments();
+    let asked = preflight
+        .then(|| req.headers.get("access-control-request-method"))
+        .flatten()
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+    let method = asked.unwrap_or_else(|| req.method.clone());
+    let host = edge::request_host(
+        req.headers.get(http::header::HOST).map(|h| h.as_bytes()),
+        req.uri.host(),
+    );
+    snapshot.routes.match_request(&RequestView {
+        segments: &segments,
+        trailing_slash: path.trailing_slash,
+        host: &host,
+        method: &method,
+    })
+}

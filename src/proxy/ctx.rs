@@ -1,0 +1,84 @@
+//! The per-request context: one field per stage, each owned by the capability that acts on it.
+
+use crate::edge::{BodyLimit, Inbound};
+use crate::errors::GatewayError;
+use crate::identity::Identity;
+use crate::rate_limit::Admission;
+use crate::router::RouteMatch;
+use crate::snapshot::{RouteTarget, Snapshot};
+use crate::template::TemplateVars;
+use crate::transform::Exchange;
+use crate::upstream::{Attempts, ServicePool};
+use std::sync::Arc;
+
+/// Everything one request carries between phases.
+#[derive(Default)]
+pub struct RequestCtx {
+    /// The config this request runs against, loaded once in `request_filter`.
+    pub(super) snapshot: Option<Arc<Snapshot>>,
+    /// Who is asking (edge stage).
+    pub inbound: Inbound,
+    /// The matched route and the path to forward (router stage).
+    pub route: Option<RouteMatch>,
+    /// The verified caller, if the route authenticated one (auth stage).
+    pub identity: Option<Arc<Identity>>,
+    /// Rate-limit report and concurrency slots (rate-limit stage).
+    pub(super) admission: Admission,
+    /// Size and deadline of the streamed request body (edge stage).
+    pub(super) body: BodyLimit,
+    /// Prepared header values and body buffers (transform stage).
+    pub(super) exchange: Exchange,
+    /// Backends tried, timings and retry rules (upstream stage).
+    pub(super) attempts: Attempts,
+    /// A gateway-level error decided in an earlier phase, rendered by `fail_to_proxy`.
+    pub(super) error: Option<GatewayError>,
+}
+
+impl RequestCtx {
+    /// The matched route's target.
+    pub(super) fn target(&self) -> Option<&RouteTarget> {
+        target_of(&self.snapshot, &self.route)
+    }
+
+    /// The service pool of the matched proxy route.
+    pub(super) fn pool(&self) -> Option<&ServicePool> {
+        pool_of(&self.snapshot, &self.route)
+    }
+
+    /// The values templates are rendered with.
+    pub(super) fn vars(&self) -> TemplateVars<'_> {
+        vars_of(&self.route, &self.identity, &self.inbound)
+    }
+}
+
+/// The matched route's target, from the fields it comes from (see [`vars_of`]).
+pub(super) fn target_of<'a>(
+    snapshot: &'a Option<Arc<Snapshot>>,
+    route: &Option<RouteMatch>,
+) -> Option<&'a RouteTarget> {
+    Some(&snapshot.as_ref()?.routes.routes()[route.as_ref()?.route].target)
+}
+
+/// The matched proxy route's service pool, from the fields it comes from.
+pub(super) fn pool_of<'a>(
+    snapshot: &'a Option<Arc<Snapshot>>,
+    route: &Option<RouteMatch>,
+) -> Option<&'a ServicePool> {
+    let service = target_of(snapshot, route)?.service?;
+    Some(snapshot.as_ref()?.service(service))
+}
+
+/// Template values from the fields they come from, so a stage can render while another field
+/// of the context is borrowed mutably.
+pub(super) fn vars_of<'a>(
+    route: &'a Option<RouteMatch>,
+    identity: &'a Option<Arc<Identity>>,
+    inbound: &'a Inbound,
+) -> TemplateVars<'a> {
+    TemplateVars {
+        params: route.as_ref().map_or(&[][..], |r| &r.params[..]),
+        identity: identity.as_deref(),
+        request_id: &inbound.request_id,
+        client_ip: inbound.client_ip,
+    }
+}

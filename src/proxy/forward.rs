@@ -1,0 +1,102 @@
+//! `upstream_request_filter`'s steps: what the upstream receives.
+
+use super::ctx::RequestCtx;
+use crate::edge::headers::{Hop, forwarded_headers};
+use crate::upstream::HashKey;
+use http::HeaderValue;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+/// Sets the upstream path and query: the route's path, the query without a token parameter,
+/// after the route's query operations.
+pub(super) fn set_uri(
+    upstream: &mut RequestHeader,
+    req: &RequestHeader,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    let (Some(route), Some(snapshot)) = (ctx.route.as_ref(), ctx.snapshot.as_ref()) else {
+        return Ok(());
+    };
+    let query = req.uri.query().map(|q| match snapshot.auth() {
+        Some(auth) => auth.strip_query(q),
+        None => Cow::Borrowed(q),
+    });
+    let query = ctx.exchange.on_query(query, &ctx.vars());
+    let uri = match query {
+        Some(q) if !q.is_empty() => Cow::Owned(format!("{}?{q}", route.upstream_path)),
+        _ => Cow::Borrowed(route.upstream_path.as_str()),
+    };
+    let uri = uri
+        .parse::<http::Uri>()
+        .map_err(|e| Error::because(ErrorType::InternalError, "rewritten uri", e))?;
+    upstream.set_uri(uri);
+    Ok(())
+}
+
+/// Sets `Host` (an absolute-form target was routed on its authority: forward that), the
+/// gateway's own headers, the verified identity's headers and the forwarding headers.
+pub(super) fn set_headers(
+    upstream: &mut RequestHeader,
+    req: &RequestHeader,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    let (Some(pool), Some(target), Some(snapshot)) =
+        (ctx.pool(), ctx.target(), ctx.snapshot.as_ref())
+    else {
+        return Ok(());
+    };
+    let host = match req.uri.authority() {
+        Some(a) => {
+            let h = HeaderValue::from_str(a.as_str())
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "authority", e))?;
+            upstream.insert_header(http::header::HOST, h.clone())?;
+            Some(h)
+        }
+        None => req.headers.get(http::header::HOST).cloned(),
+    };
+    upstream.insert_header("x-gateway-route", pool.name.as_str())?;
+    upstream.insert_header("x-request-id", ctx.inbound.request_id.as_str())?;
+    if let Some(auth) = snapshot.auth() {
+        auth.apply_upstream(
+            upstream,
+            ctx.identity.as_deref(),
+            target.policy.forward_authorization,
+        )?;
+    }
+    let peer = ctx.inbound.peer_ip;
+    let hop = Hop {
+        peer,
+        peer_trusted: peer.is_some_and(|p| snapshot.client_ip.is_trusted(&p)),
+        client_ip: ctx.inbound.client_ip,
+        host: host.as_ref(),
+        proto: ctx.inbound.proto(),
+    };
+    forwarded_headers(upstream, &hop)
+}
+
+/// The bytes a consistent-hash service hashes for this request.
+pub(super) fn hash_key<'a>(
+    key: Option<&HashKey>,
+    session: &'a Session,
+    client: Option<IpAddr>,
+) -> Cow<'a, [u8]> {
+    match key {
+        None => Cow::Borrowed(&[]),
+        Some(HashKey::ClientIp) => Cow::Owned(
+            client
+                .map(|ip| ip.to_string().into_bytes())
+                .unwrap_or_default(),
+        ),
+        Some(HashKey::Path) => Cow::Borrowed(session.req_header().uri.path().as_bytes()),
+        Some(HashKey::Header(name)) => Cow::Borrowed(
+            session
+                .req_header()
+                .headers
+                .get(name)
+                .map_or(&[][..], |v| v.as_bytes()),
+        ),
+    }
+}

@@ -1,0 +1,57 @@
+//! `logging`'s steps: the request's metrics and its access log line.
+
+use super::ctx::RequestCtx;
+use crate::access_log::AccessRecord;
+use pingora::Error;
+use pingora::proxy::Session;
+
+/// Observes the route's and the service's latency histograms.
+pub(super) fn record_metrics(session: &Session, ctx: &RequestCtx) {
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let metrics = ctx
+        .target()
+        .map_or(&*crate::metrics::UNMATCHED, |t| &t.metrics);
+    metrics.observe(status, ctx.inbound.started.elapsed().as_secs_f64());
+    if let (Some(pool), Some(t)) = (ctx.pool(), ctx.attempts.upstream_time()) {
+        pool.upstream_latency.observe(t.as_secs_f64());
+    }
+}
+
+/// Writes the access log line, when the access log is on.
+pub(super) fn write_access_log(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+    let Some(snapshot) = ctx.snapshot.as_ref().filter(|s| s.access_log.enabled) else {
+        return;
+    };
+    let req = session.req_header();
+    let target = ctx.target();
+    let route = ctx
+        .route
+        .as_ref()
+        .map(|m| snapshot.routes.routes()[m.route].name.as_str());
+    let service = match (ctx.pool(), target) {
+        (Some(p), _) => Some(p.name.as_str()),
+        (None, Some(t)) if t.aggregate.is_some() => Some("aggregate"),
+        _ => None,
+    };
+    let record = AccessRecord {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        request_id: &ctx.inbound.request_id,
+        client_ip: ctx.inbound.client_ip,
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        route,
+        service,
+        upstream: ctx.attempts.last().map(|a| a.to_string()),
+        status: session.response_written().map_or(0, |r| r.status.as_u16()),
+        bytes: session.body_bytes_sent(),
+        duration_ms: ctx.inbound.started.elapsed().as_secs_f64() * 1000.0,
+        upstream_ms: ctx
+            .attempts
+            .upstream_time()
+            .map(|t| t.as_secs_f64() * 1000.0),
+        user: ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
+        rate_limit: ctx.admission.outcome(),
+        error: e.map(|e| e.etype().as_str().to_string()),
+    };
+    crate::access_log::write(&snapshot.access_log, &record);
+}

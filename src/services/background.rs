@@ -1,0 +1,104 @@
+//! Background services that keep long-lived state of the live snapshot fresh: active health
+//! checks, JWKS refresh, and the rate limiter's idle-key sweep. They read the snapshot at each
+//! tick, so a reload changes what they work on without restarting them.
+
+use crate::snapshot::SharedSnapshot;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Background service running every service's health check on its own interval, against
+/// whatever snapshot is current at each tick.
+pub struct HealthChecker {
+    pub snapshot: SharedSnapshot,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut due: HashMap<String, Instant> = HashMap::new();
+        loop {
+            let snapshot = self.snapshot.load_full();
+            let now = Instant::now();
+            let mut checks = Vec::new();
+            let mut next = now + Duration::from_secs(1);
+            for pool in snapshot.services() {
+                let Some(interval) = pool.health_interval() else {
+                    continue;
+                };
+                let when = due.entry(pool.name.clone()).or_insert(now);
+                if *when <= now {
+                    *when = now + interval;
+                    checks.push(pool.run_health_check());
+                }
+                next = next.min(*when);
+            }
+            futures::future::join_all(checks).await;
+            crate::metrics::health_checked();
+            let sleep = next.saturating_duration_since(Instant::now());
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Background service: fetches URL key sets at startup and every TTL (every
+/// `min_refresh_interval` while failing). The gateway serves meanwhile: tokens for a source
+/// that is down fail until it answers.
+pub struct JwksRefresher {
+    pub snapshot: SharedSnapshot,
+}
+
+#[async_trait]
+impl BackgroundService for JwksRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut due: HashMap<usize, Instant> = HashMap::new();
+        loop {
+            let snapshot = self.snapshot.load_full();
+            let now = Instant::now();
+            let mut next = now + Duration::from_secs(60);
+            for source in snapshot.jwks_sources() {
+                let id = Arc::as_ptr(source) as usize;
+                let when = *due.entry(id).or_insert(now);
+                if when <= now {
+                    let wait = source.refresh_scheduled().await;
+                    due.insert(id, Instant::now() + wait);
+                }
+                next = next.min(due[&id]);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(next.saturating_duration_since(Instant::now())) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Background service dropping idle keys from the local store.
+pub struct LimiterSweeper {
+    pub snapshot: SharedSnapshot,
+}
+
+#[async_trait]
+impl BackgroundService for LimiterSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let interval = match &self.snapshot.load().rate_limiter {
+                Some(limiter) => {
+                    limiter.local.sweep();
+                    limiter.sweep_interval
+                }
+                None => Duration::from_secs(10),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The compiled, immutable form of the configuration and the pointer that publishes it.
+//!
+//! `Snapshot::compile` is the only place config is checked ("parse, don't validate"): whatever
+//! it returns is known good, and request-path code never re-checks it. It runs one step per
+//! section; the sections that carry state across reloads ([`sections`]) own the fingerprint
+//! that decides whether a reload keeps them. A request loads the pointer once and keeps that
+//! `Arc` for its whole life, so a reload never mixes two configs.
+
+mod route;
+pub mod sections;
+
+use crate::auth::Auth;
+use crate::config::{AdminConfig, ClientConfig, ConfigError, GatewayConfig, ServerSettings};
+use crate::edge::cors::Cors;
+use crate::edge::headers::SecurityHeaders;
+use crate::edge::{ClientIpResolver, SizeLimits};
+use crate::invalid::Invalid;
+use crate::rate_limit::Limiter;
+use crate::router::RouteTable;
+use crate::tls::CertStore;
+use crate::upstream::ServicePool;
+use arc_swap::ArcSwap;
+pub use route::RouteTarget;
+use sections::{AuthSection, Listeners, Services};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The shared, atomically swappable pointer to the current snapshot.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// Everything the request path needs, compiled from one config file.
+pub struct Snapshot {
+    pub routes: RouteTable<RouteTarget>,
+    services: Services,
+    /// Listener addresses (changing them needs a process upgrade, not a reload).
+    pub listen: Vec<SocketAddr>,
+    /// TLS listener addresses (changing them needs a process upgrade).
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificates of the TLS listeners; replaced on reload, so certificates rotate live.
+    pub tls: Option<Arc<CertStore>>,
+    /// Plaintext listeners also accept HTTP/2 with prior knowledge.
+    pub h2c: bool,
+    auth: AuthSection,
+    /// Rate-limit policies and stores, if configured.
+    pub rate_limiter: Option<Limiter>,
+    /// Finds the client address behind trusted proxies.
+    pub client_ip: ClientIpResolver,
+    /// The top-level CORS policy, for answers given before a route is known (404, 400).
+    pub cors: Option<Arc<Cors>>,
+    /// The top-level security headers, for answers given before a route is known.
+    pub security: Arc<SecurityHeaders>,
+    /// Request size limits (the `limits:` section).
+    pub sizes: SizeLimits,
+    /// Client deadlines and the connection limit.
+    pub client: ClientConfig,
+    /// Pingora process settings (changing them needs a process upgrade, not a reload).
+    pub server: ServerSettings,
+    /// The access log settings.
+    pub access_log: crate::access_log::AccessLogConfig,
+    /// The admin listener address (changing it needs a process upgrade).
+    pub admin: AdminConfig,
+}
+
+impl Snapshot {
+    /// Reads, parses and compiles a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg = GatewayConfig::load(path)?;
+        Self::compile(&cfg, path)
+    }
+
+    /// Compiles a parsed config; errors name `file` and the offending key.
+    pub fn compile(cfg: &GatewayConfig, file: &Path) -> Result<Self, ConfigError> {
+        Self::compile_with(cfg, file, None)
+    }
+
+    /// Compiles a config as a reload of `previous`: service pools, auth (token cache, JWKS)
+    /// and the rate-limit store whose config did not change are carried over.
+    pub fn compile_with(
+        cfg: &GatewayConfig,
+        file: &Path,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, ConfigError> {
+        let base = file.parent().unwrap_or(Path::new("."));
+        Self::compile_sections(cfg, base, previous).map_err(|e| ConfigError::invalid(file, e))
+    }
+
+    fn compile_sections(
+        cfg: &GatewayConfig,
+        base: &Path,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, Invalid> {
+        let listeners = Listeners::compile(&cfg.listen, cfg.tls.as_ref(), base)?;
+        let services = Services::compile(&cfg.services, base, previous.map(|p| &p.services))?;
+        let auth = AuthSection::compile(cfg.auth.as_ref(), base, previous.map(|p| &p.auth))?;
+        let rate_limiter = cfg
+            .rate_limits
+            .as_ref()
+            .map(|l| Limiter::compile(l, previous.and_then(|p| p.rate_limiter.as_ref())))
+            .transpose()?;
+        cfg.client.check()?;
+        let client_ip = ClientIpResolver::compile(&cfg.trusted_proxies)?;
+        let cors = cfg
+            .cors
+            .as_ref()
+            .map(|c| Cors::compile(c, "cors"))
+            .transpose()?
+            .flatten()
+            .map(Arc::new);
+        let security = Arc::new(SecurityHeaders::compile(
+            cfg.security_headers.as_ref(),
+            None,
+            "security_headers",
+        )?);
+        let routes = route::compile_routes(&route::RouteInputs {
+            cfg,
+            services: &services,
+            auth_configured: auth.auth.is_some(),
+            limiter: rate_limiter.as_ref(),
+            cors: &cors,
+            security: &security,
+        })?;
+        let snapshot = Snapshot {
+            routes,
+            services,
+            listen: listeners.listen,
+            tls_listen: listeners.tls_listen,
+            tls: listeners.tls,
+            h2c: cfg.h2c,
+            auth,
+            rate_limiter,
+            client_ip,
+            cors,
+            security,
+            sizes: cfg.limits,
+            client: cfg.client,
+            server: cfg.server.clone(),
+            access_log: cfg.access_log.clone(),
+            admin: cfg.admin.clone(),
+        };
+        snapshot.warn_about_unreachable_parts();
+        Ok(snapshot)
+    }
+
+    /// Warnings for a config that loads but has parts no request can reach.
+    fn warn_about_unreachable_parts(&self) {
+        let routes = self.routes.routes();
+        if let Some(login) = self.auth().and_then(|a| a.login.as_ref())
+            && let Some(r) = routes.iter().find(|r| r.pattern == login.path)
+        {
+            log::warn!(
+                "{} has the login path {:?}; the login endpoint takes precedence",
+                r.name,
+                login.path
+            );
+        }
+        for (i, pool) in self.services.pools().iter().enumerate() {
+            let used = routes.iter().any(|r| {
+                r.target.service == Some(i)
+                    || r.target
+                        .aggregate
+                        .as_ref()
+                        .is_some_and(|a| a.services().any(|s| s == i))
+            });
+            if !used {
+                log::warn!("service {:?} is not used by any route", pool.name);
+            }
+        }
+    }
+
+    /// The service a route points at.
+    pub fn service(&self, index: usize) -> &ServicePool {
+        self.services.get(index)
+    }
+
+    /// All services.
+    pub fn services(&self) -> &[Arc<ServicePool>] {
+        self.services.pools()
+    }
+
+    /// JWT verification and login, if configured.
+    pub fn auth(&self) -> Option<&Arc<Auth>> {
+        self.auth.auth.as_ref()
+    }
+
+    /// JWKS sources to keep fresh.
+    pub fn jwks_sources(&self) -> &[Arc<crate::auth::jwks::JwksSource>] {
+        self.auth().map_or(&[], |a| a.jwks.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listen: ['127.0.0.1:0']\nservices:\n  a: {backends: ['127.0.0.1:1']}\n  b: {backends: ['127.0.0.1:2']}\nauth:\n  keys: [{kid: k, alg: HS256, secret: snapshot-test-secret-0123456789-abcdef}]\nrate_limits:\n  policies: {p: {requests: 5, period: 1s}}\nroutes:\n  - {path: /a, service: a}\n  - {path: /b, service: b}\n";
+
+    fn compile(text: &str, previous: Option<&Snapshot>) -> Snapshot {
+        let cfg = GatewayConfig::parse(text).unwrap();
+        Snapshot::compile_with(&cfg, Path::new("test.yaml"), previous).unwrap()
+    }
+
+    #[test]
+    fn reload_keeps_state_of_unchanged_parts_only() {
+        let first = compile(BASE, None);
+        let same = compile(
+            &BASE.replace("/b, service: b}", "/b2, service: b}"),
+            Some(&first),
+        );
+        assert!(Arc::ptr_eq(&first.services()[0], &same.services()[0]));
+        assert!(Arc::ptr_eq(&first.services()[1], &same.services()[1]));
+        assert!(Arc::ptr_eq(first.auth().unwrap(), same.auth().unwrap()));
+        let (l1, l2) = (
+            first.rate_limiter.as_ref().unwrap(),
+            same.rate_limiter.as_ref().unwrap(),
+        );
+        assert!(Arc::ptr_eq(&l1.local, &l2.local));
+
+        let changed = compile(
+            &BASE
+                .replace("['127.0.0.1:2']", "['127.0.0.1:3']")
+                .replace("0123456789-abcdef", "0123456789-abcdeg"),
+            Some(&same),
+        );
+        assert!(Arc::ptr_eq(&same.services()[0], &changed.services()[0]));
+        assert!(!Arc::ptr_eq(&same.services()[1], &changed.services()[1]));
+        assert!(!Arc::ptr_eq(same.auth().unwrap(), changed.auth().unwrap()));
+        let fresh = compile(BASE, None);
+        assert!(!Arc::ptr_eq(&fresh.services()[0], &first.services()[0]));
+    }
+}

@@ -1,0 +1,196 @@
+//! The compile step of `routes:`: each entry becomes a [`RouteTarget`] (what the route leads to
+//! and its policies) attached to the router's matcher.
+
+use super::sections::Services;
+use crate::aggregate::Aggregate;
+use crate::auth::{AuthMode, RoutePolicy};
+use crate::config::{GatewayConfig, RouteConfig};
+use crate::edge::cors::Cors;
+use crate::edge::headers::SecurityHeaders;
+use crate::invalid::Invalid;
+use crate::metrics::RouteMetrics;
+use crate::rate_limit::Limiter;
+use crate::router::{RouteSpec, RouteTable, param_names};
+use crate::template::TemplateScope;
+use crate::transform::RouteTransforms;
+use std::sync::Arc;
+
+/// What a route leads to: its service (or fan-out) and its policies.
+#[derive(Debug)]
+pub struct RouteTarget {
+    /// Index into the snapshot's services, for proxy routes.
+    pub service: Option<usize>,
+    /// The fan-out, for aggregate routes.
+    pub aggregate: Option<Arc<Aggregate>>,
+    pub policy: RoutePolicy,
+    /// Rate-limit policy indexes (into the limiter) that must all admit.
+    pub rate_limits: Vec<usize>,
+    /// The route's CORS policy (its own, or the top-level one), if any.
+    pub cors: Option<Arc<Cors>>,
+    /// Security headers after merging the route's block over the top-level one.
+    pub security: Arc<SecurityHeaders>,
+    /// Request/response transforms, if configured.
+    pub transforms: Option<Arc<RouteTransforms>>,
+    /// Largest request body.
+    pub max_body: u64,
+    /// The route's request counters and latency histogram.
+    pub metrics: RouteMetrics,
+    /// WebSocket handshakes are forwarded (proxy routes only).
+    pub websocket: bool,
+}
+
+/// The parts of the snapshot a route refers to, compiled before the routes.
+pub(super) struct RouteInputs<'a> {
+    pub cfg: &'a GatewayConfig,
+    pub services: &'a Services,
+    pub auth_configured: bool,
+    pub limiter: Option<&'a Limiter>,
+    pub cors: &'a Option<Arc<Cors>>,
+    pub security: &'a Arc<SecurityHeaders>,
+}
+
+/// Compiles every route into the route table; errors carry `routes[i].key`.
+pub(super) fn compile_routes(inputs: &RouteInputs<'_>) -> Result<RouteTable<RouteTarget>, Invalid> {
+    let routes = &inputs.cfg.routes;
+    if routes.is_empty() {
+        return Err(Invalid::new("routes", "at least one route is required"));
+    }
+    let specs: Vec<RouteSpec<'_>> = routes
+        .iter()
+        .map(|r| RouteSpec {
+            name: r.name.as_deref(),
+            path: &r.path,
+            match_kind: r.match_kind,
+            methods: &r.methods,
+            host: r.host.as_deref(),
+            strip_prefix: r.strip_prefix,
+            rewrite: r.rewrite.as_deref(),
+            claims: r.auth != AuthMode::None,
+        })
+        .collect();
+    RouteTable::compile(&specs, |i| compile_target(i, &routes[i], inputs))
+}
+
+fn compile_target(
+    index: usize,
+    route: &RouteConfig,
+    inputs: &RouteInputs<'_>,
+) -> Result<RouteTarget, Invalid> {
+    let (service, aggregate) = destination(route, inputs.services)?;
+    if route.websocket && aggregate.is_some() {
+        return Err(Invalid::new(
+            "websocket",
+            "only proxy routes (with `service:`) can forward WebSocket upgrades",
+        ));
+    }
+    let name = route
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("routes[{index}]"));
+    let metrics_service = match (&route.service, &aggregate) {
+        (Some(s), _) => s.as_str(),
+        (None, Some(_)) => "aggregate",
+        (None, None) => "",
+    };
+    Ok(RouteTarget {
+        service,
+        aggregate,
+        policy: policy(route, inputs.auth_configured)?,
+        rate_limits: rate_limits(route, inputs.limiter)?,
+        cors: match &route.cors {
+            Some(c) => Cors::compile(c, "cors")?.map(Arc::new),
+            None => inputs.cors.clone(),
+        },
+        security: match &route.security_headers {
+            Some(own) => Arc::new(SecurityHeaders::compile(
+                inputs.cfg.security_headers.as_ref(),
+                Some(own),
+                "security_headers",
+            )?),
+            None => inputs.security.clone(),
+        },
+        transforms: transforms(route)?,
+        max_body: route
+            .max_body_bytes
+            .unwrap_or(inputs.cfg.limits.max_body_bytes),
+        metrics: RouteMetrics::new(&name, metrics_service),
+        websocket: route.websocket,
+    })
+}
+
+/// A route's destination: a service to proxy to, or a fan-out.
+type Destination = (Option<usize>, Option<Arc<Aggregate>>);
+
+/// Exactly one of `service` or `aggregate`.
+fn destination(route: &RouteConfig, services: &Services) -> Result<Destination, Invalid> {
+    match (&route.service, &route.aggregate) {
+        (Some(name), None) => {
+            let index = services
+                .find(name)
+                .map_err(|reason| Invalid::new("service", reason))?;
+            Ok((Some(index), None))
+        }
+        (None, Some(agg)) => {
+            let params = param_names(&route.path);
+            let authenticated = route.auth == AuthMode::Required;
+            let compiled =
+                Aggregate::compile(agg, "aggregate", &services.names(), &params, authenticated)?;
+            Ok((None, Some(Arc::new(compiled))))
+        }
+        _ => Err(Invalid::new(
+            "service",
+            "set exactly one of `service` or `aggregate`",
+        )),
+    }
+}
+
+/// Checks and compiles a route's auth settings.
+fn policy(route: &RouteConfig, auth_configured: bool) -> Result<RoutePolicy, Invalid> {
+    let wants_identity = !route.roles.is_empty() || !route.scopes.is_empty();
+    if route.auth != AuthMode::None && !auth_configured {
+        return Err(Invalid::new(
+            "auth",
+            "needs the top-level `auth:` section (keys or jwks)",
+        ));
+    }
+    if wants_identity && route.auth != AuthMode::Required {
+        return Err(Invalid::new(
+            "auth",
+            "`roles`/`scopes` need `auth: required`",
+        ));
+    }
+    Ok(RoutePolicy {
+        mode: route.auth,
+        roles: route.roles.clone(),
+        scopes: route.scopes.clone(),
+        scope_match: route.scope_match,
+        forward_authorization: route.forward_authorization,
+    })
+}
+
+/// The route's rate-limit policies (the default one when it names none).
+fn rate_limits(route: &RouteConfig, limiter: Option<&Limiter>) -> Result<Vec<usize>, Invalid> {
+    match limiter {
+        Some(l) => l
+            .route_policies(route.rate_limits.as_deref())
+            .map_err(|reason| Invalid::new("rate_limits", reason)),
+        None if route.rate_limits.as_ref().is_some_and(|r| !r.is_empty()) => Err(Invalid::new(
+            "rate_limits",
+            "needs the top-level `rate_limits:` section",
+        )),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The route's request and response transforms, with the templates it may use.
+fn transforms(route: &RouteConfig) -> Result<Option<Arc<RouteTransforms>>, Invalid> {
+    let params = param_names(&route.path);
+    let scope = TemplateScope {
+        params: &params,
+        claims: route.auth != AuthMode::None,
+    };
+    Ok(
+        RouteTransforms::compile(route.request.as_ref(), route.response.as_ref(), &scope)?
+            .map(Arc::new),
+    )
+}

@@ -1,0 +1,210 @@
+//! The upstream stage of one request: which backends it tried, how long the chosen one took,
+//! and whether a failed attempt may be retried on another backend.
+
+use super::ServicePool;
+use super::breaker::Attempt;
+use crate::errors::GatewayError;
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::upstreams::peer::HttpPeer;
+use std::time::{Duration, Instant};
+
+/// Per-request upstream state, kept across Pingora's retries.
+#[derive(Default)]
+pub struct Attempts {
+    /// Backends already tried for this request (skipped on retry).
+    tried: Vec<SocketAddr>,
+    /// When the first backend was picked.
+    started: Option<Instant>,
+    /// From picking the first backend to the response header.
+    upstream_time: Option<Duration>,
+}
+
+/// What the proxy knows about a failure after the request reached a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure {
+    /// The gateway itself refused the request mid-way (body limit, bad JSON): never retried.
+    pub refused_by_gateway: bool,
+    /// The method is idempotent (GET, HEAD, PUT, DELETE, OPTIONS, TRACE).
+    pub idempotent: bool,
+    /// The request body was too large to keep for a replay.
+    pub body_truncated: bool,
+    /// The backend failed (not the client): connection broken, reset, garbage, timeout.
+    pub backend_failed: bool,
+    /// The failure was a timeout.
+    pub timeout: bool,
+}
+
+/// Whether a failed attempt goes to another backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    No,
+    Yes,
+    /// Only if the connection was a reused one (it may have been closed while idle); Pingora's
+    /// own rule for errors the gateway has no opinion on.
+    IfReused,
+}
+
+impl Attempts {
+    /// Picks a healthy backend of `pool` not tried yet and builds its peer. Called again on
+    /// every retry; `key` feeds consistent hashing.
+    pub fn pick(
+        &mut self,
+        pool: &ServicePool,
+        key: &[u8],
+        upgrades: bool,
+    ) -> Result<HttpPeer, GatewayError> {
+        self.started.get_or_insert_with(Instant::now);
+        match pool.select(key, &self.tried) {
+            Some(backend) => {
+                let peer = pool.peer(&backend, upgrades);
+                self.tried.push(backend.addr);
+                Ok(peer)
+            }
+            None if self.tried.is_empty() => Err(GatewayError::NoHealthyBackend {
+                service: pool.name.clone(),
+            }),
+            None => Err(GatewayError::UpstreamUnavailable),
+        }
+    }
+
+    /// Reports the outcome of the attempt on the backend tried last to its circuit breaker.
+    pub fn record(&self, pool: &ServicePool, outcome: Attempt) {
+        if let Some(addr) = self.tried.last() {
+            pool.record_attempt(addr, outcome);
+        }
+    }
+
+    /// The upstream's response header arrived: records the time and tells the breaker
+    /// whether the answer counts as a failure (502, 503, 504).
+    pub fn on_response_header(&mut self, pool: &ServicePool, status: u16) {
+        self.upstream_time = self.started.map(|t| t.elapsed());
+        let overloaded = matches!(status, 502..=504);
+        self.record(
+            pool,
+            if overloaded {
+                Attempt::Failed
+            } else {
+                Attempt::Succeeded
+            },
+        );
+    }
+
+    /// A connect failure is always safe to retry (nothing was sent), within the budget.
+    pub fn retry_after_connect_failure(&self, retries: usize) -> bool {
+        self.tried.len() <= retries
+    }
+
+    /// After connecting, only idempotent requests whose body can be replayed are retried,
+    /// within the budget; a request the gateway refused is never retried. A backend that broke
+    /// the connection before answering sends an idempotent request to another backend (as
+    /// nginx's `proxy_next_upstream error`), but a timeout does not: a slow service would get
+    /// the load twice.
+    pub fn retry_after_failure(&self, retries: usize, f: Failure) -> Retry {
+        if f.refused_by_gateway || !f.idempotent || f.body_truncated || self.tried.len() > retries {
+            Retry::No
+        } else if f.backend_failed && !f.timeout {
+            Retry::Yes
+        } else {
+            Retry::IfReused
+        }
+    }
+
+    /// The backend tried last, for the access log.
+    pub fn last(&self) -> Option<&SocketAddr> {
+        self.tried.last()
+    }
+
+    /// From picking the first backend to the response header, once it arrived.
+    pub fn upstream_time(&self) -> Option<Duration> {
+        self.upstream_time
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::ServiceConfig;
+
+    fn pool(backends: &[&str], retries: usize) -> ServicePool {
+        let list: Vec<String> = backends.iter().map(|b| format!("'{b}'")).collect();
+        let yaml = format!("backends: [{}]\nretries: {retries}\n", list.join(", "));
+        let cfg: ServiceConfig = serde_yaml::from_str(&yaml).unwrap();
+        ServicePool::compile("svc", &cfg, "services.svc", std::path::Path::new(".")).unwrap()
+    }
+
+    fn failure() -> Failure {
+        Failure {
+            refused_by_gateway: false,
+            idempotent: true,
+            body_truncated: false,
+            backend_failed: true,
+            timeout: false,
+        }
+    }
+
+    #[test]
+    fn picks_each_backend_once_then_reports_unavailable() {
+        let p = pool(&["127.0.0.1:1", "127.0.0.1:2"], 1);
+        let mut a = Attempts::default();
+        let first = a.pick(&p, b"", false).unwrap();
+        let second = a.pick(&p, b"", false).unwrap();
+        assert_ne!(first._address, second._address);
+        assert_eq!(
+            a.pick(&p, b"", false).map(|_| ()),
+            Err(GatewayError::UpstreamUnavailable)
+        );
+        assert!(a.last().is_some());
+    }
+
+    #[test]
+    fn retry_rules() {
+        let p = pool(&["127.0.0.1:1", "127.0.0.1:2"], 1);
+        let mut a = Attempts::default();
+        a.pick(&p, b"", false).unwrap();
+        assert!(a.retry_after_connect_failure(1));
+        assert_eq!(a.retry_after_failure(1, failure()), Retry::Yes);
+        let timeout = Failure {
+            timeout: true,
+            ..failure()
+        };
+        assert_eq!(a.retry_after_failure(1, timeout), Retry::IfReused);
+        for no in [
+            Failure {
+                idempotent: false,
+                ..failure()
+            },
+            Failure {
+                refused_by_gateway: true,
+                ..failure()
+            },
+            Failure {
+                body_truncated: true,
+                ..failure()
+            },
+        ] {
+            assert_eq!(a.retry_after_failure(1, no), Retry::No, "{no:?}");
+        }
+        a.pick(&p, b"", false).unwrap();
+        assert!(!a.retry_after_connect_failure(1));
+        assert_eq!(a.retry_after_failure(1, failure()), Retry::No);
+    }
+
+    #[test]
+    fn open_breakers_leave_no_backend_and_name_the_service() {
+        let yaml = "backends: ['127.0.0.1:1']\npassive_health: {failures: 1, cooldown: 60s}\n";
+        let cfg: ServiceConfig = serde_yaml::from_str(yaml).unwrap();
+        let p =
+            ServicePool::compile("svc", &cfg, "services.svc", std::path::Path::new(".")).unwrap();
+        let mut a = Attempts::default();
+        a.pick(&p, b"", false).unwrap();
+        a.on_response_header(&p, 503);
+        assert!(a.upstream_time().is_some());
+        let err = Attempts::default().pick(&p, b"", false).map(|_| ());
+        assert_eq!(
+            err,
+            Err(GatewayError::NoHealthyBackend {
+                service: "svc".into()
+            })
+        );
+    }
+}
