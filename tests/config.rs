@@ -1,5 +1,6 @@
 //! Bad configurations never start: `apigateway -t` (and a normal start) exits non-zero with a
-//! message naming the file, the key path and, for schema errors, the line.
+//! message naming the file, the key path and the line (for compile errors, where the key can be
+//! found in the file).
 
 mod common;
 use common::*;
@@ -82,7 +83,12 @@ fn route_naming_missing_service() {
     );
     assert_rejected(
         &yaml,
-        &["routes[1].service", "unknown service \"user\"", "users"],
+        &[
+            "routes[1].service",
+            "unknown service \"user\"",
+            "users",
+            "(line 9)",
+        ],
     );
 }
 

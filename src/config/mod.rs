@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod client;
+mod locate;
 pub mod route;
 pub mod server;
 
@@ -84,11 +85,13 @@ pub enum ConfigError {
     },
     /// The YAML is malformed or does not fit the schema (unknown key, wrong type...).
     Syntax { file: PathBuf, message: String },
-    /// The YAML parses but is inconsistent (missing service, duplicate route...).
+    /// The YAML parses but is inconsistent (missing service, duplicate route...); `line` is
+    /// where the key is in the file, when it can be found.
     Invalid {
         file: PathBuf,
         key: String,
         reason: String,
+        line: Option<usize>,
     },
 }
 
@@ -99,8 +102,17 @@ impl fmt::Display for ConfigError {
                 write!(f, "{}: cannot read config file: {source}", file.display())
             }
             ConfigError::Syntax { file, message } => write!(f, "{}: {message}", file.display()),
-            ConfigError::Invalid { file, key, reason } => {
-                write!(f, "{}: {key}: {reason}", file.display())
+            ConfigError::Invalid {
+                file,
+                key,
+                reason,
+                line,
+            } => {
+                write!(f, "{}: {key}: {reason}", file.display())?;
+                match line {
+                    Some(n) => write!(f, " (line {n})"),
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -109,12 +121,17 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
-    /// A compile step's error, placed in `file`.
+    /// A compile step's error, placed in `file` (read again to find the key's line: this is
+    /// the error path, and the parsed config keeps no positions).
     pub fn invalid(file: &Path, e: Invalid) -> Self {
+        let line = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| locate::line_of(&text, &e.key));
         ConfigError::Invalid {
             file: file.to_path_buf(),
             key: e.key,
             reason: e.reason,
+            line,
         }
     }
 }

@@ -523,3 +523,6 @@ fn compile_policy(name: &str, p: &PolicyConfig, key: &str) -> Result<Policy, Inv
         concurrency: p.concurrency,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -277,3 +277,49 @@ fn thousand_routes_still_match_the_right_one() {
         Err(GatewayError::RouteNotFound)
     );
 }
+
+#[test]
+fn rewrites_use_the_one_template_language() {
+    let specs = [RouteSpec {
+        name: None,
+        path: "/files/:bucket/*rest",
+        match_kind: MatchKind::Prefix,
+        methods: &[],
+        host: None,
+        strip_prefix: true,
+        rewrite: Some("/store/{claim.tenant}/{bucket}/{request_id}/{rest}"),
+        claims: true,
+    }];
+    let t = RouteTable::compile(&specs, |_| Ok(())).unwrap();
+    let segs = ["files", "b1", "x", "y.txt"];
+    let mut m = t
+        .match_request(&RequestView {
+            segments: &segs,
+            trailing_slash: false,
+            host: "h",
+            method: &Method::GET,
+        })
+        .unwrap();
+    assert!(
+        m.params
+            .iter()
+            .any(|(n, v)| &**n == "rest" && v == "x/y.txt")
+    );
+    let tenant = Identity {
+        subject: None,
+        roles: vec![],
+        scopes: vec![],
+        headers: vec![],
+        claims: serde_json::from_str(r#"{"tenant": "a b/c"}"#).unwrap(),
+        expires_at: 0,
+    };
+    t.render_rewrite(&mut m, Some(&tenant), "r1", None).unwrap();
+    assert_eq!(m.upstream_path, "/store/a%20b%2Fc/b1/r1/x/y.txt");
+    assert!(t.render_rewrite(&mut m, None, "r1", None).is_err());
+    let no_claims = [RouteSpec {
+        claims: false,
+        ..specs[0]
+    }];
+    let err = RouteTable::compile(&no_claims, |_| Ok(())).err().unwrap();
+    assert_eq!(err.key, "routes[0].rewrite");
+}

@@ -460,3 +460,6 @@ impl Aggregate {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests;
