@@ -87,14 +87,7 @@ fn call_paths_percent_encode_claims_and_pass_the_query_when_asked() {
         "calls:\n  - {key: u, service: users, path: '/u/{id}/{claim.sub}', pass_query: true}\n",
         true,
     );
-    let identity = Identity {
-        subject: None,
-        roles: vec![],
-        scopes: vec![],
-        headers: vec![],
-        claims: serde_json::from_str(r#"{"sub": "a/b?c"}"#).unwrap(),
-        expires_at: 0,
-    };
+    let identity = Identity::for_test(None, r#"{"sub": "a/b?c"}"#);
     let params = [(Arc::<str>::from("id"), "42".to_string())];
     let connector = Connector::new(None);
     let cx = CallContext {

@@ -6,7 +6,7 @@ use crate::aggregate::AggregateConfig;
 use crate::auth::{AuthMode, ScopeMatch};
 use crate::edge::cors::CorsConfig;
 use crate::edge::headers::SecurityHeadersConfig;
-use crate::router::MatchKind;
+use crate::router::{MatchKind, RouteSpec};
 use crate::transform::{RequestTransformConfig, ResponseTransformConfig};
 use serde::Deserialize;
 
@@ -77,6 +77,22 @@ pub struct RouteConfig {
     /// routes refuse the handshake with 400.
     #[serde(default)]
     pub websocket: bool,
+}
+
+impl RouteConfig {
+    /// The matching part of the route, as the router takes it.
+    pub fn spec(&self) -> RouteSpec<'_> {
+        RouteSpec {
+            name: self.name.as_deref(),
+            path: &self.path,
+            match_kind: self.match_kind,
+            methods: &self.methods,
+            host: self.host.as_deref(),
+            strip_prefix: self.strip_prefix,
+            rewrite: self.rewrite.as_deref(),
+            claims: self.auth != AuthMode::None,
+        }
+    }
 }
 
 fn default_true() -> bool {

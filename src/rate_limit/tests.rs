@@ -10,14 +10,7 @@ fn policy(key: &str) -> Policy {
 }
 
 fn identity(sub: Option<&str>, claims: &str) -> Identity {
-    Identity {
-        subject: sub.map(String::from),
-        roles: vec![],
-        scopes: vec![],
-        headers: vec![],
-        claims: serde_json::from_str(claims).unwrap(),
-        expires_at: 0,
-    }
+    Identity::for_test(sub, claims)
 }
 
 fn key(p: &Policy, ip: &str, who: Option<&Identity>, headers: &http::HeaderMap) -> Vec<u8> {

@@ -305,14 +305,7 @@ fn rewrites_use_the_one_template_language() {
             .iter()
             .any(|(n, v)| &**n == "rest" && v == "x/y.txt")
     );
-    let tenant = Identity {
-        subject: None,
-        roles: vec![],
-        scopes: vec![],
-        headers: vec![],
-        claims: serde_json::from_str(r#"{"tenant": "a b/c"}"#).unwrap(),
-        expires_at: 0,
-    };
+    let tenant = Identity::for_test(None, r#"{"tenant": "a b/c"}"#);
     t.render_rewrite(&mut m, Some(&tenant), "r1", None).unwrap();
     assert_eq!(m.upstream_path, "/store/a%20b%2Fc/b1/r1/x/y.txt");
     assert!(t.render_rewrite(&mut m, None, "r1", None).is_err());

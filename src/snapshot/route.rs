@@ -55,19 +55,7 @@ pub(super) fn compile_routes(inputs: &RouteInputs<'_>) -> Result<RouteTable<Rout
     if routes.is_empty() {
         return Err(Invalid::new("routes", "at least one route is required"));
     }
-    let specs: Vec<RouteSpec<'_>> = routes
-        .iter()
-        .map(|r| RouteSpec {
-            name: r.name.as_deref(),
-            path: &r.path,
-            match_kind: r.match_kind,
-            methods: &r.methods,
-            host: r.host.as_deref(),
-            strip_prefix: r.strip_prefix,
-            rewrite: r.rewrite.as_deref(),
-            claims: r.auth != AuthMode::None,
-        })
-        .collect();
+    let specs: Vec<RouteSpec<'_>> = routes.iter().map(RouteConfig::spec).collect();
     RouteTable::compile(&specs, |i| compile_target(i, &routes[i], inputs))
 }
 
