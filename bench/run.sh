@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side proxy benchmark on one machine, interleaved rounds:
+#   bare       bare Pingora (examples/bare_proxy.rs: empty ProxyHttp, prefix stripped, threads 1)
+#   gw-plain   the gateway, plain prefix route, security headers off (the issue #16 "plain")
 #   gw-3       the gateway, proxy route, 3-route table        (threads: 1)
 #   gw-1000    the gateway, same route, 1,000-route table     (threads: 1)
 #   gw-hs      the gateway, route with `auth: required`, HS256 bearer token (identity headers)
@@ -11,15 +13,19 @@
 #   gw-kb      a proxy route to a 1 KB JSON answer
 #   gw-kbt     the same with a JSON response-body transform (rename + remove + set)
 #   gw-log     gw-3's route on a gateway writing the JSON access log to a file
-#   gw-pipe    the full pipeline of issue #8 (a): route + HS256 + per-user rate limit (never
-#              trips) + a request header set + the security-header preset
-#   haproxy-jwt HAProxy doing (a)'s job: jwt_verify HS256 + exp check, a per-`sub` stick-table
-#              rate limit, the same request header set and the five security headers
+#   gw-pipe    the full job (issue #8 (a), #16 "full"): route + HS256 + role + per-user rate
+#              limit (never trips) with its headers + a request header set + the security-header
+#              preset + request id + forwarded headers
+#   haproxy-jwt HAProxy doing that job: jwt_verify HS256 + exp and role checks, a per-`sub`
+#              stick-table rate limit with limit headers, the same request header set and the
+#              five security headers
 # Then: RSS of a gateway after 1,000,000 distinct rate-limit keys.
 #   nginx      nginx as a plain reverse proxy, 1 worker, upstream keep-alive
 #   haproxy    HAProxy as a plain reverse proxy, 1 thread, http-reuse always
 #   direct     the upstream itself (nginx serving a small JSON body, 1 worker)
-# Prints req/s, p50 and p99 (medians over rounds), peak RSS and each ratio to nginx.
+# Prints req/s, p50 and p99, the proxy's CPU µs per request (utime + stime of its process
+# around each wrk run, divided by the requests: medians over rounds), peak RSS, and ratios to
+# bare Pingora, nginx and HAProxy doing the same job.
 # Usage: bench/run.sh [--smoke]   (env: ROUNDS, DURATION, CONNECTIONS, BENCH_TARGETS, KEYS_DURATION)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +38,12 @@ if [ "${1:-}" = "--smoke" ]; then ROUNDS=1; DURATION=1s; fi
 . bench/common.sh
 install_missing wrk:wrk nginx:nginx-light haproxy:haproxy
 
+# Two builds: an example pulls in the dev-dependencies, whose features must not leak into
+# the gateway binary that is measured.
+cargo build --release --example bare_proxy >/dev/null
 cargo build --release --bin apigateway >/dev/null
 bench_workdir
-UP=$(port); NGX=$(port); HAP=$(port); GW3=$(port); GW1K=$(port); GWL=$(port); HAPJ=$(port)
+UP=$(port); NGX=$(port); HAP=$(port); GW3=$(port); GW1K=$(port); GWL=$(port); HAPJ=$(port); BARE=$(port)
 
 # Upstream: nginx answering a small JSON body, and a 1 KB one on /kb.
 KB_JSON=$(python3 -c 'import json; print(json.dumps({"id": 42, "service": "catalog", "internal": {"cost": 3}, "items": [{"sku": "sku-%03d" % i, "name": "item number %d" % i, "price": i * 1.5} for i in range(17)]}, separators=(",", ":")))')
@@ -79,10 +88,16 @@ frontend fe
   http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
   http-request set-var(txn.now) date()
   http-request return status 401 content-type application/json string '{"error":"Invalid token"}' if { var(txn.exp),sub(txn.now) -m int lt 0 }
+  http-request set-var(txn.role) var(txn.bearer),jwt_payload_query('\$.role')
+  http-request return status 403 content-type application/json string '{"error":"Insufficient permissions"}' unless { var(txn.role) -m str user }
   http-request set-var(txn.sub) var(txn.bearer),jwt_payload_query('\$.sub')
   http-request track-sc0 var(txn.sub)
   http-request return status 429 content-type application/json string '{"error":"Rate limit exceeded"}' if { sc_http_req_rate(0) gt 1000000000 }
+  http-request set-var(txn.rate) sc_http_req_rate(0)
   http-request set-header X-User-Id %[var(txn.sub)]
+  http-request set-header X-Forwarded-For %[src]
+  http-response set-header X-RateLimit-Limit 1000000000
+  http-response set-header X-RateLimit-Remaining %[int(1000000000),sub(txn.rate)]
   http-request set-header X-Trace %[uuid]
   http-response set-header X-Content-Type-Options nosniff
   http-response set-header X-Frame-Options DENY
@@ -105,7 +120,8 @@ gw_config() { # $1 port, $2 number of extra routes
     printf "auth:\n  keys:\n    - {kid: hs, alg: HS256, secret: %s}\n    - {kid: rs, alg: RS256, public_key_file: %s}\n" "$SECRET" "$PWD/tests/fixtures/keys/rsa.pub.pem"
     printf "rate_limits:\n  max_keys: 2000000\n  policies:\n    bench_user: {requests: 1000000000, period: 1s, key: user}\n    keyed: {requests: 1, period: 1h, key: 'header:x-key'}\n"
     printf "routes:\n  - {path: /api/users, service: users}\n  - {path: /api/secure, service: users, auth: required}\n  - {path: /api/full, service: users, auth: required, rate_limits: [bench_user]}\n  - {path: /api/keyed, service: users, rate_limits: [keyed]}\n"
-    printf "  - {path: /api/pipe, service: users, auth: required, rate_limits: [bench_user], request: {headers: {set: {x-trace: '{request_id}'}}}}\n"
+    printf "  - {path: /api/pipe, service: users, auth: required, roles: [user], rate_limits: [bench_user], request: {headers: {set: {x-trace: '{request_id}'}}}}\n"
+    printf "  - {path: /api/plain, service: users, security_headers: {enabled: false}}\n"
     printf "  - {path: /api/hdr, service: users, request: {headers: {set: {x-trace: '{request_id}'}}}, response: {headers: {set: {x-served-by: gateway}}}}\n"
     printf "  - {path: /api/kb, service: users, rewrite: /kb}\n"
     printf "  - {path: /api/kbt, service: users, rewrite: /kb, response: {body: {rename: {service: catalog_name}, remove: [internal], set: {gateway: true}}}}\n"
@@ -121,11 +137,12 @@ sed -i "s#^access_log: .*#access_log: {path: $WORK/access.log}#" "$WORK/gw$GWL.y
 nginx -c "$WORK/ngx/nginx.conf" & PIDS+=($!); NGX_PID=$!
 haproxy -f "$WORK/haproxy.cfg" -q & PIDS+=($!); HAP_PID=$!
 haproxy -f "$WORK/haproxy-jwt.cfg" -q & PIDS+=($!); HAPJ_PID=$!
+BARE_LISTEN=127.0.0.1:$BARE BARE_UPSTREAM=127.0.0.1:$UP target/release/examples/bare_proxy 2>/dev/null & PIDS+=($!); BARE_PID=$!
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GW3.yaml" & PIDS+=($!); GW3_PID=$!
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GW1K.yaml" & PIDS+=($!); GW1K_PID=$!
 RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GWL.yaml" & PIDS+=($!); GWL_PID=$!
 
-for p in $UP $NGX $HAP $HAPJ $GW3 $GW1K $GWL; do wait_port "$p"; done
+for p in $UP $NGX $HAP $HAPJ $GW3 $GW1K $GWL $BARE; do wait_port "$p"; done
 
 # Tokens minted here with openssl, independently of the gateway.
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
@@ -136,7 +153,7 @@ HS_TOKEN="$HS_IN.$(printf %s "$HS_IN" | openssl dgst -sha256 -hmac "$SECRET" -bi
 RS_TOKEN="$RS_IN.$(printf %s "$RS_IN" | openssl dgst -sha256 -sign tests/fixtures/keys/rsa.pem -binary | b64url)"
 declare -A HDR=( [gw-pipe]="Authorization: Bearer $HS_TOKEN" [haproxy-jwt]="Authorization: Bearer $HS_TOKEN" [gw-hs]="Authorization: Bearer $HS_TOKEN" [gw-rs]="Authorization: Bearer $RS_TOKEN" [gw-full]="Authorization: Bearer $HS_TOKEN" )
 
-declare -A URL=( [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://127.0.0.1:$GW1K/api/users/42"
+declare -A URL=( [bare]="http://127.0.0.1:$BARE/api/users/42" [gw-plain]="http://127.0.0.1:$GW3/api/plain/42" [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://127.0.0.1:$GW1K/api/users/42"
                  [gw-hs]="http://127.0.0.1:$GW3/api/secure/42" [gw-rs]="http://127.0.0.1:$GW3/api/secure/42"
                  [gw-full]="http://127.0.0.1:$GW3/api/full/42" [gw-agg]="http://127.0.0.1:$GW3/api/agg"
                  [gw-hdr]="http://127.0.0.1:$GW3/api/hdr/42" [gw-kb]="http://127.0.0.1:$GW3/api/kb"
@@ -144,9 +161,9 @@ declare -A URL=( [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://1
                  [gw-pipe]="http://127.0.0.1:$GW3/api/pipe/42" [haproxy-jwt]="http://127.0.0.1:$HAPJ/api/pipe/42"
                  [nginx]="http://127.0.0.1:$NGX/api/users/42" [haproxy]="http://127.0.0.1:$HAP/api/users/42"
                  [direct]="http://127.0.0.1:$UP/42" )
-declare -A PID=( [gw-pipe]=$GW3_PID [haproxy-jwt]=$HAPJ_PID [gw-log]=$GWL_PID [gw-hdr]=$GW3_PID [gw-kb]=$GW3_PID [gw-kbt]=$GW3_PID [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [gw-agg]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
+declare -A PID=( [bare]=$BARE_PID [gw-plain]=$GW3_PID [gw-pipe]=$GW3_PID [haproxy-jwt]=$HAPJ_PID [gw-log]=$GWL_PID [gw-hdr]=$GW3_PID [gw-kb]=$GW3_PID [gw-kbt]=$GW3_PID [gw-3]=$GW3_PID [gw-1000]=$GW1K_PID [gw-hs]=$GW3_PID [gw-rs]=$GW3_PID [gw-full]=$GW3_PID [gw-agg]=$GW3_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID [direct]=$UP_PID )
 # BENCH_TARGETS="gw-3 gw-hdr nginx" runs a subset (the summary lines of absent targets are empty).
-TARGETS=(${BENCH_TARGETS:-gw-3 gw-1000 gw-hs gw-rs gw-full gw-agg gw-hdr gw-kb gw-kbt gw-log gw-pipe nginx haproxy haproxy-jwt direct})
+TARGETS=(${BENCH_TARGETS:-bare gw-plain gw-3 gw-1000 gw-hs gw-rs gw-full gw-agg gw-hdr gw-kb gw-kbt gw-log gw-pipe nginx haproxy haproxy-jwt direct})
 
 for t in "${TARGETS[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "${HDR[$t]:-X-Bench: 1}" "${URL[$t]}" || true)
@@ -157,31 +174,48 @@ STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
 RAW="bench/results/$STAMP"
 mkdir -p "$RAW"
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.3f", v}'; }
+# CPU ticks (user + system, all threads) of a process; CLK_TCK ticks per second.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
 for r in $(seq 1 "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
+    before=$(cpu_ticks "${PID[$t]}")
     wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "${HDR[$t]:-X-Bench: 1}" "${URL[$t]}" > "$RAW/$t.round$r.txt"
+    after=$(cpu_ticks "${PID[$t]}")
     rps=$(awk '/Requests\/sec/ {print $2}' "$RAW/$t.round$r.txt")
     p50=$(awk '$1=="50%" {print $2}' "$RAW/$t.round$r.txt" | to_ms)
     p99=$(awk '$1=="99%" {print $2}' "$RAW/$t.round$r.txt" | to_ms)
-    echo "$t $rps $p50 $p99" >> "$RAW/summary.txt"
-    echo "round $r $t: $rps req/s p50 ${p50}ms p99 ${p99}ms"
+    total=$(awk '/requests in/ {print $1}' "$RAW/$t.round$r.txt")
+    us=$(awk -v t=$((after - before)) -v n="$total" -v hz="$TICK" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+    echo "$t $rps $p50 $p99 $us" >> "$RAW/summary.txt"
+    echo "round $r $t: $rps req/s p50 ${p50}ms p99 ${p99}ms ${us} CPU µs/req"
   done
 done
 
 rss() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
-NGX_RPS=$(awk '$1=="nginx" {print $2}' "$RAW/summary.txt" | median)
+col() { awk -v t="$1" -v c="$2" '$1==t {print $c}' "$RAW/summary.txt" | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "" || b == "" || b == 0) print "–"; else printf "%.2f×", a/b}'; }
+NGX_RPS=$(col nginx 2)
+NGX_US=$(col nginx 5); BARE_US=$(col bare 5); HAP_US=$(col haproxy 5); HAPJ_US=$(col haproxy-jwt 5)
 {
   echo "Date: $STAMP · $(nproc) cores · $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo) · wrk -t1 -c$CONNECTIONS -d$DURATION · $ROUNDS interleaved rounds · medians"
   echo
-  echo "| target | req/s | p50 ms | p99 ms | peak RSS MiB | req/s vs nginx |"
-  echo "|---|---:|---:|---:|---:|---:|"
+  echo "CPU µs/req: the proxy process's user + system CPU per request (lower is better); the"
+  echo "ratios compare it with bare Pingora, nginx, and HAProxy doing the same job (plain"
+  echo "HAProxy for proxy routes, the jwt job for gw-pipe)."
+  echo
+  echo "| target | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | CPU vs bare | CPU vs nginx | CPU vs HAProxy | req/s vs nginx |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for t in "${TARGETS[@]}"; do
-    rps=$(awk -v t="$t" '$1==t {print $2}' "$RAW/summary.txt" | median)
-    p50=$(awk -v t="$t" '$1==t {print $3}' "$RAW/summary.txt" | median)
-    p99=$(awk -v t="$t" '$1==t {print $4}' "$RAW/summary.txt" | median)
-    ratio=$(awk -v a="$rps" -v b="$NGX_RPS" 'BEGIN {printf "%.2f", a/b}')
-    echo "| $t | $rps | $p50 | $p99 | $(rss "${PID[$t]}") | ${ratio}× |"
+    rps=$(col "$t" 2); us=$(col "$t" 5)
+    hap=$HAP_US; [ "$t" = gw-pipe ] && hap=$HAPJ_US
+    echo "| $t | $rps | $(col "$t" 3) | $(col "$t" 4) | $us | $(rss "${PID[$t]}") | $(ratio "$us" "$BARE_US") | $(ratio "$us" "$NGX_US") | $(ratio "$us" "$hap") | $(ratio "$rps" "$NGX_RPS") |"
   done
+  echo
+  echo "Targets of issue #16 (CPU per request): plain route vs bare Pingora $(ratio "$(col gw-plain 5)" "$BARE_US") (≤ 1.05×);" \
+    "full job vs bare Pingora $(ratio "$(col gw-pipe 5)" "$BARE_US") (≤ 1.15×); full job vs HAProxy doing it $(ratio "$(col gw-pipe 5)" "$HAPJ_US") (stretch: ≤ 1.00×);" \
+    "1,000 routes vs 3 routes $(ratio "$(col gw-1000 5)" "$(col gw-3 5)") (≤ 1.00×);" \
+    "p99 of the full job minus bare p99: $(awk -v a="$(col gw-pipe 4)" -v b="$(col bare 4)" 'BEGIN {printf "%.3f", a-b}') ms (≤ 0.2)"
   GW3_RPS=$(awk '$1=="gw-3" {print $2}' "$RAW/summary.txt" | median)
   GW1K_RPS=$(awk '$1=="gw-1000" {print $2}' "$RAW/summary.txt" | median)
   echo

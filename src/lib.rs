@@ -2,8 +2,8 @@
 //!
 //! The crate is a house of layers; imports only point down (`tests/layers.rs` checks it):
 //!
-//! - base: [`de`], [`invalid`], [`identity`], [`template`], [`errors`], [`metrics`] — small
-//!   shared types that import nothing above them;
+//! - base: [`de`], [`invalid`], [`identity`], [`template`], [`errors`], [`header_set`],
+//!   [`metrics`] — small shared types that import nothing above them;
 //! - capabilities: [`router`], [`upstream`], [`auth`], [`rate_limit`], [`transform`], [`edge`],
 //!   [`aggregate`], [`access_log`], [`tls`] — each owns its config struct, its compiled form
 //!   and its per-request stage state;
@@ -16,6 +16,7 @@
 
 pub mod de;
 pub mod errors;
+pub mod header_set;
 pub mod identity;
 pub mod invalid;
 pub mod metrics;

@@ -10,7 +10,15 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "base",
-        &["de", "invalid", "identity", "template", "errors", "metrics"],
+        &[
+            "de",
+            "invalid",
+            "identity",
+            "template",
+            "errors",
+            "header_set",
+            "metrics",
+        ],
     ),
     (
         "capabilities",

@@ -14,6 +14,7 @@ pub mod throttle;
 pub use config::{AuthConfig, AuthMode, KeyConfig, ScopeMatch, TokenSourcesConfig};
 
 use crate::errors::GatewayError;
+use crate::header_set::HeaderSet;
 use crate::identity::{ClaimPath, Identity};
 use crate::invalid::Invalid;
 use http::{HeaderName, HeaderValue};
@@ -88,7 +89,10 @@ pub struct Auth {
     pub verifier: JwtVerifier,
     sources: TokenSourcesConfig,
     max_token_bytes: usize,
-    identity_headers: Vec<HeaderName>,
+    /// Identity header names and `Authorization`: a client's copies are removed upstream.
+    client_identity: HeaderSet,
+    /// The bit of `Authorization` in `client_identity`.
+    authorization_bit: u64,
     pub login: Option<Arc<LoginService>>,
     pub jwks: Vec<Arc<JwksSource>>,
     throttle: Option<throttle::InvalidTokenThrottle>,
@@ -143,11 +147,18 @@ impl Auth {
             ));
         }
         let rules = claim_rules(cfg)?;
-        let identity_headers = rules
-            .identity_headers
+        let client_identity = HeaderSet::new(
+            rules
+                .identity_headers
+                .iter()
+                .map(|h| h.header.clone())
+                .chain([http::header::AUTHORIZATION]),
+        );
+        let authorization_bit = client_identity
+            .names()
             .iter()
-            .map(|h| h.header.clone())
-            .collect();
+            .position(|n| n == http::header::AUTHORIZATION)
+            .map_or(0, |i| 1 << i);
         let login = match &cfg.login {
             Some(l) => {
                 let signing = signing.ok_or_else(|| {
@@ -173,7 +184,8 @@ impl Auth {
             verifier: JwtVerifier::new(keys, jwks.clone(), rules, cfg.cache_size),
             sources: cfg.token_sources.clone(),
             max_token_bytes: cfg.max_token_bytes,
-            identity_headers,
+            client_identity,
+            authorization_bit,
             login,
             jwks,
             throttle: throttle::InvalidTokenThrottle::compile(&cfg.invalid_token_limit)?,
@@ -312,12 +324,11 @@ impl Auth {
         identity: Option<&Identity>,
         forward_authorization: bool,
     ) -> pingora::Result<()> {
-        for name in &self.identity_headers {
-            upstream.remove_header(name);
+        let mut remove = self.client_identity.present_in(&upstream.headers);
+        if forward_authorization {
+            remove &= !self.authorization_bit;
         }
-        if !forward_authorization {
-            upstream.remove_header(&http::header::AUTHORIZATION);
-        }
+        self.client_identity.remove_from_request(upstream, remove);
         if let Some(cookie) = &self.sources.cookie {
             strip_cookie(upstream, cookie)?;
         }

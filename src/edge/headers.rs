@@ -2,9 +2,11 @@
 //! and the forwarding headers sent upstream.
 
 use crate::de::OrderedMap;
+use crate::header_set::HeaderSet;
 use crate::invalid::Invalid;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use once_cell::sync::Lazy;
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -43,7 +45,7 @@ pub struct SecurityHeaders {
     /// Name, its spelling on the wire (kept as bytes so Pingora's case-preserving map takes
     /// it without re-rendering the name on every response), value.
     set: Vec<(HeaderName, Bytes, HeaderValue)>,
-    hide: Vec<HeaderName>,
+    hide: HeaderSet,
     hsts: Option<HeaderValue>,
 }
 
@@ -97,18 +99,18 @@ impl SecurityHeaders {
         }
         Ok(SecurityHeaders {
             set,
-            hide: hide.iter().map(|n| name(n)).collect::<Result<_, _>>()?,
+            hide: HeaderSet::new(
+                hide.iter()
+                    .map(|n| name(n))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
             hsts: hsts.map(|h| value(&h)).transpose()?,
         })
     }
 
     /// Removes the hidden upstream headers (`Server`, `X-Powered-By`).
     pub fn hide(&self, resp: &mut ResponseHeader) {
-        for n in &self.hide {
-            if resp.headers.contains_key(n) {
-                resp.remove_header(n);
-            }
-        }
+        self.hide.strip_response(resp);
     }
 
     /// Sets the policy's headers; HSTS only when the client connection is TLS.
@@ -122,6 +124,21 @@ impl SecurityHeaders {
     }
 }
 
+/// Hop-by-hop response headers (RFC 9110 §7.6.1) and `Connection`, which nominates more.
+static HOP_BY_HOP: Lazy<HeaderSet> = Lazy::new(|| {
+    HeaderSet::new([
+        http::header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        http::header::TE,
+        http::header::TRAILER,
+        http::header::PROXY_AUTHENTICATE,
+        http::header::UPGRADE,
+    ])
+});
+const HOP_CONNECTION: u64 = 1;
+const HOP_UPGRADE: u64 = 1 << 6;
+
 /// Strips hop-by-hop headers from an upstream response (RFC 9110 §7.6.1): the ones its
 /// `Connection` header names, and the standard set. Pingora writes its own `Connection` and
 /// framing headers downstream; everything else would otherwise be relayed.
@@ -129,33 +146,30 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     // A `101` accepted on a WebSocket route needs its `Upgrade` (which its `Connection` names)
     // to reach the client; the request policy only forwards WebSocket handshakes.
     let switching = resp.status == 101;
-    let nominated: Vec<HeaderName> = resp
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !matches!(n.as_str(), "content-length" | "transfer-encoding"))
-        .filter(|n| !(switching && *n == http::header::UPGRADE))
-        .collect();
-    for n in nominated {
-        resp.remove_header(&n);
-    }
-    for n in [
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "proxy-authenticate",
-    ] {
-        if resp.headers.contains_key(n) {
-            resp.remove_header(n);
+    let present = HOP_BY_HOP.present_in(&resp.headers);
+    if present & HOP_CONNECTION != 0 {
+        let nominated: Vec<HeaderName> = resp
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `close` is no header; `keep-alive` is in the standard set below.
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| !matches!(n.as_str(), "content-length" | "transfer-encoding"))
+            .filter(|n| !(switching && *n == http::header::UPGRADE))
+            .collect();
+        for n in nominated {
+            resp.remove_header(&n);
         }
     }
-    if !switching && resp.headers.contains_key(http::header::UPGRADE) {
-        resp.remove_header(&http::header::UPGRADE);
+    let mut remove = present & !HOP_CONNECTION;
+    if switching {
+        remove &= !HOP_UPGRADE;
     }
+    HOP_BY_HOP.remove_from_response(resp, remove);
 }
 
 /// The client hop as the gateway saw it, for the forwarding headers.
@@ -171,37 +185,57 @@ pub struct Hop<'a> {
     pub proto: &'static str,
 }
 
+/// The forwarding headers the gateway reads, replaces or removes; bits below index it.
+static FORWARDING: Lazy<HeaderSet> = Lazy::new(|| {
+    HeaderSet::new([
+        HeaderName::from_static("x-original-url"),
+        HeaderName::from_static("x-rewrite-url"),
+        http::header::FORWARDED,
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderName::from_static("x-forwarded-host"),
+    ])
+});
+const PATH_OVERRIDES: u64 = 0b11;
+const FORWARDED: u64 = 1 << 2;
+const XFF: u64 = 1 << 3;
+const XFP: u64 = 1 << 4;
+const XFH: u64 = 1 << 5;
+
 /// Sets `X-Forwarded-For/-Proto/-Host`, `X-Real-IP` and `Forwarded`. From an untrusted peer,
 /// client-sent values are replaced; from a trusted proxy they are kept and the peer appended
 /// to `X-Forwarded-For`. Headers some frameworks use to override the path are always removed.
 pub fn forwarded_headers(up: &mut RequestHeader, hop: &Hop<'_>) -> pingora::Result<()> {
-    for n in ["x-original-url", "x-rewrite-url"] {
-        if up.headers.contains_key(n) {
-            up.remove_header(n);
-        }
-    }
-    if let Some(peer) = hop.peer {
-        let prev = up
-            .headers
-            .get("x-forwarded-for")
+    let present = FORWARDING.present_in(&up.headers);
+    FORWARDING.remove_from_request(up, present & PATH_OVERRIDES);
+    let peer_value = hop.peer.map(ip_value);
+    if let (Some(peer), Some(peer_value)) = (hop.peer, &peer_value) {
+        let prev = (hop.peer_trusted && present & XFF != 0)
+            .then(|| up.headers.get("x-forwarded-for"))
+            .flatten()
             .and_then(|v| v.to_str().ok())
-            .filter(|v| hop.peer_trusted && !v.trim().is_empty());
+            .filter(|v| !v.trim().is_empty());
         match prev {
             Some(prev) => {
                 let joined = format!("{prev}, {peer}");
                 up.insert_header("x-forwarded-for", joined)?
             }
-            None => up.insert_header("x-forwarded-for", peer.to_string())?,
+            None => up.insert_header("x-forwarded-for", peer_value.clone())?,
         }
     }
     if let Some(ip) = hop.client_ip {
-        up.insert_header("x-real-ip", ip.to_string())?;
+        // Usually the client is the peer itself: its value is already rendered.
+        let value = match &peer_value {
+            Some(v) if hop.peer == Some(ip) => v.clone(),
+            _ => ip_value(ip),
+        };
+        up.insert_header("x-real-ip", value)?;
     }
     if hop.peer_trusted {
-        if !up.headers.contains_key("x-forwarded-proto") {
+        if present & XFP == 0 {
             up.insert_header("x-forwarded-proto", hop.proto)?;
         }
-        if !up.headers.contains_key("x-forwarded-host")
+        if present & XFH == 0
             && let Some(h) = hop.host
         {
             up.insert_header("x-forwarded-host", h.clone())?;
@@ -211,14 +245,41 @@ pub fn forwarded_headers(up: &mut RequestHeader, hop: &Hop<'_>) -> pingora::Resu
     up.insert_header("x-forwarded-proto", hop.proto)?;
     match hop.host {
         Some(h) => up.insert_header("x-forwarded-host", h.clone())?,
-        None => {
-            up.remove_header("x-forwarded-host");
+        None => FORWARDING.remove_from_request(up, present & XFH),
+    }
+    FORWARDING.remove_from_request(up, present & FORWARDED);
+    Ok(())
+}
+
+/// An IP address as a header value. Every request renders one or two, so IPv4 (nearly all of
+/// them) is written digit by digit instead of through the formatting machinery.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            HeaderValue::from_bytes(&buf[..n]).expect("digits and dots are a valid value")
+        }
+        IpAddr::V6(_) => {
+            HeaderValue::from_str(&ip.to_string()).expect("an IPv6 address is a valid value")
         }
     }
-    if up.headers.contains_key("forwarded") {
-        up.remove_header("forwarded");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -268,5 +329,19 @@ mod tests {
         strip_response_hop_by_hop(&mut resp);
         let names: Vec<&str> = resp.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["connection", "x-kept"]);
+    }
+
+    #[test]
+    fn ip_values_match_the_standard_formatting() {
+        for ip in [
+            "0.0.0.0",
+            "10.200.3.45",
+            "255.255.255.255",
+            "1.20.100.9",
+            "2001:db8::1",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(parsed), ip);
+        }
     }
 }

@@ -10,11 +10,15 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 use std::time::Instant;
 
+// Looked up by `HeaderName`: a `&str` name is parsed and hashed again on every lookup.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// Who is asking, read once when the request arrives.
 pub struct Inbound {
     /// Incoming well-formed `X-Request-Id` or a generated one; empty only when Pingora failed
-    /// the request before `request_filter` ran.
-    pub request_id: String,
+    /// the request before `request_filter` ran. Checked ASCII, see [`Inbound::request_id`].
+    request_id: HeaderValue,
     /// The socket peer.
     pub peer_ip: Option<IpAddr>,
     /// The client address: the peer, or behind trusted proxies the forwarded one.
@@ -30,7 +34,7 @@ impl Inbound {
     /// Before anything is known about the request.
     pub fn new() -> Self {
         Inbound {
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             peer_ip: None,
             client_ip: None,
             origin: None,
@@ -47,14 +51,29 @@ impl Inbound {
         tls: bool,
         resolver: &ClientIpResolver,
     ) {
-        self.request_id = super::request_id(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        self.request_id = super::request_id(req.headers.get(&X_REQUEST_ID));
         self.peer_ip = peer;
-        self.client_ip = peer.map(|peer| {
-            let xff = req.headers.get_all("x-forwarded-for");
-            resolver.resolve(peer, xff.iter().map(|v| v.as_bytes()))
+        // `X-Forwarded-For` is only looked up when a trusted proxy could have sent it.
+        self.client_ip = peer.map(|peer| match resolver.is_trusted(&peer) {
+            true => {
+                let xff = req.headers.get_all(&X_FORWARDED_FOR);
+                resolver.resolve(peer, xff.iter().map(|v| v.as_bytes()))
+            }
+            false => peer,
         });
-        self.origin = req.headers.get("origin").cloned();
+        self.origin = req.headers.get(http::header::ORIGIN).cloned();
         self.tls = tls;
+    }
+
+    /// The request id as text (for logs, templates and error bodies).
+    pub fn request_id(&self) -> &str {
+        // Only ever a checked incoming id or a UUID: always ASCII.
+        self.request_id.to_str().unwrap_or("")
+    }
+
+    /// The request id as a header value, shared by the upstream request and the response.
+    pub fn request_id_value(&self) -> &HeaderValue {
+        &self.request_id
     }
 
     /// The scheme the client used, for `X-Forwarded-Proto`.
@@ -71,7 +90,7 @@ impl Inbound {
         cors: Option<&Cors>,
     ) {
         if !self.request_id.is_empty() {
-            let _ = h.insert_header("x-request-id", self.request_id.as_str());
+            let _ = h.insert_header("x-request-id", self.request_id.clone());
         }
         if let Some(security) = security {
             security.apply(h, self.tls);
@@ -135,7 +154,7 @@ mod tests {
         req.insert_header("origin", "https://app.example").unwrap();
         let mut inbound = Inbound::new();
         inbound.read(&req, Some([10, 1, 2, 3].into()), true, &resolver);
-        assert_eq!(inbound.request_id, "abc-1");
+        assert_eq!(inbound.request_id(), "abc-1");
         assert_eq!(inbound.client_ip, Some([203, 0, 113, 7].into()));
         assert_eq!(inbound.proto(), "https");
         let mut untrusted = Inbound::new();

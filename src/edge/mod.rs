@@ -277,19 +277,24 @@ pub fn request_host(host_header: Option<&[u8]>, uri_host: Option<&str>) -> Strin
 }
 
 /// Keeps a client's `X-Request-Id` when it is well formed (1–128 of `[A-Za-z0-9._:-]`), so
-/// traces can span the gateway; otherwise generates a fresh UUID.
-pub fn request_id(incoming: Option<&[u8]>) -> String {
+/// traces can span the gateway; otherwise generates a fresh UUID. A header value, since it is
+/// sent upstream and back to the client: the incoming one is shared, not copied.
+pub fn request_id(incoming: Option<&http::HeaderValue>) -> http::HeaderValue {
     match incoming {
         Some(v)
             if !v.is_empty()
                 && v.len() <= 128
-                && v.iter()
+                && v.as_bytes()
+                    .iter()
                     .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b)) =>
         {
-            // Checked ASCII above, so this cannot fail.
-            String::from_utf8_lossy(v).into_owned()
+            v.clone()
         }
-        _ => uuid::Uuid::new_v4().to_string(),
+        _ => {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            http::HeaderValue::from_str(text).expect("a UUID is a valid header value")
+        }
     }
 }
 
@@ -431,9 +436,12 @@ mod tests {
 
     #[test]
     fn request_id_kept_only_when_well_formed() {
-        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
-        assert_ne!(request_id(Some(b"bad id\r\n")), "bad id\r\n");
-        assert_eq!(request_id(Some(&[b'a'; 129])).len(), 36);
-        assert_eq!(request_id(None).len(), 36);
+        let value = |b: &[u8]| http::HeaderValue::from_bytes(b).unwrap();
+        assert_eq!(request_id(Some(&value(b"abc-123"))), "abc-123");
+        assert_ne!(request_id(Some(&value(b"bad id"))), "bad id");
+        assert_eq!(request_id(Some(&value(&[b'a'; 129]))).len(), 36);
+        let fresh = request_id(None);
+        assert_eq!(fresh.len(), 36);
+        assert!(uuid::Uuid::parse_str(fresh.to_str().unwrap()).is_ok());
     }
 }

@@ -151,7 +151,7 @@ fn finish_route(snapshot: &Snapshot, ctx: &mut RequestCtx) -> Result<(), Gateway
     let rendered = snapshot.routes.render_rewrite(
         &mut route,
         ctx.identity.as_deref(),
-        &ctx.inbound.request_id,
+        ctx.inbound.request_id(),
         ctx.inbound.client_ip,
     );
     ctx.route = Some(route);

@@ -35,7 +35,7 @@ pub(super) async fn respond(
     ctx: &RequestCtx,
     err: &GatewayError,
 ) -> Result<bool> {
-    let (mut header, body) = err.to_response(&ctx.inbound.request_id);
+    let (mut header, body) = err.to_response(ctx.inbound.request_id());
     decorate(ctx, &mut header);
     if matches!(err, GatewayError::InvalidFraming(_)) {
         // Where this request's body ends is ambiguous: never read another one after it.

@@ -78,7 +78,7 @@ pub(super) fn vars_of<'a>(
     TemplateVars {
         params: route.as_ref().map_or(&[][..], |r| &r.params[..]),
         identity: identity.as_deref(),
-        request_id: &inbound.request_id,
+        request_id: inbound.request_id(),
         client_ip: inbound.client_ip,
     }
 }

@@ -57,8 +57,8 @@ pub(super) fn set_headers(
         }
         None => req.headers.get(http::header::HOST).cloned(),
     };
-    upstream.insert_header("x-gateway-route", pool.name.as_str())?;
-    upstream.insert_header("x-request-id", ctx.inbound.request_id.as_str())?;
+    upstream.insert_header("x-gateway-route", pool.name_value.clone())?;
+    upstream.insert_header("x-request-id", ctx.inbound.request_id_value().clone())?;
     if let Some(auth) = snapshot.auth() {
         auth.apply_upstream(
             upstream,

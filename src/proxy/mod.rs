@@ -76,7 +76,7 @@ impl Gateway {
             params: &route.params,
             identity: ctx.identity.as_deref(),
             query: session.req_header().uri.query(),
-            request_id: &ctx.inbound.request_id,
+            request_id: ctx.inbound.request_id(),
             client_ip: ctx.inbound.client_ip,
         };
         match agg.run(&cx).await.into_answer() {
@@ -105,6 +105,11 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::default()
     }
+
+    /// No downstream modules. Pingora's default adds a disabled compression module, which
+    /// still costs a context and a filter call per request and phase; the gateway answers
+    /// uncompressed until it compresses itself.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     /// Admits the request (see `admit::admit` for the stage order) or answers it: every
     /// refusal as JSON, the login endpoint, CORS preflights, and aggregate routes.

@@ -35,7 +35,7 @@ pub(super) fn write_access_log(session: &Session, e: Option<&Error>, ctx: &Reque
     };
     let record = AccessRecord {
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        request_id: &ctx.inbound.request_id,
+        request_id: ctx.inbound.request_id(),
         client_ip: ctx.inbound.client_ip,
         method: req.method.as_str(),
         path: req.uri.path(),

@@ -171,6 +171,8 @@ enum Balancer {
 /// A compiled service: its backends, how to pick one, and how to talk to it.
 pub struct ServicePool {
     pub name: String,
+    /// The name as a header value (`X-Gateway-Route`), made once.
+    pub name_value: http::HeaderValue,
     balancer: Balancer,
     hash_key: Option<HashKey>,
     /// Extra attempts after a failed one (see [`ServiceConfig::retries`]).
@@ -282,6 +284,12 @@ impl ServicePool {
         };
         Ok(ServicePool {
             name: name.to_string(),
+            name_value: http::HeaderValue::from_str(name).map_err(|_| {
+                Invalid::new(
+                    key,
+                    "a service name must be printable ASCII (it is sent as a header)",
+                )
+            })?,
             balancer,
             hash_key,
             retries: cfg.retries,

@@ -1,0 +1,107 @@
+//! A small compiled set of header names, for removing whichever of them a message carries.
+//!
+//! Most of the names the gateway strips (hop-by-hop, hidden, client-sent identity and
+//! forwarding headers) are absent from a typical message. Pingora's `remove_header` parses the
+//! name and probes two hash maps per call even then, so a set looks at the message's few
+//! header names once and removes only what is there.
+
+use http::{HeaderMap, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Up to 64 header names, kept in order.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderSet {
+    names: Vec<HeaderName>,
+}
+
+impl HeaderSet {
+    /// A set of `names`; more than 64 are refused by a panic since the sets are built from
+    /// constants and compiled config lists that are bounded far below that.
+    pub fn new(names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let mut set = HeaderSet { names: Vec::new() };
+        for name in names {
+            if !set.names.contains(&name) {
+                set.names.push(name);
+            }
+        }
+        assert!(set.names.len() <= 64, "a HeaderSet holds at most 64 names");
+        set
+    }
+
+    /// The names of the set, in order.
+    pub fn names(&self) -> &[HeaderName] {
+        &self.names
+    }
+
+    /// Which members `headers` holds, as a bit per member (bit `i` for `names()[i]`).
+    pub fn present_in(&self, headers: &HeaderMap) -> u64 {
+        let mut found = 0u64;
+        if self.names.is_empty() {
+            return found;
+        }
+        for key in headers.keys() {
+            if let Some(i) = self.names.iter().position(|n| n == key) {
+                found |= 1 << i;
+            }
+        }
+        found
+    }
+
+    /// Removes the members `mask` selects from a request.
+    pub fn remove_from_request(&self, req: &mut RequestHeader, mask: u64) {
+        for (i, name) in self.names.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                req.remove_header(name);
+            }
+        }
+    }
+
+    /// Removes the members `mask` selects from a response.
+    pub fn remove_from_response(&self, resp: &mut ResponseHeader, mask: u64) {
+        for (i, name) in self.names.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                resp.remove_header(name);
+            }
+        }
+    }
+
+    /// Removes every member a request carries.
+    pub fn strip_request(&self, req: &mut RequestHeader) {
+        let mask = self.present_in(&req.headers);
+        self.remove_from_request(req, mask);
+    }
+
+    /// Removes every member a response carries.
+    pub fn strip_response(&self, resp: &mut ResponseHeader) {
+        let mask = self.present_in(&resp.headers);
+        self.remove_from_response(resp, mask);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_removes_only_members_present() {
+        let set = HeaderSet::new([
+            HeaderName::from_static("x-a"),
+            http::header::SERVER,
+            HeaderName::from_static("x-a"),
+        ]);
+        assert_eq!(set.names().len(), 2);
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("Server", "nginx").unwrap();
+        resp.insert_header("X-Kept", "1").unwrap();
+        assert_eq!(set.present_in(&resp.headers), 0b10);
+        set.strip_response(&mut resp);
+        assert!(resp.headers.get("server").is_none());
+        assert_eq!(resp.headers["x-kept"], "1");
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-a", "1").unwrap();
+        req.append_header("x-a", "2").unwrap();
+        set.strip_request(&mut req);
+        assert!(req.headers.get("x-a").is_none());
+        assert_eq!(HeaderSet::default().present_in(&req.headers), 0);
+    }
+}
