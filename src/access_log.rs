@@ -1,6 +1,9 @@
 //! The JSON access log: one line per request, to stdout or a file, written by a dedicated
-//! thread so the request path only formats a line and hands it over.
+//! thread so the request path only formats a line and appends it to a shared buffer.
 //!
+//! The writer wakes every [`FLUSH_EVERY`] (or sooner when [`WAKE_AT`] bytes are waiting) and
+//! writes the whole buffer at once. A channel with a line per message would wake the writer,
+//! a futex call each, for nearly every request; this costs the request path one short lock.
 //! The writer starts on first use, inside the running server: a daemon forks after startup
 //! and threads started before the fork would not exist in the child. When the writer falls
 //! behind, lines are dropped (and counted in `apigateway_access_log_dropped_total`) rather than
@@ -8,9 +11,11 @@
 
 use once_cell::sync::OnceCell;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 /// The `access_log:` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -52,30 +57,53 @@ pub struct AccessRecord<'a> {
     pub error: Option<String>,
 }
 
-/// Lines queued before the writer is considered behind.
-const QUEUE: usize = 16 * 1024;
+/// How long a line may wait for the writer.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Bytes waiting that wake the writer before its interval is up.
+const WAKE_AT: usize = 256 * 1024;
+/// Bytes waiting beyond which the writer is considered behind and lines are dropped.
+const MAX_PENDING: usize = 16 * 1024 * 1024;
 
-static WRITER: OnceCell<Option<SyncSender<String>>> = OnceCell::new();
+/// The lines waiting for the writer.
+struct Pending {
+    lines: Mutex<Vec<u8>>,
+    wake: Condvar,
+}
+
+static WRITER: OnceCell<Option<Arc<Pending>>> = OnceCell::new();
+
+thread_local! {
+    /// Where a line is serialized before it is appended, so the lock is held for a copy only.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+}
 
 /// Queues a record, starting the writer for `cfg` on first use.
 pub fn write(cfg: &AccessLogConfig, record: &AccessRecord<'_>) {
-    let sender = WRITER.get_or_init(|| start(cfg));
-    let Some(sender) = sender else {
+    let Some(pending) = WRITER.get_or_init(|| start(cfg)) else {
         return;
     };
-    let Ok(mut line) = serde_json::to_string(record) else {
-        return;
-    };
-    line.push('\n');
-    match sender.try_send(line) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            crate::metrics::access_log_dropped()
+    SCRATCH.with(|scratch| {
+        let mut line = scratch.borrow_mut();
+        line.clear();
+        if serde_json::to_writer(&mut *line, record).is_err() {
+            return;
         }
-    }
+        line.push(b'\n');
+        let mut lines = pending.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        if lines.len() + line.len() > MAX_PENDING {
+            drop(lines);
+            crate::metrics::access_log_dropped();
+            return;
+        }
+        let was_below = lines.len() < WAKE_AT;
+        lines.extend_from_slice(&line);
+        if was_below && lines.len() >= WAKE_AT {
+            pending.wake.notify_one();
+        }
+    });
 }
 
-fn start(cfg: &AccessLogConfig) -> Option<SyncSender<String>> {
+fn start(cfg: &AccessLogConfig) -> Option<Arc<Pending>> {
     let out: Box<dyn Write + Send> = match &cfg.path {
         None => Box::new(std::io::stdout()),
         Some(path) => match std::fs::OpenOptions::new()
@@ -93,12 +121,16 @@ fn start(cfg: &AccessLogConfig) -> Option<SyncSender<String>> {
             }
         },
     };
-    let (tx, rx) = sync_channel(QUEUE);
+    let pending = Arc::new(Pending {
+        lines: Mutex::new(Vec::with_capacity(WAKE_AT)),
+        wake: Condvar::new(),
+    });
+    let shared = pending.clone();
     let spawned = std::thread::Builder::new()
         .name("access log".into())
-        .spawn(move || drain(rx, out));
+        .spawn(move || drain(&shared, out));
     match spawned {
-        Ok(_) => Some(tx),
+        Ok(_) => Some(pending),
         Err(e) => {
             log::error!("cannot start the access log writer: {e}");
             None
@@ -106,14 +138,25 @@ fn start(cfg: &AccessLogConfig) -> Option<SyncSender<String>> {
     }
 }
 
-/// Writes lines in batches: everything queued is written before one flush.
-fn drain(rx: Receiver<String>, out: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(line.as_bytes());
-        while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(more.as_bytes());
+/// Takes whatever is waiting every interval (or when woken) and writes it in one go.
+fn drain(pending: &Pending, mut out: Box<dyn Write + Send>) {
+    let mut batch = Vec::with_capacity(WAKE_AT);
+    loop {
+        {
+            let mut lines = pending.lines.lock().unwrap_or_else(PoisonError::into_inner);
+            if lines.len() < WAKE_AT {
+                lines = pending
+                    .wake
+                    .wait_timeout(lines, FLUSH_EVERY)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            std::mem::swap(&mut *lines, &mut batch);
         }
-        let _ = out.flush();
+        if !batch.is_empty() {
+            let _ = out.write_all(&batch);
+            let _ = out.flush();
+            batch.clear();
+        }
     }
 }

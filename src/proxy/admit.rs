@@ -93,8 +93,9 @@ pub(super) async fn admit(
     authenticate(&snapshot, session.req_header(), ctx).await?;
     rate_limit(&snapshot, session.req_header(), ctx).await?;
     finish_route(&snapshot, ctx)?;
-    let has_body = !session.is_body_empty();
     let transforms = ctx.target().and_then(|t| t.transforms.clone());
+    // Only a route with transforms asks: the check is not free.
+    let has_body = transforms.is_some() && !session.is_body_empty();
     let vars = super::ctx::vars_of(&ctx.route, &ctx.identity, &ctx.inbound);
     let prepared = ctx
         .exchange

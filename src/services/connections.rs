@@ -196,7 +196,7 @@ async fn read_head(
     shutdown: &ShutdownWatch,
 ) -> Result<BytesMut, HeadFailure> {
     let mut buf = BytesMut::with_capacity(4096);
-    let mut deadline = Instant::now() + client.header_timeout;
+    let mut deadline = None;
     if !first {
         let idle_until = Instant::now() + client.keepalive_timeout;
         let mut stopping = shutdown.clone();
@@ -209,7 +209,8 @@ async fn read_head(
             Ok(Ok(n)) if n > 0 => {}
             _ => return Err(HeadFailure::Closed),
         }
-        deadline = Instant::now() + client.header_timeout;
+    } else {
+        deadline = Some(Instant::now() + client.header_timeout);
     }
     let mut scanned = 0;
     loop {
@@ -220,6 +221,9 @@ async fn read_head(
         if buf.len() > max_head {
             return Err(HeadFailure::Refused(GatewayError::HeadersTooLarge));
         }
+        // A keep-alive request's head usually arrives in its first read: its clock starts
+        // only when more is needed (one clock read per request saved).
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + client.header_timeout);
         match timeout_at(deadline.into(), stream.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             // Closed or broken before a whole head: nothing to answer.

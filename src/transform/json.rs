@@ -5,12 +5,13 @@
 //! one chunk. Bodies over the cap are never held whole: the buffer flushes what it has and
 //! passes the rest through.
 
+use super::members::{Members, NotMembers};
 use crate::de::OrderedMap;
 use crate::invalid::Invalid;
 use crate::template::{Template, TemplateScope, TemplateVars, verbatim};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// A `body:` block of `request:` or `response:`.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -51,42 +52,6 @@ impl JsonPath {
             ));
         }
         Ok(JsonPath(parts))
-    }
-
-    /// The parent object of the last segment, creating intermediate objects if `create`.
-    fn parent<'a>(
-        &self,
-        root: &'a mut Map<String, Value>,
-        create: bool,
-    ) -> Option<&'a mut Map<String, Value>> {
-        let mut obj = root;
-        for seg in &self.0[..self.0.len() - 1] {
-            if create && !obj.get(seg).is_some_and(Value::is_object) {
-                obj.insert(seg.clone(), Value::Object(Map::new()));
-            }
-            obj = obj.get_mut(seg)?.as_object_mut()?;
-        }
-        Some(obj)
-    }
-
-    fn last(&self) -> &str {
-        &self.0[self.0.len() - 1]
-    }
-
-    fn take(&self, root: &mut Map<String, Value>) -> Option<Value> {
-        // shift_remove keeps the other fields in their order (remove would swap in the last).
-        self.parent(root, false)?.shift_remove(self.last())
-    }
-
-    fn exists(&self, root: &mut Map<String, Value>) -> bool {
-        self.parent(root, false)
-            .is_some_and(|p| p.contains_key(self.last()))
-    }
-
-    fn put(&self, root: &mut Map<String, Value>, value: Value) {
-        if let Some(p) = self.parent(root, true) {
-            p.insert(self.last().to_string(), value);
-        }
     }
 }
 
@@ -164,31 +129,31 @@ impl JsonOps {
     }
 
     /// Rewrites a JSON body. A template whose variable is missing (anonymous caller) skips
-    /// its operation.
+    /// its operation. Only the members the operations touch are parsed (see [`Members`]).
     pub fn apply(&self, body: &[u8], vars: &TemplateVars<'_>) -> Result<Vec<u8>, JsonError> {
-        let mut doc: Value = serde_json::from_slice(body).map_err(|_| JsonError::Invalid)?;
-        let root = doc.as_object_mut().ok_or(JsonError::NotAnObject)?;
+        let mut doc = Members::parse(body).map_err(|e| match e {
+            NotMembers::Invalid => JsonError::Invalid,
+            NotMembers::NotAnObject => JsonError::NotAnObject,
+        })?;
         for p in &self.remove {
-            p.take(root);
+            doc.remove(&p.0);
         }
         for (from, to) in &self.rename {
-            if let Some(v) = from.take(root) {
-                to.put(root, v);
-            }
+            doc.rename(&from.0, &to.0);
         }
         for (p, v) in &self.set {
             if let Some(v) = render(v, vars) {
-                p.put(root, v);
+                doc.put(&p.0, v);
             }
         }
         for (p, v) in &self.add {
-            if !p.exists(root)
+            if !doc.exists(&p.0)
                 && let Some(v) = render(v, vars)
             {
-                p.put(root, v);
+                doc.put(&p.0, v);
             }
         }
-        serde_json::to_vec(&doc).map_err(|_| JsonError::Invalid)
+        doc.to_vec(body.len()).map_err(|_| JsonError::Invalid)
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod exchange;
 pub mod json;
+mod members;
 
 pub use exchange::{Exchange, Prepared};
 
