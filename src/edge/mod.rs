@@ -15,6 +15,7 @@ pub use inbound::{BodyLimit, Inbound};
 use crate::errors::GatewayError;
 use pingora::http::RequestHeader;
 use serde::Deserialize;
+use std::borrow::Cow;
 
 /// The `limits:` section: request sizes refused with nginx-like statuses before any work.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -173,17 +174,33 @@ pub fn check_content_length(req: &RequestHeader, max: u64) -> Result<(), Gateway
 
 /// A normalized request path: dot segments resolved and empty segments dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NormalizedPath {
-    /// The normalized path, always starting with `/`.
-    pub path: String,
+pub struct NormalizedPath<'a> {
+    /// The normalized path, always starting with `/`; the request's own text when it was
+    /// already normal (most are), so nothing is copied.
+    pub path: Cow<'a, str>,
     /// Whether the original path ended with `/` (after at least one segment).
     pub trailing_slash: bool,
 }
 
-impl NormalizedPath {
+impl NormalizedPath<'_> {
     /// The path's segments, without empty ones.
     pub fn segments(&self) -> Vec<&str> {
         self.path.split('/').filter(|s| !s.is_empty()).collect()
+    }
+
+    /// Calls `f` with the path's segments, kept on the stack for paths of up to 16 segments
+    /// (routing runs once per request; a heap list each time is measurable).
+    pub fn with_segments<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        let mut stack = [""; 16];
+        let mut n = 0;
+        for seg in self.path.split('/').filter(|s| !s.is_empty()) {
+            if n == stack.len() {
+                return f(&self.segments());
+            }
+            stack[n] = seg;
+            n += 1;
+        }
+        f(&stack[..n])
     }
 }
 
@@ -195,9 +212,15 @@ impl NormalizedPath {
 /// differently would authorize one path and forward another: an encoded slash, backslash or NUL
 /// (`%2F`, `%5C`, `%00`), a raw backslash, a `;` (matrix parameters, which servlet containers
 /// strip before routing), a malformed escape, and a path climbing above `/`.
-pub fn normalize_path(raw: &str) -> Result<NormalizedPath, &'static str> {
+pub fn normalize_path(raw: &str) -> Result<NormalizedPath<'_>, &'static str> {
     if !raw.starts_with('/') {
         return Err("path must start with /");
+    }
+    if already_normal(raw) {
+        return Ok(NormalizedPath {
+            trailing_slash: raw.len() > 1 && raw.ends_with('/'),
+            path: Cow::Borrowed(raw),
+        });
     }
     let decoded = decode_unreserved(raw)?;
     let mut out: Vec<&str> = Vec::new();
@@ -223,9 +246,29 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, &'static str> {
         path.push('/');
     }
     Ok(NormalizedPath {
-        path,
+        path: Cow::Owned(path),
         trailing_slash,
     })
+}
+
+/// Whether `raw` (starting with `/`) is its own normal form: no escapes, no characters that
+/// are refused, no empty segment but a final one, no dot segment.
+fn already_normal(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    if bytes
+        .iter()
+        .any(|b| matches!(b, b'%' | b'\\' | b';') || b.is_ascii_control() || *b >= 0x80)
+    {
+        return false;
+    }
+    let inner = &raw[1..];
+    let inner = inner.strip_suffix('/').unwrap_or(inner);
+    if raw == "/" {
+        return true;
+    }
+    inner
+        .split('/')
+        .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
 /// Decodes `%XX` escapes of unreserved characters and refuses the ambiguous ones.
@@ -261,8 +304,9 @@ fn decode_unreserved(raw: &str) -> Result<String, &'static str> {
 }
 
 /// The request's host, lowercase, without port or trailing dot; empty if absent.
-/// `uri_host` is the authority of an absolute-form target.
-pub fn request_host(host_header: Option<&[u8]>, uri_host: Option<&str>) -> String {
+/// `uri_host` is the authority of an absolute-form target. Borrowed unless it had to be
+/// lowercased.
+pub fn request_host<'a>(host_header: Option<&'a [u8]>, uri_host: Option<&'a str>) -> Cow<'a, str> {
     // An absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2); Pingora forwards
     // that authority as `Host`, so routing on it keeps routing and forwarding consistent.
     let raw = uri_host
@@ -273,7 +317,12 @@ pub fn request_host(host_header: Option<&[u8]>, uri_host: Option<&str>) -> Strin
     } else {
         raw.split(':').next().unwrap_or(raw)
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let host = without_port.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 /// Keeps a client's `X-Request-Id` when it is well formed (1–128 of `[A-Za-z0-9._:-]`), so
@@ -343,6 +392,22 @@ mod tests {
         assert_eq!(n("/%61pi/x%2dy%41"), Ok("/api/x-yA".into()));
         assert_eq!(n("/a%20b/%c3%a9"), Ok("/a%20b/%C3%A9".into()));
         assert_eq!(n("/a/%252e%252e/b"), Ok("/a/%252e%252e/b".into()));
+        // Already normal paths are borrowed, not copied; the others are rebuilt.
+        for normal in ["/", "/api/users", "/api/users/", "/a..b/..."] {
+            let p = normalize_path(normal).unwrap();
+            assert!(matches!(p.path, Cow::Borrowed(_)), "{normal}");
+        }
+        for rebuilt in ["//a", "/a//b", "/a/./b", "/a/b/..", "/a%41", "/é"] {
+            let p = normalize_path(rebuilt).unwrap();
+            assert!(matches!(p.path, Cow::Owned(_)), "{rebuilt}");
+        }
+        let deep = format!("/{}", vec!["s"; 20].join("/"));
+        let p = normalize_path(&deep).unwrap();
+        assert_eq!(p.with_segments(|s| s.len()), 20);
+        let joined = normalize_path("/a/b/")
+            .unwrap()
+            .with_segments(|s| s.join(","));
+        assert_eq!(joined, "a,b");
         for bad in [
             "/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a;x", "/a%zz", "/a%4",
         ] {

@@ -168,23 +168,24 @@ fn finish_route(snapshot: &Snapshot, ctx: &mut RequestCtx) -> Result<(), Gateway
 fn match_route(
     snapshot: &Snapshot,
     req: &RequestHeader,
-    path: &NormalizedPath,
+    path: &NormalizedPath<'_>,
     preflight: bool,
 ) -> Result<RouteMatch, GatewayError> {
-    let segments = path.segments();
     let asked = preflight
         .then(|| req.headers.get("access-control-request-method"))
         .flatten()
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
-    let method = asked.unwrap_or_else(|| req.method.clone());
+    let method = asked.as_ref().unwrap_or(&req.method);
     let host = edge::request_host(
         req.headers.get(http::header::HOST).map(|h| h.as_bytes()),
         req.uri.host(),
     );
-    snapshot.routes.match_request(&RequestView {
-        segments: &segments,
-        trailing_slash: path.trailing_slash,
-        host: &host,
-        method: &method,
+    path.with_segments(|segments| {
+        snapshot.routes.match_request(&RequestView {
+            segments,
+            trailing_slash: path.trailing_slash,
+            host: &host,
+            method,
+        })
     })
 }
