@@ -123,3 +123,6 @@ if [ -n "${SAVE:-}" ]; then
   mkdir -p "$SAVE"; cp "$WORK/table.md" "$SAVE/instructions.md"
   cp "$WORK"/cg.gw.* "$WORK"/cg.bare.* "$SAVE/" 2>/dev/null || true
 fi
+# Both are done: the counters were dumped above. A graceful Pingora shutdown would wait out its
+# grace period (300 s by default for the bare proxy) under valgrind.
+kill -9 "$BARE_PID" "$GW_PID" 2>/dev/null || true
