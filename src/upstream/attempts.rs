@@ -157,6 +157,18 @@ mod tests {
     }
 
     #[test]
+    fn a_single_backend_is_tried_once_per_request() {
+        let p = pool(&["127.0.0.1:1"], 3);
+        let mut a = Attempts::default();
+        assert!(a.pick(&p, b"", false).is_ok());
+        assert_eq!(
+            a.pick(&p, b"", false).map(|_| ()),
+            Err(GatewayError::UpstreamUnavailable)
+        );
+        assert!(Attempts::default().pick(&p, b"", false).is_ok());
+    }
+
+    #[test]
     fn retry_rules() {
         let p = pool(&["127.0.0.1:1", "127.0.0.1:2"], 1);
         let mut a = Attempts::default();

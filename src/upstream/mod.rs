@@ -183,6 +183,9 @@ pub struct ServicePool {
     pub upstream_latency: prometheus::Histogram,
     health_interval: Option<Duration>,
     backend_count: usize,
+    /// The backend of a one-backend service without an active health check: always the
+    /// answer (breaker and retry exclusions permitting), so the balancer is not consulted.
+    only: Option<Backend>,
     breakers: Option<breaker::Breakers>,
 }
 
@@ -248,6 +251,10 @@ impl ServicePool {
             }
         }
         let backend_count = set.len();
+        let only = match (backend_count, &cfg.health_check) {
+            (1, None) => set.iter().next().cloned(),
+            _ => None,
+        };
         let breakers = breaker::Breakers::new(
             &cfg.passive_health,
             set.iter().map(|b: &Backend| b.addr.clone()),
@@ -298,6 +305,7 @@ impl ServicePool {
             upstream_latency: crate::metrics::upstream_histogram(name),
             health_interval: cfg.health_check.as_ref().map(|h| h.interval),
             backend_count,
+            only,
             breakers,
         })
     }
@@ -315,6 +323,13 @@ impl ServicePool {
     /// Picks a healthy backend not in `exclude` (addresses already tried for this request)
     /// whose circuit breaker admits a request.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Backend> {
+        if let Some(only) = &self.only {
+            // Without health checks Pingora counts every backend healthy: same answer, without
+            // the balancer's per-request hashing of the backend.
+            let admitted = !exclude.contains(&only.addr)
+                && self.breakers.as_ref().is_none_or(|br| br.admits(&only.addr));
+            return admitted.then(|| only.clone());
+        }
         let accept = |b: &Backend, healthy: bool| {
             healthy
                 && !exclude.contains(&b.addr)
