@@ -20,6 +20,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// A token's name in the verified-token cache: its SHA-256, so a forged token can never share
+/// an entry with a verified one, and the cache holds 32 bytes per token whatever its length.
+pub struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    pub fn of(token: &str) -> Self {
+        TokenKey(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
 /// Why a token was refused. Logged at debug level only; the client sees "Invalid token".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
@@ -119,10 +129,19 @@ impl JwtVerifier {
     /// Verifies a token (already size-checked) and returns the identity it proves.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         // Cache first: only tokens that passed every check below were ever cached.
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = self.cache_lookup(&digest) {
-            return Ok(hit);
+        let key = TokenKey::of(token);
+        match self.cached_key(&key) {
+            Some(hit) => Ok(hit),
+            None => self.verify_uncached(token, key).await,
         }
+    }
+
+    /// Verifies a token the cache does not hold (`key` is its [`TokenKey`]) and caches it.
+    pub async fn verify_uncached(
+        &self,
+        token: &str,
+        key: TokenKey,
+    ) -> Result<Arc<Identity>, TokenError> {
         let now = now_secs();
         let generation = self.jwks_generation();
         let header = parse_header(token)?;
@@ -135,11 +154,11 @@ impl JwtVerifier {
             return Err(TokenError::UnknownKey);
         }
         let mut last = TokenError::UnknownKey;
-        for key in candidates {
-            match self.check(token, &key, now) {
+        for candidate in candidates {
+            match self.check(token, &candidate, now) {
                 Ok(identity) => {
                     let identity = Arc::new(identity);
-                    self.cache.insert(digest, (identity.clone(), generation));
+                    self.cache.insert(key.0, (identity.clone(), generation));
                     return Ok(identity);
                 }
                 Err(e) => last = e,
@@ -151,7 +170,12 @@ impl JwtVerifier {
     /// The identity of a token verified before and still valid (not expired, key set
     /// unchanged), without any signature check.
     pub fn cached(&self, token: &str) -> Option<Arc<Identity>> {
-        self.cache_lookup(&Sha256::digest(token.as_bytes()).into())
+        self.cached_key(&TokenKey::of(token))
+    }
+
+    /// Like [`JwtVerifier::cached`], for a token whose key is already computed.
+    pub fn cached_key(&self, key: &TokenKey) -> Option<Arc<Identity>> {
+        self.cache_lookup(&key.0)
     }
 
     fn cache_lookup(&self, digest: &[u8; 32]) -> Option<Arc<Identity>> {

@@ -19,7 +19,7 @@ use crate::identity::{ClaimPath, Identity};
 use crate::invalid::Invalid;
 use http::{HeaderName, HeaderValue};
 use jwks::JwksSource;
-use jwt::{JwtVerifier, VerifyKey};
+use jwt::{JwtVerifier, TokenKey, VerifyKey};
 use keys::{claim_rules, load_key};
 use login::{LoginService, SigningKey};
 use pingora::http::RequestHeader;
@@ -236,16 +236,23 @@ impl Auth {
             None if policy.mode == AuthMode::Optional => return Ok(None),
             None => return Err(AuthFailure::NoToken),
         };
-        if let Some(retry_after) = throttle.and_then(|(t, ip)| t.refused(&ip)) {
-            return match self.verifier.cached(&token) {
-                Some(identity) => Ok(Some(identity)),
-                None => Err(AuthFailure::TooManyInvalidTokens { retry_after }),
-            };
+        // A token verified before passes whatever the throttle says, so it is looked up first
+        // (and the throttle, a shared counter, is only read for tokens that need verifying).
+        let key = TokenKey::of(&token);
+        if let Some(identity) = self.verifier.cached_key(&key) {
+            return Ok(Some(identity));
         }
-        let identity = self.verifier.verify(&token).await.map_err(|e| {
-            log::debug!("token refused: {e}");
-            AuthFailure::InvalidToken
-        })?;
+        if let Some(retry_after) = throttle.and_then(|(t, ip)| t.refused(&ip)) {
+            return Err(AuthFailure::TooManyInvalidTokens { retry_after });
+        }
+        let identity = self
+            .verifier
+            .verify_uncached(&token, key)
+            .await
+            .map_err(|e| {
+                log::debug!("token refused: {e}");
+                AuthFailure::InvalidToken
+            })?;
         Ok(Some(identity))
     }
 

@@ -327,7 +327,10 @@ impl ServicePool {
             // Without health checks Pingora counts every backend healthy: same answer, without
             // the balancer's per-request hashing of the backend.
             let admitted = !exclude.contains(&only.addr)
-                && self.breakers.as_ref().is_none_or(|br| br.admits(&only.addr));
+                && self
+                    .breakers
+                    .as_ref()
+                    .is_none_or(|br| br.admits(&only.addr));
             return admitted.then(|| only.clone());
         }
         let accept = |b: &Backend, healthy: bool| {
