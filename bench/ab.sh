@@ -46,11 +46,7 @@ YAML
 OLD_PORT=$(port); start_gateway old "$OLD" "$OLD_PORT"
 NEW_PORT=$(port); start_gateway new "$NEW" "$NEW_PORT"
 
-# The token is minted here with openssl, independently of the gateway.
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-PAYLOAD=$(printf '{"sub":"bench-user","role":"user","exp":%s}' "$(( $(date +%s) + 86400 ))" | b64url)
-HS_IN="$(printf '{"alg":"HS256","typ":"JWT","kid":"hs"}' | b64url).$PAYLOAD"
-TOKEN="$HS_IN.$(printf %s "$HS_IN" | openssl dgst -sha256 -hmac "$SECRET" -binary | b64url)"
+TOKEN=$(token HS256 "$SECRET")
 
 # CPU ticks (user + system) of a process and all its threads.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -46,3 +46,20 @@ http { access_log off; keepalive_requests 1000000;
 CONF
   nginx -c "$WORK/up/nginx.conf" & PIDS+=($!); UP_PID=$!
 }
+
+# Tokens are minted here with openssl, independently of the gateway.
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+# A JWT for subject $2 (default bench-user) with role "user", valid for a day, signed with
+# algorithm $1: "HS256 SECRET" (kid hs) or "RS256 PEM_FILE" (kid rs). Usage:
+# token HS256 "$SECRET" [SUB], token RS256 tests/fixtures/keys/rsa.pem [SUB].
+token() {
+  local alg=$1 key=$2 sub=${3:-bench-user} kid payload input
+  kid=hs; [ "$alg" = RS256 ] && kid=rs
+  payload=$(printf '{"sub":"%s","role":"user","exp":%s}' "$sub" "$(( $(date +%s) + 86400 ))" | b64url)
+  input="$(printf '{"alg":"%s","typ":"JWT","kid":"%s"}' "$alg" "$kid" | b64url).$payload"
+  if [ "$alg" = RS256 ]; then
+    printf '%s.%s' "$input" "$(printf %s "$input" | openssl dgst -sha256 -sign "$key" -binary | b64url)"
+  else
+    printf '%s.%s' "$input" "$(printf %s "$input" | openssl dgst -sha256 -hmac "$key" -binary | b64url)"
+  fi
+}

@@ -64,10 +64,7 @@ routes:
     response: {headers: {set: {x-served-by: gateway}}}
 YAML
 
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-PAYLOAD=$(printf '{"sub":"bench-user","role":"user","exp":%s}' "$(( $(date +%s) + 86400 ))" | b64url)
-HS_IN="$(printf '{"alg":"HS256","typ":"JWT","kid":"hs"}' | b64url).$PAYLOAD"
-TOKEN="$HS_IN.$(printf %s "$HS_IN" | openssl dgst -sha256 -hmac "$SECRET" -binary | b64url)"
+TOKEN=$(token HS256 "$SECRET")
 
 CG=(valgrind --tool=callgrind --instr-atstart=no --dump-instr=no)
 BARE=$(port)

@@ -144,13 +144,8 @@ RUST_LOG=warn target/release/apigateway -c "$WORK/gw$GWL.yaml" & PIDS+=($!); GWL
 
 for p in $UP $NGX $HAP $HAPJ $GW3 $GW1K $GWL $BARE; do wait_port "$p"; done
 
-# Tokens minted here with openssl, independently of the gateway.
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-PAYLOAD=$(printf '{"sub":"bench-user","role":"user","exp":%s}' "$(( $(date +%s) + 86400 ))" | b64url)
-HS_IN="$(printf '{"alg":"HS256","typ":"JWT","kid":"hs"}' | b64url).$PAYLOAD"
-RS_IN="$(printf '{"alg":"RS256","typ":"JWT","kid":"rs"}' | b64url).$PAYLOAD"
-HS_TOKEN="$HS_IN.$(printf %s "$HS_IN" | openssl dgst -sha256 -hmac "$SECRET" -binary | b64url)"
-RS_TOKEN="$RS_IN.$(printf %s "$RS_IN" | openssl dgst -sha256 -sign tests/fixtures/keys/rsa.pem -binary | b64url)"
+HS_TOKEN=$(token HS256 "$SECRET")
+RS_TOKEN=$(token RS256 tests/fixtures/keys/rsa.pem)
 declare -A HDR=( [gw-pipe]="Authorization: Bearer $HS_TOKEN" [haproxy-jwt]="Authorization: Bearer $HS_TOKEN" [gw-hs]="Authorization: Bearer $HS_TOKEN" [gw-rs]="Authorization: Bearer $RS_TOKEN" [gw-full]="Authorization: Bearer $HS_TOKEN" )
 
 declare -A URL=( [bare]="http://127.0.0.1:$BARE/api/users/42" [gw-plain]="http://127.0.0.1:$GW3/api/plain/42" [gw-3]="http://127.0.0.1:$GW3/api/users/42" [gw-1000]="http://127.0.0.1:$GW1K/api/users/42"

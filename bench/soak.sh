@@ -43,10 +43,7 @@ YAML
 RUST_LOG=error target/release/apigateway -c "$WORK/gw.yaml" 2>"$WORK/gw.log" & GW_PID=$!; PIDS+=($GW_PID)
 wait_port "$UP"; wait_port "$GW"
 
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-PAYLOAD=$(printf '{"sub":"soak","role":"user","exp":%s}' "$(( $(date +%s) + 86400 ))" | b64url)
-HS_IN="$(printf '{"alg":"HS256","typ":"JWT","kid":"hs"}' | b64url).$PAYLOAD"
-TOKEN="$HS_IN.$(printf %s "$HS_IN" | openssl dgst -sha256 -hmac "$SECRET" -binary | b64url)"
+TOKEN=$(token HS256 "$SECRET" soak)
 
 STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)-soak
 RAW="bench/results/$STAMP"; mkdir -p "$RAW"

@@ -40,6 +40,19 @@ pub struct TemplateVars<'a> {
     pub client_ip: Option<IpAddr>,
 }
 
+#[cfg(test)]
+impl TemplateVars<'static> {
+    /// Values for tests of code that renders templates: no parameters, no caller.
+    pub(crate) fn for_test(request_id: &'static str) -> Self {
+        TemplateVars {
+            params: &[],
+            identity: None,
+            request_id,
+            client_ip: None,
+        }
+    }
+}
+
 /// A value the request does not have (an anonymous caller on an `auth: optional` route, a claim
 /// the token lacks).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -243,12 +243,7 @@ mod tests {
     }
 
     fn vars() -> TemplateVars<'static> {
-        TemplateVars {
-            params: &[],
-            identity: None,
-            request_id: "rid-1",
-            client_ip: None,
-        }
+        TemplateVars::for_test("rid-1")
     }
 
     #[test]
