@@ -20,22 +20,10 @@ UP=$(port)
 start_json_upstream "$UP"
 wait_port "$UP"
 
-SECRET=bench-secret-0123456789abcdef-0123456789
 declare -A GW_PID
 start_gateway() { # NAME BINARY PORT
   local p=$3
-  cat > "$WORK/$1.yaml" <<YAML
-server: {threads: $THREADS, pid_file: $WORK/$1.pid, upgrade_sock: $WORK/$1.sock}
-listen: ['127.0.0.1:$p']
-admin: {listen: null}
-access_log: {enabled: false}
-services:
-  users: {backends: ['127.0.0.1:$UP']}
-auth:
-  keys: [{kid: hs, alg: HS256, secret: $SECRET}]
-rate_limits:
-  max_keys: 2000000
-  policies: {per_user: {requests: 1000000000, period: 1s, key: user}}
+  { gateway_head "$1" "$p" "$THREADS"; cat; } > "$WORK/$1.yaml" <<YAML
 routes:
   - {path: /api/users, service: users, security_headers: {enabled: false}}
   - {path: /api/full, service: users, auth: required, roles: [user], rate_limits: [per_user]}

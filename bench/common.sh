@@ -63,3 +63,23 @@ token() {
     printf '%s.%s' "$input" "$(printf %s "$input" | openssl dgst -sha256 -hmac "$key" -binary | b64url)"
   fi
 }
+
+# The bench secret, and the head of a bench gateway config (no admin listener, no access
+# log, service `users` on the upstream $UP, an HS256 key and a per-user limit that never
+# trips): gateway_head NAME PORT THREADS; the caller appends its `routes:`.
+SECRET=bench-secret-0123456789abcdef-0123456789
+gateway_head() {
+  cat <<YAML
+server: {threads: $3, pid_file: $WORK/$1.pid, upgrade_sock: $WORK/$1.sock}
+listen: ['127.0.0.1:$2']
+admin: {listen: null}
+access_log: {enabled: false}
+services:
+  users: {backends: ['127.0.0.1:$UP']}
+auth:
+  keys: [{kid: hs, alg: HS256, secret: $SECRET}]
+rate_limits:
+  max_keys: 2000000
+  policies: {per_user: {requests: 1000000000, period: 1s, key: user}}
+YAML
+}

@@ -35,19 +35,8 @@ UP=$(port)
 start_json_upstream "$UP"
 wait_port "$UP"
 
-SECRET=bench-secret-0123456789abcdef-0123456789
 GW=$(port)
-cat > "$WORK/gw.yaml" <<YAML
-server: {threads: 1, pid_file: $WORK/gw.pid, upgrade_sock: $WORK/gw.sock}
-listen: ['127.0.0.1:$GW']
-admin: {listen: null}
-access_log: {enabled: false}
-services:
-  users: {backends: ['127.0.0.1:$UP']}
-auth:
-  keys: [{kid: hs, alg: HS256, secret: $SECRET}]
-rate_limits:
-  policies: {per_user: {requests: 1000000000, period: 1s, key: user}}
+{ gateway_head gw "$GW" 1; cat; } > "$WORK/gw.yaml" <<YAML
 routes:
   - {path: /api/users, service: users, security_headers: {enabled: false}}
   - {path: /api/secure, service: users, auth: required, security_headers: {enabled: false}}

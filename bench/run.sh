@@ -75,7 +75,6 @@ backend be
   http-request set-path %[path,regsub(^/api/users/,/)]
   server up 127.0.0.1:$UP
 CONF
-SECRET=bench-secret-0123456789abcdef-0123456789
 cat > "$WORK/haproxy-jwt.cfg" <<CONF
 $HAP_COMMON
 frontend fe
