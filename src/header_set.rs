@@ -14,18 +14,33 @@ pub struct HeaderSet {
     names: Vec<HeaderName>,
 }
 
+/// More names than a [`HeaderSet`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyNames;
+
+impl std::fmt::Display for TooManyNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at most {} distinct header names", HeaderSet::MAX)
+    }
+}
+
 impl HeaderSet {
-    /// A set of `names`; more than 64 are refused by a panic since the sets are built from
-    /// constants and compiled config lists that are bounded far below that.
-    pub fn new(names: impl IntoIterator<Item = HeaderName>) -> Self {
+    /// The most names a set holds (one bit each in a `u64`).
+    pub const MAX: usize = 64;
+
+    /// A set of `names` (repeats count once); more than [`HeaderSet::MAX`] is an error the
+    /// config compiler reports with its key path.
+    pub fn new(names: impl IntoIterator<Item = HeaderName>) -> Result<Self, TooManyNames> {
         let mut set = HeaderSet { names: Vec::new() };
         for name in names {
             if !set.names.contains(&name) {
+                if set.names.len() == Self::MAX {
+                    return Err(TooManyNames);
+                }
                 set.names.push(name);
             }
         }
-        assert!(set.names.len() <= 64, "a HeaderSet holds at most 64 names");
-        set
+        Ok(set)
     }
 
     /// The names of the set, in order.
@@ -88,7 +103,8 @@ mod tests {
             HeaderName::from_static("x-a"),
             http::header::SERVER,
             HeaderName::from_static("x-a"),
-        ]);
+        ])
+        .unwrap();
         assert_eq!(set.names().len(), 2);
         let mut resp = ResponseHeader::build(200, None).unwrap();
         resp.insert_header("Server", "nginx").unwrap();
@@ -103,5 +119,14 @@ mod tests {
         set.strip_request(&mut req);
         assert!(req.headers.get("x-a").is_none());
         assert_eq!(HeaderSet::default().present_in(&req.headers), 0);
+    }
+
+    #[test]
+    fn more_than_64_names_are_refused() {
+        let names = |n: usize| {
+            (0..n).map(|i| HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap())
+        };
+        assert!(HeaderSet::new(names(64)).is_ok());
+        assert_eq!(HeaderSet::new(names(65)).err(), Some(TooManyNames));
     }
 }

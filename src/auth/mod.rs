@@ -153,7 +153,8 @@ impl Auth {
                 .iter()
                 .map(|h| h.header.clone())
                 .chain([http::header::AUTHORIZATION]),
-        );
+        )
+        .map_err(|e| Invalid::new("auth.identity_headers", format!("{e} (with Authorization)")))?;
         let authorization_bit = client_identity
             .names()
             .iter()

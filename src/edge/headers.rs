@@ -103,7 +103,8 @@ impl SecurityHeaders {
                 hide.iter()
                     .map(|n| name(n))
                     .collect::<Result<Vec<_>, _>>()?,
-            ),
+            )
+            .map_err(|e| err(format!("hide: {e}")))?,
             hsts: hsts.map(|h| value(&h)).transpose()?,
         })
     }
@@ -135,6 +136,7 @@ static HOP_BY_HOP: Lazy<HeaderSet> = Lazy::new(|| {
         http::header::PROXY_AUTHENTICATE,
         http::header::UPGRADE,
     ])
+    .expect("seven names")
 });
 const HOP_CONNECTION: u64 = 1;
 const HOP_UPGRADE: u64 = 1 << 6;
@@ -195,6 +197,7 @@ static FORWARDING: Lazy<HeaderSet> = Lazy::new(|| {
         HeaderName::from_static("x-forwarded-proto"),
         HeaderName::from_static("x-forwarded-host"),
     ])
+    .expect("six names")
 });
 const PATH_OVERRIDES: u64 = 0b11;
 const FORWARDED: u64 = 1 << 2;
@@ -343,5 +346,19 @@ mod tests {
             let parsed: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_value(parsed), ip);
         }
+    }
+
+    #[test]
+    fn too_many_hidden_headers_are_a_config_error() {
+        let names: Vec<String> = (0..70).map(|i| format!("x-h{i}")).collect();
+        let cfg = SecurityHeadersConfig {
+            hide: Some(names),
+            ..Default::default()
+        };
+        let err = SecurityHeaders::compile(Some(&cfg), None, "security_headers")
+            .err()
+            .unwrap();
+        assert_eq!(err.key, "security_headers");
+        assert!(err.reason.contains("at most 64"), "{}", err.reason);
     }
 }
