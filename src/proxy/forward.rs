@@ -24,7 +24,7 @@ pub(super) fn set_uri(
         Some(auth) => auth.strip_query(q),
         None => Cow::Borrowed(q),
     });
-    let query = ctx.exchange.on_query(query, &ctx.vars());
+    let query = ctx.exchange.on_query(query, || ctx.vars());
     let uri = match query {
         Some(q) if !q.is_empty() => Cow::Owned(format!("{}?{q}", route.upstream_path)),
         _ => Cow::Borrowed(route.upstream_path.as_str()),

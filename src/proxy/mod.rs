@@ -322,8 +322,9 @@ impl ProxyHttp for Gateway {
     /// Records the request's metrics and writes its access log line. Always runs, whatever
     /// answered the request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        report::record_metrics(session, ctx);
-        report::write_access_log(session, e, ctx);
+        let outcome = report::Outcome::of(session, ctx);
+        report::record_metrics(ctx, &outcome);
+        report::write_access_log(session, e, ctx, &outcome);
     }
 
     /// Client-caused failures (4xx, client disconnects) are not the operator's problem.

@@ -4,21 +4,43 @@ use super::ctx::RequestCtx;
 use crate::access_log::AccessRecord;
 use pingora::Error;
 use pingora::proxy::Session;
+use std::time::Duration;
+
+/// How a request ended, read once for both the metrics and the access log.
+pub(super) struct Outcome {
+    /// The status sent, 0 when none was.
+    pub status: u16,
+    /// From the request's arrival to now.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub(super) fn of(session: &Session, ctx: &RequestCtx) -> Self {
+        Outcome {
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            elapsed: ctx.inbound.started.elapsed(),
+        }
+    }
+}
 
 /// Observes the route's and the service's latency histograms.
-pub(super) fn record_metrics(session: &Session, ctx: &RequestCtx) {
-    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+pub(super) fn record_metrics(ctx: &RequestCtx, outcome: &Outcome) {
     let metrics = ctx
         .target()
         .map_or(&*crate::metrics::UNMATCHED, |t| &t.metrics);
-    metrics.observe(status, ctx.inbound.started.elapsed().as_secs_f64());
+    metrics.observe(outcome.status, outcome.elapsed.as_secs_f64());
     if let (Some(pool), Some(t)) = (ctx.pool(), ctx.attempts.upstream_time()) {
         pool.upstream_latency.observe(t.as_secs_f64());
     }
 }
 
 /// Writes the access log line, when the access log is on.
-pub(super) fn write_access_log(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+pub(super) fn write_access_log(
+    session: &Session,
+    e: Option<&Error>,
+    ctx: &RequestCtx,
+    outcome: &Outcome,
+) {
     let Some(snapshot) = ctx.snapshot.as_ref().filter(|s| s.access_log.enabled) else {
         return;
     };
@@ -42,9 +64,9 @@ pub(super) fn write_access_log(session: &Session, e: Option<&Error>, ctx: &Reque
         route,
         service,
         upstream: ctx.attempts.last().map(|a| a.to_string()),
-        status: session.response_written().map_or(0, |r| r.status.as_u16()),
+        status: outcome.status,
         bytes: session.body_bytes_sent(),
-        duration_ms: ctx.inbound.started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms: outcome.elapsed.as_secs_f64() * 1000.0,
         upstream_ms: ctx
             .attempts
             .upstream_time()

@@ -63,14 +63,17 @@ impl Exchange {
         })
     }
 
-    /// The query to forward after the route's query operations.
-    pub fn on_query<'a>(
+    /// The query to forward after the route's query operations; `vars` is only built for a
+    /// route that has some.
+    pub fn on_query<'a, 'v>(
         &self,
         query: Option<Cow<'a, str>>,
-        vars: &TemplateVars<'_>,
+        vars: impl FnOnce() -> TemplateVars<'v>,
     ) -> Option<Cow<'a, str>> {
         match self.transforms.as_ref().and_then(|t| t.query.as_ref()) {
-            Some(ops) => Some(Cow::Owned(ops.apply(query.as_deref().unwrap_or(""), vars))),
+            Some(ops) => Some(Cow::Owned(
+                ops.apply(query.as_deref().unwrap_or(""), &vars()),
+            )),
             None => query,
         }
     }
@@ -310,7 +313,7 @@ mod tests {
         ex.on_request_body(&mut body, true, &vars()).unwrap();
         assert_eq!(body.unwrap(), &b"x"[..]);
         assert_eq!(
-            ex.on_query(Some(Cow::Borrowed("a=1")), &vars()).as_deref(),
+            ex.on_query(Some(Cow::Borrowed("a=1")), vars).as_deref(),
             Some("a=1")
         );
     }

@@ -323,21 +323,15 @@ impl ServicePool {
     /// Picks a healthy backend not in `exclude` (addresses already tried for this request)
     /// whose circuit breaker admits a request.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Backend> {
+        let admitted = |addr: &SocketAddr| {
+            !exclude.contains(addr) && self.breakers.as_ref().is_none_or(|br| br.admits(addr))
+        };
         if let Some(only) = &self.only {
             // Without health checks Pingora counts every backend healthy: same answer, without
             // the balancer's per-request hashing of the backend.
-            let admitted = !exclude.contains(&only.addr)
-                && self
-                    .breakers
-                    .as_ref()
-                    .is_none_or(|br| br.admits(&only.addr));
-            return admitted.then(|| only.clone());
+            return admitted(&only.addr).then(|| only.clone());
         }
-        let accept = |b: &Backend, healthy: bool| {
-            healthy
-                && !exclude.contains(&b.addr)
-                && self.breakers.as_ref().is_none_or(|br| br.admits(&b.addr))
-        };
+        let accept = |b: &Backend, healthy: bool| healthy && admitted(&b.addr);
         match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
             Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
