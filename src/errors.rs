@@ -29,6 +29,8 @@ pub enum GatewayError {
     Unauthorized { token_present: bool },
     /// A valid token without the role or scope the route requires.
     Forbidden,
+    /// The client address is refused by an `ip_restriction` list.
+    IpNotAllowed,
     /// Login with an unknown email or a wrong password (never says which).
     InvalidCredentials,
     /// Too many login attempts from one client IP.
@@ -80,7 +82,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => 504,
             GatewayError::Internal => 500,
             GatewayError::Unauthorized { .. } | GatewayError::InvalidCredentials => 401,
-            GatewayError::Forbidden => 403,
+            GatewayError::Forbidden | GatewayError::IpNotAllowed => 403,
             GatewayError::TooManyLoginAttempts { .. } => 429,
             GatewayError::PayloadTooLarge => 413,
             GatewayError::UriTooLong => 414,
@@ -202,6 +204,7 @@ impl fmt::Display for GatewayError {
                 token_present: true,
             } => f.write_str("Invalid token"),
             GatewayError::Forbidden => f.write_str("Insufficient permissions"),
+            GatewayError::IpNotAllowed => f.write_str("Forbidden"),
             GatewayError::InvalidCredentials => f.write_str("Invalid email or password"),
             GatewayError::TooManyLoginAttempts { .. } => f.write_str("Too many login attempts"),
             GatewayError::PayloadTooLarge => f.write_str("Request body too large"),

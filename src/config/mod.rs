@@ -58,6 +58,9 @@ pub struct GatewayConfig {
     /// CORS for every route that does not set its own.
     #[serde(default)]
     pub cors: Option<crate::edge::cors::CorsConfig>,
+    /// Client networks admitted and refused on every route (checked before routes' own lists).
+    #[serde(default)]
+    pub ip_restriction: Option<crate::edge::ip_access::IpRestrictionConfig>,
     /// The security-header preset and its overrides (on by default).
     #[serde(default)]
     pub security_headers: Option<crate::edge::headers::SecurityHeadersConfig>,

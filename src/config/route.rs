@@ -58,6 +58,9 @@ pub struct RouteConfig {
     /// Rate-limit policies that must all admit; absent = `rate_limits.default`, `[]` = none.
     #[serde(default)]
     pub rate_limits: Option<Vec<String>>,
+    /// Client networks admitted and refused on this route, besides the top-level lists.
+    #[serde(default)]
+    pub ip_restriction: Option<crate::edge::ip_access::IpRestrictionConfig>,
     /// CORS policy replacing the top-level `cors:` for this route.
     #[serde(default)]
     pub cors: Option<CorsConfig>,

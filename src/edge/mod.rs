@@ -8,6 +8,7 @@ mod client_ip;
 pub mod cors;
 pub mod headers;
 mod inbound;
+pub mod ip_access;
 
 pub use client_ip::ClientIpResolver;
 pub use inbound::{BodyLimit, Inbound};

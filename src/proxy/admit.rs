@@ -55,6 +55,7 @@ pub(super) async fn admit(
         .read(session.req_header(), peer, tls, &snapshot.client_ip);
     ctx.body
         .set_deadline(ctx.inbound.started + snapshot.client.body_deadline);
+    check_network(snapshot.ip_restriction.as_ref(), ctx)?;
     edge::check_framing(session.req_header(), || {
         let h1 = session.as_downstream().as_http1()?;
         Some(h1.get_headers_raw_bytes())
@@ -75,6 +76,7 @@ pub(super) async fn admit(
         &path,
         preflight,
     )?);
+    check_network(ctx.target().and_then(|t| t.ip_restriction.as_ref()), ctx)?;
     let Some(target) = ctx.target() else {
         return Err(GatewayError::Internal.into());
     };
@@ -104,6 +106,17 @@ pub(super) async fn admit(
         session.upstream_compression.adjust_decompression(true);
     }
     Ok(Admit::Continue)
+}
+
+/// Refuses a client address an `ip_restriction` list does not admit.
+fn check_network(
+    list: Option<&crate::edge::ip_access::IpRestriction>,
+    ctx: &RequestCtx,
+) -> Result<(), GatewayError> {
+    match list {
+        Some(l) if !l.admits(ctx.inbound.client_ip) => Err(GatewayError::IpNotAllowed),
+        _ => Ok(()),
+    }
 }
 
 /// Verifies the caller against the route's auth policy.

@@ -13,6 +13,7 @@ use crate::auth::Auth;
 use crate::config::{AdminConfig, ClientConfig, ConfigError, GatewayConfig, ServerSettings};
 use crate::edge::cors::Cors;
 use crate::edge::headers::SecurityHeaders;
+use crate::edge::ip_access::IpRestriction;
 use crate::edge::{ClientIpResolver, SizeLimits};
 use crate::invalid::Invalid;
 use crate::rate_limit::Limiter;
@@ -46,6 +47,8 @@ pub struct Snapshot {
     pub rate_limiter: Option<Limiter>,
     /// Finds the client address behind trusted proxies.
     pub client_ip: ClientIpResolver,
+    /// The top-level client network lists, checked on every request.
+    pub ip_restriction: Option<IpRestriction>,
     /// The top-level CORS policy, for answers given before a route is known (404, 400).
     pub cors: Option<Arc<Cors>>,
     /// The top-level security headers, for answers given before a route is known.
@@ -100,6 +103,10 @@ impl Snapshot {
             .transpose()?;
         cfg.client.check()?;
         let client_ip = ClientIpResolver::compile(&cfg.trusted_proxies)?;
+        let ip_restriction = match &cfg.ip_restriction {
+            Some(c) => IpRestriction::compile(c, "ip_restriction")?,
+            None => None,
+        };
         let cors = cfg
             .cors
             .as_ref()
@@ -130,6 +137,7 @@ impl Snapshot {
             auth,
             rate_limiter,
             client_ip,
+            ip_restriction,
             cors,
             security,
             sizes: cfg.limits,

@@ -7,6 +7,7 @@ use crate::auth::{AuthMode, RoutePolicy};
 use crate::config::{GatewayConfig, RouteConfig};
 use crate::edge::cors::Cors;
 use crate::edge::headers::SecurityHeaders;
+use crate::edge::ip_access::IpRestriction;
 use crate::invalid::Invalid;
 use crate::metrics::RouteMetrics;
 use crate::rate_limit::Limiter;
@@ -25,6 +26,8 @@ pub struct RouteTarget {
     pub policy: RoutePolicy,
     /// Rate-limit policy indexes (into the limiter) that must all admit.
     pub rate_limits: Vec<usize>,
+    /// The route's own client network lists (the top-level ones are checked before routing).
+    pub ip_restriction: Option<IpRestriction>,
     /// The route's CORS policy (its own, or the top-level one), if any.
     pub cors: Option<Arc<Cors>>,
     /// Security headers after merging the route's block over the top-level one.
@@ -85,6 +88,10 @@ fn compile_target(
         aggregate,
         policy: policy(route, inputs.auth_configured)?,
         rate_limits: rate_limits(route, inputs.limiter)?,
+        ip_restriction: match &route.ip_restriction {
+            Some(c) => IpRestriction::compile(c, "ip_restriction")?,
+            None => None,
+        },
         cors: match &route.cors {
             Some(c) => Cors::compile(c, "cors")?.map(Arc::new),
             None => inputs.cors.clone(),
