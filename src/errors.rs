@@ -31,6 +31,22 @@ pub enum GatewayError {
     Forbidden,
     /// The client address is refused by an `ip_restriction` list.
     IpNotAllowed,
+    /// No credential on a route that accepts API keys or Basic credentials: `what` names what
+    /// the route accepts ("API key", "credentials"); `challenges` are its `WWW-Authenticate`
+    /// values.
+    MissingCredentials {
+        what: &'static str,
+        challenges: Box<[http::HeaderValue]>,
+    },
+    /// An unknown, expired or wrong API key or Basic password (never says which).
+    CredentialRefused {
+        what: &'static str,
+        challenges: Box<[http::HeaderValue]>,
+    },
+    /// Two different credentials in one request (a token and an API key, two keys...).
+    AmbiguousCredentials,
+    /// A verified caller that is no registered consumer, on a route requiring one.
+    ConsumerRequired,
     /// Login with an unknown email or a wrong password (never says which).
     InvalidCredentials,
     /// Too many login attempts from one client IP.
@@ -82,7 +98,11 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => 504,
             GatewayError::Internal => 500,
             GatewayError::Unauthorized { .. } | GatewayError::InvalidCredentials => 401,
-            GatewayError::Forbidden | GatewayError::IpNotAllowed => 403,
+            GatewayError::Forbidden
+            | GatewayError::IpNotAllowed
+            | GatewayError::ConsumerRequired => 403,
+            GatewayError::MissingCredentials { .. } | GatewayError::CredentialRefused { .. } => 401,
+            GatewayError::AmbiguousCredentials => 400,
             GatewayError::TooManyLoginAttempts { .. } => 429,
             GatewayError::PayloadTooLarge => 413,
             GatewayError::UriTooLong => 414,
@@ -146,6 +166,12 @@ impl GatewayError {
                     r#"Bearer realm="apigateway", error="insufficient_scope""#,
                 );
             }
+            GatewayError::MissingCredentials { challenges, .. }
+            | GatewayError::CredentialRefused { challenges, .. } => {
+                for c in challenges.iter() {
+                    let _ = header.append_header("www-authenticate", c.clone());
+                }
+            }
             GatewayError::TooManyLoginAttempts { retry_after }
             | GatewayError::TooManyInvalidTokens { retry_after } => {
                 let _ = header.insert_header("retry-after", retry_after.to_string());
@@ -205,6 +231,14 @@ impl fmt::Display for GatewayError {
             } => f.write_str("Invalid token"),
             GatewayError::Forbidden => f.write_str("Insufficient permissions"),
             GatewayError::IpNotAllowed => f.write_str("Forbidden"),
+            GatewayError::MissingCredentials { what, .. } => write!(f, "No {what} provided"),
+            GatewayError::CredentialRefused { what, .. } => write!(f, "Invalid {what}"),
+            GatewayError::AmbiguousCredentials => {
+                f.write_str("Bad request: more than one credential in the request")
+            }
+            GatewayError::ConsumerRequired => {
+                f.write_str("This route requires a registered consumer")
+            }
             GatewayError::InvalidCredentials => f.write_str("Invalid email or password"),
             GatewayError::TooManyLoginAttempts { .. } => f.write_str("Too many login attempts"),
             GatewayError::PayloadTooLarge => f.write_str("Request body too large"),

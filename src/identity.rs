@@ -22,6 +22,17 @@ pub struct Identity {
     pub claims: Map<String, Value>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// The registered consumer this caller is (by API key, Basic credentials, or a token
+    /// claim naming one), for consumer-keyed limits, quotas and `consumer: required` routes.
+    pub consumer: Option<ConsumerTag>,
+}
+
+/// Which consumer a caller is: its id, and its position in the snapshot's consumer list
+/// (where its own rate limits and quotas are found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerTag {
+    pub id: std::sync::Arc<str>,
+    pub index: usize,
 }
 
 impl Identity {
@@ -36,6 +47,7 @@ impl Identity {
             headers: Vec::new(),
             claims: serde_json::from_str(claims).expect("test claims are JSON"),
             expires_at: 0,
+            consumer: None,
         }
     }
 }

@@ -3,8 +3,8 @@
 //! The crate is a house of layers; imports only point down (`tests/layers.rs` checks it):
 //!
 //! - base: [`de`], [`invalid`], [`identity`], [`template`], [`errors`], [`header_set`],
-//!   [`metrics`] — small shared types that import nothing above them;
-//! - capabilities: [`router`], [`upstream`], [`auth`], [`rate_limit`], [`transform`], [`edge`],
+//!   [`metrics`], [`throttle`] — small shared types that import nothing above them;
+//! - capabilities: [`router`], [`upstream`], [`auth`], [`consumer`], [`rate_limit`], [`transform`], [`edge`],
 //!   [`aggregate`], [`access_log`], [`tls`] — each owns its config struct, its compiled form
 //!   and its per-request stage state;
 //! - [`config`]: the YAML file, assembled from the capabilities' config structs;
@@ -21,10 +21,12 @@ pub mod identity;
 pub mod invalid;
 pub mod metrics;
 pub mod template;
+pub mod throttle;
 
 pub mod access_log;
 pub mod aggregate;
 pub mod auth;
+pub mod consumer;
 pub mod edge;
 pub mod rate_limit;
 pub mod router;

@@ -45,13 +45,29 @@ struct Cli {
 enum Command {
     /// Read a password from stdin and print its argon2id hash for the login users file.
     HashPassword,
+    /// Consumer tools.
+    Consumer {
+        #[command(subcommand)]
+        action: ConsumerCommand,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ConsumerCommand {
+    /// Print a fresh API key (192 random bits, prefix `agk_`) and the hash line to put in the
+    /// consumer's `api_keys`; the gateway only ever stores the hash.
+    NewKey,
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut cli = Cli::parse();
-    if let Some(Command::HashPassword) = cli.command {
-        return hash_password();
+    match cli.command {
+        Some(Command::HashPassword) => return hash_password(),
+        Some(Command::Consumer {
+            action: ConsumerCommand::NewKey,
+        }) => return new_key(),
+        None => {}
     }
     // A daemon changes its directory to `/`: keep an absolute path for reloads.
     if let Ok(abs) = std::fs::canonicalize(&cli.conf) {
@@ -160,6 +176,21 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
     ));
     log::info!("apigateway listening on {listen:?}, TLS on {tls_listen:?}");
     server.run_forever()
+}
+
+fn new_key() -> ExitCode {
+    use apigateway::consumer::key;
+    match key::new_key() {
+        Ok(k) => {
+            println!("key: {k}");
+            println!("hash: {}", key::hash_line(&k));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("apigateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn hash_password() -> ExitCode {

@@ -28,6 +28,7 @@ struct Metrics {
     reloads: IntCounterVec,
     info: IntGaugeVec,
     access_log_dropped: IntCounter,
+    password_checks: IntCounter,
     connections_closed: IntCounterVec,
     ejections: IntCounterVec,
     connections_open: prometheus::IntGauge,
@@ -98,6 +99,14 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "apigateway_build_info",
             "Always 1; labels carry the version and the hash of the loaded config file",
             &["version", "config_hash"],
+        ),
+        password_checks: register(
+            &r,
+            IntCounter::new(
+                "apigateway_password_checks_total",
+                "argon2 checks of Basic credentials (pairs not in the verified-credential cache)",
+            )
+            .expect("valid metric"),
         ),
         access_log_dropped: register(
             &r,
@@ -241,6 +250,11 @@ pub fn connection_closed(reason: &'static str) {
 /// Tracks the open client connections (+1 on accept, -1 on close).
 pub fn connections_open(delta: i64) {
     METRICS.connections_open.add(delta);
+}
+
+/// Counts one argon2 check of a Basic password.
+pub fn password_check() {
+    METRICS.password_checks.inc();
 }
 
 pub fn access_log_dropped() {

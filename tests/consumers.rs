@@ -81,3 +81,280 @@ fn bad_network_entries_are_config_errors_naming_the_key() {
     assert!(!ok);
     assert!(out.contains("ip_restriction.deny[0]"), "{out}");
 }
+
+const SECRET: &str = "consumer-test-secret-0123456789-abcdefgh";
+
+/// A random API key and its stored hash line, made here rather than by the gateway.
+fn minted_key() -> (String, String) {
+    use sha2::{Digest, Sha256};
+    let key = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let hex: String = Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (key, format!("sha256:{hex}"))
+}
+
+fn argon2_hash(password: &str) -> String {
+    use argon2::PasswordHasher;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .unwrap()
+        .to_string()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+fn header<'a>(body: &'a Value, name: &str) -> Option<&'a str> {
+    body["headers"][name].as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_identify_consumers_and_never_reach_the_upstream() {
+    let (k1, h1) = minted_key();
+    let (k2, h2) = minted_key();
+    let (_up, gw) = gateway(
+        &format!(
+            "consumer_auth:\n  api_key: {{headers: [apikey, X-API-Key], query: api_key}}\n\
+             consumers:\n\
+             \x20 - {{id: partner, username: Partner Inc, groups: [partners], headers: {{X-Tier: gold}}, api_keys: [{{hash: '{h1}', name: ci, created: '2026-12-01'}}]}}\n\
+             \x20 - {{id: lapsed, api_keys: [{{hash: '{h2}', expires: '2020-01-01'}}]}}\n"
+        ),
+        "  - {path: /partner, service: up, auth: required, auth_methods: [api_key]}\n\
+         \x20 - {path: /beta, service: up, auth: required, auth_methods: [api_key], roles: [beta]}\n\
+         \x20 - {path: /open, service: up}\n",
+    )
+    .await;
+    let c = client();
+    let get = |path: &str| c.get(gw.url(path));
+
+    let (status, headers, body) = send(get("/partner")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("No API key provided"))
+    );
+    assert!(headers.get("www-authenticate").is_none());
+
+    for (name, value) in [("apikey", k1.as_str()), ("X-API-Key", k1.as_str())] {
+        let (status, _, body) = send(get("/partner/x").header(name, value)).await;
+        assert_eq!(status, 200, "{name}");
+        assert_eq!(header(&body, "x-consumer-id"), Some("partner"));
+        assert_eq!(header(&body, "x-consumer-username"), Some("Partner Inc"));
+        assert_eq!(header(&body, "x-consumer-groups"), Some("partners"));
+        assert_eq!(header(&body, "x-tier"), Some("gold"));
+        assert!(
+            body["headers"].get("apikey").is_none() && body["headers"].get("x-api-key").is_none()
+        );
+    }
+    let (status, _, body) = send(get(&format!("/partner?a=1&api_key={k1}&b=2"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["query"], "a=1&b=2");
+
+    // Unknown and expired keys get the same answer.
+    let unknown = send(get("/partner").header("apikey", "test_0000")).await;
+    let expired = send(get("/partner").header("apikey", &k2)).await;
+    assert_eq!((unknown.0, expired.0), (401, 401));
+    assert_eq!(unknown.2["error"], "Invalid API key");
+    assert_eq!(unknown.2["error"], expired.2["error"]);
+
+    // Groups act as roles; two different keys are ambiguous.
+    assert_eq!(send(get("/beta").header("apikey", &k1)).await.0, 403);
+    let two = get("/partner")
+        .header("apikey", &k1)
+        .header("x-api-key", "test_other");
+    let (status, _, body) = send(two).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (
+            400,
+            Some("Bad request: more than one credential in the request")
+        )
+    );
+
+    // A client's own consumer headers never reach an upstream, on any route.
+    let spoof = get("/open")
+        .header("x-consumer-id", "partner")
+        .header("x-consumer-groups", "admins")
+        .header("x-tier", "platinum");
+    let (status, _, body) = send(spoof).await;
+    assert_eq!(status, 200);
+    for h in ["x-consumer-id", "x-consumer-groups", "x-tier"] {
+        assert!(body["headers"].get(h).is_none(), "{h} reached the upstream");
+    }
+    assert!(!gw.stderr().contains(&k1), "a key was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_credentials_are_checked_once_per_pair_and_challenge_on_refusal() {
+    let admin_port = free_port();
+    let tricky = "pa:ss wörd";
+    let (_up, gw) = gateway(
+        &format!(
+            "admin: {{listen: '127.0.0.1:{admin_port}'}}\n\
+             consumer_auth: {{basic: {{realm: Staff}}}}\n\
+             consumers:\n\
+             \x20 - {{id: ann, groups: [staff], basic: {{username: 'zoë@example.com', password_hash: '{}'}}}}\n",
+            argon2_hash(tricky)
+        ),
+        "  - {path: /staff, service: up, auth: required, auth_methods: [basic], roles: [staff]}\n",
+    )
+    .await;
+    let c = client();
+    let get = |auth: Option<String>| {
+        let r = c.get(gw.url("/staff"));
+        match auth {
+            Some(a) => r.header("authorization", a),
+            None => r,
+        }
+    };
+    let (status, headers, body) = send(get(None)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("No credentials provided"))
+    );
+    assert_eq!(
+        headers["www-authenticate"],
+        r#"Basic realm="Staff", charset="UTF-8""#
+    );
+    for _ in 0..3 {
+        let (status, _, body) = send(get(Some(basic("zoë@example.com", tricky)))).await;
+        assert_eq!(status, 200);
+        assert_eq!(header(&body, "x-consumer-id"), Some("ann"));
+        assert!(body["headers"].get("authorization").is_none());
+    }
+    let metrics = metrics_text(admin_port).await;
+    assert!(
+        metrics.contains("apigateway_password_checks_total 1\n"),
+        "{metrics}"
+    );
+
+    let wrong = send(get(Some(basic("zoë@example.com", "pa:ss")))).await;
+    let unknown = send(get(Some(basic("nobody@example.com", tricky)))).await;
+    assert_eq!((wrong.0, unknown.0), (401, 401));
+    assert_eq!(wrong.2["error"], "Invalid credentials");
+    assert_eq!(wrong.2["error"], unknown.2["error"]);
+    assert_eq!(
+        wrong.1["www-authenticate"],
+        r#"Basic realm="Staff", charset="UTF-8""#
+    );
+    assert!(!gw.stderr().contains(tricky), "a password was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_accept_their_listed_methods_and_tokens_map_to_consumers() {
+    let (key, hash) = minted_key();
+    let (_up, gw) = gateway(
+        &format!(
+            "auth:\n  keys: [{{kid: k, alg: HS256, secret: {SECRET}}}]\n  consumer_claim: sub\n\
+             consumers:\n\
+             \x20 - {{id: svc-a, groups: [partners], api_keys: [{{hash: '{hash}'}}]}}\n\
+             \x20 - {{id: jo, groups: [partners], basic: {{username: jo, password_hash: '{}'}}}}\n",
+            argon2_hash("jo-password")
+        ),
+        "  - {path: /any, service: up, auth: required, auth_methods: [jwt, api_key, basic]}\n\
+         \x20 - {path: /members, service: up, auth: required, require_consumer: true, roles: [partners]}\n\
+         \x20 - {path: /maybe, service: up, auth: optional, auth_methods: [api_key]}\n",
+    )
+    .await;
+    let c = client();
+    let token = |sub: &str| {
+        format!(
+            "Bearer {}",
+            hs256_token(SECRET, serde_json::json!({"sub": sub}))
+        )
+    };
+
+    // Each method alone on a route accepting all three.
+    let by_token = send(
+        c.get(gw.url("/any"))
+            .header("authorization", token("svc-a")),
+    )
+    .await;
+    let by_key = send(c.get(gw.url("/any")).header("apikey", &key)).await;
+    let by_basic = send(
+        c.get(gw.url("/any"))
+            .header("authorization", basic("jo", "jo-password")),
+    )
+    .await;
+    assert_eq!((by_token.0, by_key.0, by_basic.0), (200, 200, 200));
+    assert_eq!(header(&by_token.2, "x-consumer-id"), Some("svc-a"));
+    assert_eq!(header(&by_key.2, "x-consumer-id"), Some("svc-a"));
+    assert_eq!(header(&by_basic.2, "x-consumer-id"), Some("jo"));
+    let (status, headers, body) = send(c.get(gw.url("/any"))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("No credentials provided"))
+    );
+    let challenges: Vec<_> = headers.get_all("www-authenticate").iter().collect();
+    assert_eq!(challenges.len(), 2, "{challenges:?}");
+
+    // A token and a key together are ambiguous.
+    let both = c
+        .get(gw.url("/any"))
+        .header("authorization", token("svc-a"))
+        .header("apikey", &key);
+    assert_eq!(send(both).await.0, 400);
+
+    // A token naming a consumer gets its groups as roles; a valid token naming none is an
+    // anonymous consumer: fine where no consumer is required, 403 where one is.
+    assert_eq!(
+        send(
+            c.get(gw.url("/members"))
+                .header("authorization", token("svc-a"))
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, _, body) = send(
+        c.get(gw.url("/members"))
+            .header("authorization", token("stranger")),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("This route requires a registered consumer"))
+    );
+    let (status, _, body) = send(
+        c.get(gw.url("/any"))
+            .header("authorization", token("stranger")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body["headers"].get("x-consumer-id").is_none());
+
+    // Optional: no key passes anonymously, a bad key is still refused.
+    assert_eq!(send(c.get(gw.url("/maybe"))).await.0, 200);
+    assert_eq!(
+        send(c.get(gw.url("/maybe")).header("apikey", "test_bad"))
+            .await
+            .0,
+        401
+    );
+}
+
+#[test]
+fn new_key_prints_a_key_and_the_sha256_of_it() {
+    use sha2::{Digest, Sha256};
+    let out = std::process::Command::new(binary())
+        .args(["consumer", "new-key"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text.lines().find_map(|l| l.strip_prefix("key: ")).unwrap();
+    let hash = text.lines().find_map(|l| l.strip_prefix("hash: ")).unwrap();
+    assert!(key.starts_with("agk_") && key.len() >= 4 + 32, "{key}");
+    let hex: String = Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hash, format!("sha256:{hex}"));
+}

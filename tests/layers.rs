@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "errors",
             "header_set",
             "metrics",
+            "throttle",
         ],
     ),
     (
@@ -26,6 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "access_log",
             "aggregate",
             "auth",
+            "consumer",
             "edge",
             "rate_limit",
             "router",

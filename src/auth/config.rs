@@ -2,8 +2,8 @@
 
 use super::jwks::JwksConfig;
 use super::login::LoginConfig;
-use super::throttle::InvalidTokenLimitConfig;
 use crate::de::{de_duration, de_opt_duration};
+use crate::throttle::InvalidTokenLimitConfig;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -40,6 +40,10 @@ pub struct AuthConfig {
     /// Verified tokens remembered (bounded; entries end at the token's `exp`).
     #[serde(default = "default_cache_size")]
     pub cache_size: usize,
+    /// Claim naming the consumer a token belongs to (`sub`, or `iss` for one consumer per
+    /// issuer); a token naming none is still valid, as an anonymous consumer.
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
     /// Claim holding roles: a string or array, dotted path for nested claims.
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
@@ -61,6 +65,9 @@ fn default_max_token_bytes() -> usize {
 }
 fn default_cache_size() -> usize {
     10_000
+}
+fn default_consumer_claim() -> String {
+    "sub".into()
 }
 fn default_roles_claim() -> String {
     "role".into()

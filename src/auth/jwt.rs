@@ -6,6 +6,7 @@
 
 use super::IdentityHeader;
 use super::jwks::JwksSource;
+use crate::consumer::Consumers;
 use crate::identity::{ClaimPath, Identity, strings_at};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -83,6 +84,9 @@ pub struct JwtVerifier {
     /// Keyed by SHA-256 of the token (a full-width key: no collision can alias two tokens);
     /// the value remembers the JWKS generation it was verified under.
     cache: quick_cache::sync::Cache<[u8; 32], (Arc<Identity>, u64)>,
+    /// Consumers and the claim naming one (`auth.consumer_claim`): a token naming a consumer
+    /// gets the consumer's groups and headers.
+    consumers: Option<(ClaimPath, Arc<Consumers>)>,
 }
 
 #[derive(Deserialize)]
@@ -118,7 +122,14 @@ impl JwtVerifier {
             jwks,
             rules,
             cache: quick_cache::sync::Cache::new(cache_capacity.max(1)),
+            consumers: None,
         }
+    }
+
+    /// Maps tokens to consumers through `claim`.
+    pub fn with_consumers(mut self, claim: ClaimPath, consumers: Arc<Consumers>) -> Self {
+        self.consumers = Some((claim, consumers));
+        self
     }
 
     /// The claim rules (issuer, audience...) this verifier enforces.
@@ -276,14 +287,19 @@ impl JwtVerifier {
                 .map_err(|_| TokenError::BadClaimValue(ih.claim.to_string()))?;
             headers.push((ih.header.clone(), value));
         }
-        Ok(Identity {
+        let mut identity = Identity {
             subject: claims.get("sub").and_then(Value::as_str).map(String::from),
             roles,
             scopes,
             headers,
             claims,
             expires_at: exp,
-        })
+            consumer: None,
+        };
+        if let Some((claim, consumers)) = &self.consumers {
+            consumers.attach(&mut identity, claim);
+        }
+        Ok(identity)
     }
 
     /// Sum of the JWKS sources' generations: changes whenever any key set changes, so a token

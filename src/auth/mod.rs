@@ -5,18 +5,20 @@
 //! later phases only ever see an identity that was verified.
 
 mod config;
+pub mod gate;
 pub mod jwks;
 pub mod jwt;
 mod keys;
 pub mod login;
-pub mod throttle;
 
 pub use config::{AuthConfig, AuthMode, KeyConfig, ScopeMatch, TokenSourcesConfig};
+pub use gate::{AuthFailure, AuthMethod, Gate, RoutePolicy};
 
-use crate::errors::GatewayError;
+use crate::consumer::Consumers;
 use crate::header_set::HeaderSet;
 use crate::identity::{ClaimPath, Identity};
 use crate::invalid::Invalid;
+use crate::throttle::InvalidTokenThrottle;
 use http::{HeaderName, HeaderValue};
 use jwks::JwksSource;
 use jwt::{JwtVerifier, TokenKey, VerifyKey};
@@ -27,61 +29,11 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// A route's compiled authentication policy.
-#[derive(Debug, Clone, Default)]
-pub struct RoutePolicy {
-    pub mode: AuthMode,
-    pub roles: Vec<String>,
-    pub scopes: Vec<String>,
-    pub scope_match: ScopeMatch,
-    pub forward_authorization: bool,
-}
-
 /// One identity header mapping.
 #[derive(Debug, Clone)]
 pub struct IdentityHeader {
     pub header: HeaderName,
     pub claim: ClaimPath,
-}
-
-/// Why a request was refused by authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthFailure {
-    /// No token where one is required.
-    NoToken,
-    /// A token was present but is not acceptable.
-    InvalidToken,
-    /// The token is valid but lacks a required role or scope.
-    Forbidden,
-    /// The client IP presented too many invalid tokens lately; the token was not verified.
-    TooManyInvalidTokens { retry_after: u64 },
-}
-
-impl AuthFailure {
-    /// The answer to send, counted in `apigateway_auth_failures_total`.
-    pub fn into_refusal(self) -> GatewayError {
-        let (reason, err) = match self {
-            AuthFailure::NoToken => (
-                "no_token",
-                GatewayError::Unauthorized {
-                    token_present: false,
-                },
-            ),
-            AuthFailure::InvalidToken => (
-                "invalid_token",
-                GatewayError::Unauthorized {
-                    token_present: true,
-                },
-            ),
-            AuthFailure::Forbidden => ("forbidden", GatewayError::Forbidden),
-            AuthFailure::TooManyInvalidTokens { retry_after } => (
-                "invalid_token_throttled",
-                GatewayError::TooManyInvalidTokens { retry_after },
-            ),
-        };
-        crate::metrics::auth_failure(reason);
-        err
-    }
 }
 
 /// The compiled `auth:` section.
@@ -95,12 +47,13 @@ pub struct Auth {
     authorization_bit: u64,
     pub login: Option<Arc<LoginService>>,
     pub jwks: Vec<Arc<JwksSource>>,
-    throttle: Option<throttle::InvalidTokenThrottle>,
+    throttle: Option<InvalidTokenThrottle>,
 }
 
 impl Auth {
-    /// Loads keys, key sets and the users file. Errors are (key path, reason).
-    pub fn compile(cfg: &AuthConfig) -> Result<Self, Invalid> {
+    /// Loads keys, key sets and the users file; with `consumers`, tokens whose
+    /// `consumer_claim` names a consumer become that consumer. Errors are (key path, reason).
+    pub fn compile(cfg: &AuthConfig, consumers: Option<&Arc<Consumers>>) -> Result<Self, Invalid> {
         let mut keys = Vec::new();
         let mut signing = None;
         let login_kid = cfg.login.as_ref().map(|l| l.signing_key.as_str());
@@ -181,84 +134,60 @@ impl Auth {
         if cfg.max_token_bytes == 0 {
             return Err(Invalid::new("auth.max_token_bytes", "must be positive"));
         }
+        let mut verifier = JwtVerifier::new(keys, jwks.clone(), rules, cfg.cache_size);
+        if let Some(consumers) = consumers {
+            let claim = ClaimPath::parse(&cfg.consumer_claim)
+                .map_err(|e| Invalid::new("auth.consumer_claim", e))?;
+            verifier = verifier.with_consumers(claim, consumers.clone());
+        }
         Ok(Auth {
-            verifier: JwtVerifier::new(keys, jwks.clone(), rules, cfg.cache_size),
+            verifier,
             sources: cfg.token_sources.clone(),
             max_token_bytes: cfg.max_token_bytes,
             client_identity,
             authorization_bit,
             login,
             jwks,
-            throttle: throttle::InvalidTokenThrottle::compile(&cfg.invalid_token_limit)?,
+            throttle: InvalidTokenThrottle::compile(
+                &cfg.invalid_token_limit,
+                "auth.invalid_token_limit",
+            )?,
         })
     }
 
-    /// Verifies the caller against a route's policy. `Ok(None)` is an anonymous caller on a
-    /// route that allows one. `client_ip` keys the invalid-token throttle.
-    pub async fn authenticate(
-        &self,
-        req: &RequestHeader,
-        policy: &RoutePolicy,
-        client_ip: Option<IpAddr>,
-    ) -> Result<Option<Arc<Identity>>, AuthFailure> {
-        if policy.mode == AuthMode::None {
-            return Ok(None);
-        }
-        let throttle = self.throttle.as_ref().zip(client_ip);
-        let identity = match self.verify_request(req, policy, throttle).await {
-            Err(AuthFailure::InvalidToken) => {
-                if let Some((throttle, ip)) = throttle {
-                    throttle.record_failure(&ip);
-                }
-                return Err(AuthFailure::InvalidToken);
-            }
-            other => other?,
-        };
-        let Some(identity) = identity else {
-            return Ok(None);
-        };
-        if !authorized(&identity, policy) {
-            return Err(AuthFailure::Forbidden);
-        }
-        Ok(Some(identity))
+    /// The invalid-credential throttle (`auth.invalid_token_limit`), if on.
+    pub fn throttle(&self) -> Option<&InvalidTokenThrottle> {
+        self.throttle.as_ref()
     }
 
-    /// Finds and verifies the token. A throttled IP still gets in with a token verified before
-    /// (a cache hit costs no signature check), so one bad client behind a shared address does
-    /// not lock out the others.
-    async fn verify_request(
+    /// Verifies a token. A throttled IP still gets in with a token verified before (a cache
+    /// hit costs no signature check), so one bad client behind a shared address does not lock
+    /// out the others.
+    pub(super) async fn verify_token(
         &self,
-        req: &RequestHeader,
-        policy: &RoutePolicy,
-        throttle: Option<(&throttle::InvalidTokenThrottle, IpAddr)>,
-    ) -> Result<Option<Arc<Identity>>, AuthFailure> {
-        let token = match self.extract_token(req)? {
-            Some(t) => t,
-            None if policy.mode == AuthMode::Optional => return Ok(None),
-            None => return Err(AuthFailure::NoToken),
-        };
+        token: &str,
+        throttle: Option<(&InvalidTokenThrottle, IpAddr)>,
+    ) -> Result<Arc<Identity>, AuthFailure> {
         // A token verified before passes whatever the throttle says, so it is looked up first
         // (and the throttle, a shared counter, is only read for tokens that need verifying).
-        let key = TokenKey::of(&token);
+        let key = TokenKey::of(token);
         if let Some(identity) = self.verifier.cached_key(&key) {
-            return Ok(Some(identity));
+            return Ok(identity);
         }
         if let Some(retry_after) = throttle.and_then(|(t, ip)| t.refused(&ip)) {
             return Err(AuthFailure::TooManyInvalidTokens { retry_after });
         }
-        let identity = self
-            .verifier
-            .verify_uncached(&token, key)
+        self.verifier
+            .verify_uncached(token, key)
             .await
             .map_err(|e| {
                 log::debug!("token refused: {e}");
                 AuthFailure::InvalidToken
-            })?;
-        Ok(Some(identity))
+            })
     }
 
     /// Finds the token: Authorization header first, then cookie, then query parameter.
-    fn extract_token<'a>(
+    pub(super) fn extract_token<'a>(
         &self,
         req: &'a RequestHeader,
     ) -> Result<Option<Cow<'a, str>>, AuthFailure> {
@@ -324,12 +253,10 @@ impl Auth {
         })
     }
 
-    /// Prepares the upstream request: removes client-sent identity headers and token carriers,
-    /// then adds the verified identity's headers.
-    pub fn apply_upstream(
+    /// Removes client-sent identity headers and token carriers from the upstream request.
+    pub fn strip_client_copies(
         &self,
         upstream: &mut RequestHeader,
-        identity: Option<&Identity>,
         forward_authorization: bool,
     ) -> pingora::Result<()> {
         let mut remove = self.client_identity.present_in(&upstream.headers);
@@ -339,11 +266,6 @@ impl Auth {
         self.client_identity.remove_from_request(upstream, remove);
         if let Some(cookie) = &self.sources.cookie {
             strip_cookie(upstream, cookie)?;
-        }
-        if let Some(identity) = identity {
-            for (name, value) in &identity.headers {
-                upstream.insert_header(name.clone(), value.clone())?;
-            }
         }
         Ok(())
     }
@@ -387,18 +309,6 @@ fn strip_cookie(upstream: &mut RequestHeader, name: &str) -> pingora::Result<()>
         upstream.insert_header(http::header::COOKIE, value)?;
     }
     Ok(())
-}
-
-fn authorized(identity: &Identity, policy: &RoutePolicy) -> bool {
-    let roles_ok =
-        policy.roles.is_empty() || policy.roles.iter().any(|r| identity.roles.contains(r));
-    let has = |s: &String| identity.scopes.contains(s);
-    let scopes_ok = policy.scopes.is_empty()
-        || match policy.scope_match {
-            ScopeMatch::All => policy.scopes.iter().all(has),
-            ScopeMatch::Any => policy.scopes.iter().any(has),
-        };
-    roles_ok && scopes_ok
 }
 
 #[cfg(test)]
@@ -445,7 +355,7 @@ mod tests {
             "keys: [{alg: HS256, secret: 0123456789abcdef0123456789abcdef}]\ntoken_sources: {query: access_token}\n",
         )
         .unwrap();
-        let auth = Auth::compile(&cfg).unwrap();
+        let auth = Auth::compile(&cfg, None).unwrap();
         assert_eq!(auth.strip_query("a=1&access_token=x.y.z&b=2"), "a=1&b=2");
         assert_eq!(auth.strip_query("a=1"), "a=1");
     }

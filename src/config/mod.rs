@@ -49,6 +49,15 @@ pub struct GatewayConfig {
     /// JWT verification, identity headers and the login endpoint.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// Consumers: applications and partners with API keys, Basic credentials, groups, limits.
+    #[serde(default)]
+    pub consumers: Vec<crate::consumer::ConsumerConfig>,
+    /// A YAML file with more consumers (`consumers: [...]`), read again on every reload.
+    #[serde(default)]
+    pub consumers_file: Option<PathBuf>,
+    /// Where API keys and Basic credentials are read, and the consumer headers sent upstream.
+    #[serde(default)]
+    pub consumer_auth: Option<crate::consumer::ConsumerAuthConfig>,
     /// Rate-limit policies and their store.
     #[serde(default)]
     pub rate_limits: Option<RateLimitsConfig>,

@@ -43,6 +43,12 @@ pub struct RouteConfig {
     /// `none` (default), `optional` or `required` (needs the top-level `auth:` section).
     #[serde(default)]
     pub auth: AuthMode,
+    /// Credentials the route accepts, any of `jwt` (default), `api_key`, `basic`.
+    #[serde(default)]
+    pub auth_methods: Option<Vec<crate::auth::AuthMethod>>,
+    /// Only registered consumers pass (a token naming no consumer is refused with 403).
+    #[serde(default)]
+    pub require_consumer: bool,
     /// Roles admitted (any of); needs `auth: required`.
     #[serde(default)]
     pub roles: Vec<String>,

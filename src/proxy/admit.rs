@@ -125,13 +125,14 @@ async fn authenticate(
     req: &RequestHeader,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
-    let (Some(auth), Some(target)) = (snapshot.auth(), ctx.target()) else {
+    let Some(target) = ctx.target() else {
         return Ok(());
     };
-    ctx.identity = auth
+    let gate = snapshot.gate();
+    ctx.identity = gate
         .authenticate(req, &target.policy, ctx.inbound.client_ip)
         .await
-        .map_err(|f| f.into_refusal())?;
+        .map_err(|f| gate.refusal(f, &target.policy))?;
     Ok(())
 }
 

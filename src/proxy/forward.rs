@@ -20,9 +20,15 @@ pub(super) fn set_uri(
     let (Some(route), Some(snapshot)) = (ctx.route.as_ref(), ctx.snapshot.as_ref()) else {
         return Ok(());
     };
-    let query = req.uri.query().map(|q| match snapshot.auth() {
-        Some(auth) => auth.strip_query(q),
-        None => Cow::Borrowed(q),
+    let query = req.uri.query().map(|q| {
+        let q = match snapshot.auth() {
+            Some(auth) => auth.strip_query(q),
+            None => Cow::Borrowed(q),
+        };
+        match snapshot.consumers() {
+            Some(consumers) => consumers.strip_query(q),
+            None => q,
+        }
     });
     let query = ctx.exchange.on_query(query, || ctx.vars());
     let uri = match query {
@@ -60,11 +66,15 @@ pub(super) fn set_headers(
     upstream.insert_header("x-gateway-route", pool.name_value.clone())?;
     upstream.insert_header("x-request-id", ctx.inbound.request_id_value().clone())?;
     if let Some(auth) = snapshot.auth() {
-        auth.apply_upstream(
-            upstream,
-            ctx.identity.as_deref(),
-            target.policy.forward_authorization,
-        )?;
+        auth.strip_client_copies(upstream, target.policy.forward_authorization)?;
+    }
+    if let Some(consumers) = snapshot.consumers() {
+        consumers.strip_client_copies(upstream);
+    }
+    if let Some(identity) = ctx.identity.as_deref() {
+        for (name, value) in &identity.headers {
+            upstream.insert_header(name.clone(), value.clone())?;
+        }
     }
     let peer = ctx.inbound.peer_ip;
     let hop = Hop {

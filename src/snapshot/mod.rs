@@ -6,6 +6,7 @@
 //! that decides whether a reload keeps them. A request loads the pointer once and keeps that
 //! `Arc` for its whole life, so a reload never mixes two configs.
 
+mod consumers;
 mod route;
 pub mod sections;
 
@@ -21,6 +22,7 @@ use crate::router::RouteTable;
 use crate::tls::CertStore;
 use crate::upstream::ServicePool;
 use arc_swap::ArcSwap;
+use consumers::ConsumerSection;
 pub use route::RouteTarget;
 use sections::{AuthSection, Listeners, Services};
 use std::net::SocketAddr;
@@ -43,6 +45,7 @@ pub struct Snapshot {
     /// Plaintext listeners also accept HTTP/2 with prior knowledge.
     pub h2c: bool,
     auth: AuthSection,
+    consumers: ConsumerSection,
     /// Rate-limit policies and stores, if configured.
     pub rate_limiter: Option<Limiter>,
     /// Finds the client address behind trusted proxies.
@@ -95,7 +98,13 @@ impl Snapshot {
     ) -> Result<Self, Invalid> {
         let listeners = Listeners::compile(&cfg.listen, cfg.tls.as_ref(), base)?;
         let services = Services::compile(&cfg.services, base, previous.map(|p| &p.services))?;
-        let auth = AuthSection::compile(cfg.auth.as_ref(), base, previous.map(|p| &p.auth))?;
+        let consumers = ConsumerSection::compile(cfg, base, previous.map(|p| &p.consumers))?;
+        let auth = AuthSection::compile(
+            cfg.auth.as_ref(),
+            base,
+            previous.map(|p| &p.auth),
+            &consumers,
+        )?;
         let rate_limiter = cfg
             .rate_limits
             .as_ref()
@@ -123,6 +132,7 @@ impl Snapshot {
             cfg,
             services: &services,
             auth_configured: auth.auth.is_some(),
+            consumers: consumers.consumers.as_deref(),
             limiter: rate_limiter.as_ref(),
             cors: &cors,
             security: &security,
@@ -135,6 +145,7 @@ impl Snapshot {
             tls: listeners.tls,
             h2c: cfg.h2c,
             auth,
+            consumers,
             rate_limiter,
             client_ip,
             ip_restriction,
@@ -189,6 +200,19 @@ impl Snapshot {
     /// JWT verification and login, if configured.
     pub fn auth(&self) -> Option<&Arc<Auth>> {
         self.auth.auth.as_ref()
+    }
+
+    /// Consumers, if configured.
+    pub fn consumers(&self) -> Option<&Arc<crate::consumer::Consumers>> {
+        self.consumers.consumers.as_ref()
+    }
+
+    /// The authentication stage's view of the snapshot.
+    pub fn gate(&self) -> crate::auth::Gate<'_> {
+        crate::auth::Gate {
+            auth: self.auth().map(|a| &**a),
+            consumers: self.consumers().map(|c| &**c),
+        }
     }
 
     /// JWKS sources to keep fresh.

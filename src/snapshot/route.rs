@@ -3,7 +3,7 @@
 
 use super::sections::Services;
 use crate::aggregate::Aggregate;
-use crate::auth::{AuthMode, RoutePolicy};
+use crate::auth::{AuthMethod, AuthMode, RoutePolicy};
 use crate::config::{GatewayConfig, RouteConfig};
 use crate::edge::cors::Cors;
 use crate::edge::headers::SecurityHeaders;
@@ -47,6 +47,7 @@ pub(super) struct RouteInputs<'a> {
     pub cfg: &'a GatewayConfig,
     pub services: &'a Services,
     pub auth_configured: bool,
+    pub consumers: Option<&'a crate::consumer::Consumers>,
     pub limiter: Option<&'a Limiter>,
     pub cors: &'a Option<Arc<Cors>>,
     pub security: &'a Arc<SecurityHeaders>,
@@ -86,7 +87,7 @@ fn compile_target(
     Ok(RouteTarget {
         service,
         aggregate,
-        policy: policy(route, inputs.auth_configured)?,
+        policy: policy(route, inputs)?,
         rate_limits: rate_limits(route, inputs.limiter)?,
         ip_restriction: match &route.ip_restriction {
             Some(c) => IpRestriction::compile(c, "ip_restriction")?,
@@ -140,22 +141,55 @@ fn destination(route: &RouteConfig, services: &Services) -> Result<Destination, 
 }
 
 /// Checks and compiles a route's auth settings.
-fn policy(route: &RouteConfig, auth_configured: bool) -> Result<RoutePolicy, Invalid> {
-    let wants_identity = !route.roles.is_empty() || !route.scopes.is_empty();
-    if route.auth != AuthMode::None && !auth_configured {
+fn policy(route: &RouteConfig, inputs: &RouteInputs<'_>) -> Result<RoutePolicy, Invalid> {
+    let wants_identity =
+        !route.roles.is_empty() || !route.scopes.is_empty() || route.require_consumer;
+    let methods = route
+        .auth_methods
+        .clone()
+        .unwrap_or_else(|| vec![AuthMethod::Jwt]);
+    if methods.is_empty() {
         return Err(Invalid::new(
-            "auth",
-            "needs the top-level `auth:` section (keys or jwks)",
+            "auth_methods",
+            "list at least one of jwt, api_key, basic",
+        ));
+    }
+    if route.auth != AuthMode::None {
+        for (i, m) in methods.iter().enumerate() {
+            if methods[..i].contains(m) {
+                return Err(Invalid::new(format!("auth_methods[{i}]"), "listed twice"));
+            }
+            let missing = match m {
+                AuthMethod::Jwt if !inputs.auth_configured => {
+                    "`jwt` needs the top-level `auth:` section (keys or jwks)"
+                }
+                AuthMethod::ApiKey | AuthMethod::Basic if inputs.consumers.is_none() => {
+                    "`api_key` and `basic` need consumers (`consumers:` or `consumers_file`)"
+                }
+                _ => continue,
+            };
+            let key = match &route.auth_methods {
+                Some(_) => format!("auth_methods[{i}]"),
+                None => "auth".to_string(),
+            };
+            return Err(Invalid::new(key, missing));
+        }
+    } else if route.auth_methods.is_some() {
+        return Err(Invalid::new(
+            "auth_methods",
+            "needs `auth: required` or `auth: optional`",
         ));
     }
     if wants_identity && route.auth != AuthMode::Required {
         return Err(Invalid::new(
             "auth",
-            "`roles`/`scopes` need `auth: required`",
+            "`roles`/`scopes`/`require_consumer` need `auth: required`",
         ));
     }
     Ok(RoutePolicy {
         mode: route.auth,
+        methods,
+        require_consumer: route.require_consumer,
         roles: route.roles.clone(),
         scopes: route.scopes.clone(),
         scope_match: route.scope_match,

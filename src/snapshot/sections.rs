@@ -147,17 +147,19 @@ impl AuthSection {
         cfg: Option<&AuthConfig>,
         base: &Path,
         previous: Option<&AuthSection>,
+        consumers: &super::consumers::ConsumerSection,
     ) -> Result<Self, Invalid> {
         let Some(cfg) = cfg.map(|a| a.clone().relative_to(base)) else {
             return Ok(AuthSection::default());
         };
-        let fingerprint = Some(auth_fingerprint(&cfg));
+        // Tokens are mapped to consumers when verified: new consumers mean a new token cache.
+        let fingerprint = Some(auth_fingerprint(&cfg, consumers.fingerprint));
         let kept = previous
             .filter(|p| p.fingerprint == fingerprint)
             .and_then(|p| p.auth.clone());
         let auth = match kept {
             Some(auth) => auth,
-            None => Arc::new(Auth::compile(&cfg)?),
+            None => Arc::new(Auth::compile(&cfg, consumers.consumers.as_ref())?),
         };
         Ok(AuthSection {
             auth: Some(auth),
@@ -166,9 +168,10 @@ impl AuthSection {
     }
 }
 
-fn auth_fingerprint(cfg: &AuthConfig) -> [u8; 32] {
+fn auth_fingerprint(cfg: &AuthConfig, consumers: Option<[u8; 32]>) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
+    h.update(consumers.unwrap_or_default());
     h.update(format!("{cfg:?}").as_bytes());
     h.update(files_digest(cfg.referenced_files()));
     h.finalize().into()

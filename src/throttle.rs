@@ -1,6 +1,7 @@
-//! The pre-auth throttle: a client IP that keeps presenting invalid tokens is refused before its
-//! next token's signature is checked, so a flood of forged tokens cannot make RSA/ECDSA
-//! verification dominate the CPU.
+//! The pre-verification throttle: a client IP that keeps presenting invalid credentials (tokens,
+//! API keys, Basic passwords) is refused before its next one is checked, so a flood of forged
+//! tokens cannot make RSA/ECDSA verification (or argon2) dominate the CPU, and guessing keys
+//! from one address is slow.
 //!
 //! Failures are counted per client IP (the socket peer, or the forwarded address only behind
 //! `trusted_proxies`, never a claim) in pingora-limits' `Rate`: a fixed window of count-min
@@ -41,15 +42,13 @@ pub struct InvalidTokenThrottle {
 
 impl InvalidTokenThrottle {
     /// `None` when turned off. Errors are (key path, reason).
-    pub fn compile(cfg: &InvalidTokenLimitConfig) -> Result<Option<Self>, Invalid> {
+    /// `key` names the section in errors (`auth.invalid_token_limit`).
+    pub fn compile(cfg: &InvalidTokenLimitConfig, key: &str) -> Result<Option<Self>, Invalid> {
         if cfg.failures == 0 {
             return Ok(None);
         }
         if cfg.period < Duration::from_secs(1) {
-            return Err(Invalid::new(
-                "auth.invalid_token_limit.period",
-                "must be at least 1s",
-            ));
+            return Err(Invalid::new(format!("{key}.period"), "must be at least 1s"));
         }
         Ok(Some(InvalidTokenThrottle {
             failures: Rate::new(cfg.period),
@@ -75,10 +74,13 @@ mod tests {
 
     #[test]
     fn an_ip_is_refused_after_its_failures_and_others_are_not() {
-        let throttle = InvalidTokenThrottle::compile(&InvalidTokenLimitConfig {
-            failures: 3,
-            period: Duration::from_secs(60),
-        })
+        let throttle = InvalidTokenThrottle::compile(
+            &InvalidTokenLimitConfig {
+                failures: 3,
+                period: Duration::from_secs(60),
+            },
+            "k",
+        )
         .unwrap()
         .unwrap();
         let bad: IpAddr = "192.0.2.1".parse().unwrap();
@@ -97,12 +99,14 @@ mod tests {
             failures: 0,
             ..Default::default()
         };
-        assert!(InvalidTokenThrottle::compile(&off).unwrap().is_none());
+        assert!(InvalidTokenThrottle::compile(&off, "k").unwrap().is_none());
         let short = InvalidTokenLimitConfig {
             period: Duration::from_millis(10),
             ..Default::default()
         };
-        let err = InvalidTokenThrottle::compile(&short).err().unwrap();
+        let err = InvalidTokenThrottle::compile(&short, "auth.invalid_token_limit")
+            .err()
+            .unwrap();
         assert_eq!(err.key, "auth.invalid_token_limit.period");
     }
 }
