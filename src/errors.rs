@@ -75,6 +75,9 @@ pub enum GatewayError {
     /// A rate-limit policy refused the request; it carries the limit headers to send
     /// (`X-RateLimit-*`, `RateLimit*`, `Retry-After`) so errors need not know the limiter.
     RateLimited(Box<[(&'static str, http::HeaderValue)]>),
+    /// A consumer's quota is used up; it carries `Retry-After` and the quota's
+    /// `RateLimit-Policy` / `RateLimit` items.
+    QuotaExceeded(Box<[(&'static str, http::HeaderValue)]>),
     /// The shared rate-limit store is down and `on_store_error: deny`.
     LimiterUnavailable,
     /// A required call of an aggregate route failed.
@@ -111,7 +114,9 @@ impl GatewayError {
             | GatewayError::InvalidJsonBody
             | GatewayError::InvalidFraming(_)
             | GatewayError::UpgradeNotAllowed => 400,
-            GatewayError::RateLimited(_) | GatewayError::TooManyInvalidTokens { .. } => 429,
+            GatewayError::RateLimited(_)
+            | GatewayError::QuotaExceeded(_)
+            | GatewayError::TooManyInvalidTokens { .. } => 429,
             GatewayError::LimiterUnavailable | GatewayError::TooManyConnections => 503,
             GatewayError::RequestTimeout => 408,
             GatewayError::AggregateCallFailed { .. } | GatewayError::AggregateConflict { .. } => {
@@ -176,9 +181,10 @@ impl GatewayError {
             | GatewayError::TooManyInvalidTokens { retry_after } => {
                 let _ = header.insert_header("retry-after", retry_after.to_string());
             }
-            GatewayError::RateLimited(headers) => {
+            GatewayError::RateLimited(headers) | GatewayError::QuotaExceeded(headers) => {
+                // Appended: a quota's `RateLimit` items are one field line each.
                 for (name, value) in headers.iter() {
-                    let _ = header.insert_header(*name, value.clone());
+                    let _ = header.append_header(*name, value.clone());
                 }
             }
             GatewayError::LimiterUnavailable | GatewayError::TooManyConnections => {
@@ -261,6 +267,7 @@ impl fmt::Display for GatewayError {
                 f.write_str("Bad request: WebSocket upgrades are not enabled on this route")
             }
             GatewayError::RateLimited(_) => f.write_str("Rate limit exceeded"),
+            GatewayError::QuotaExceeded(_) => f.write_str("Quota exceeded"),
             GatewayError::LimiterUnavailable => f.write_str("Rate limiter unavailable"),
             GatewayError::AggregateCallFailed { call, reason } => {
                 write!(f, "Aggregate call {call:?} failed: {reason}")

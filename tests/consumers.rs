@@ -358,3 +358,158 @@ fn new_key_prints_a_key_and_the_sha256_of_it() {
         .collect();
     assert_eq!(hash, format!("sha256:{hex}"));
 }
+
+fn header_values(h: &reqwest::header::HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_have_their_own_limits_and_a_quota_counts_only_admitted_requests() {
+    let (ka, ha) = minted_key();
+    let (kb, hb) = minted_key();
+    let (_up, gw) = gateway(
+        &format!(
+            "rate_limits:\n  policies:\n    per_consumer: {{requests: 1, period: 60s, key: consumer}}\n    tight: {{requests: 2, period: 60s, key: consumer}}\n\
+             consumers:\n\
+             \x20 - {{id: a, api_keys: [{{hash: '{ha}'}}], quotas: [{{requests: 3, period: day}}]}}\n\
+             \x20 - {{id: b, api_keys: [{{hash: '{hb}'}}], rate_limits: [tight]}}\n"
+        ),
+        "  - {path: /limited, service: up, auth: required, auth_methods: [api_key], rate_limits: [per_consumer]}\n\
+         \x20 - {path: /free, service: up, auth: required, auth_methods: [api_key], rate_limits: []}\n",
+    )
+    .await;
+    let c = client();
+    let get = |path: &str, key: &str| c.get(gw.url(path)).header("apikey", key);
+
+    // Keyed per consumer: a's second request on /limited is refused, b's first is not.
+    assert_eq!(send(get("/limited", &ka)).await.0, 200);
+    let (status, _, body) = send(get("/limited", &ka)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("Rate limit exceeded"))
+    );
+    assert_eq!(send(get("/limited", &kb)).await.0, 200);
+
+    // a's quota (3 a day) counted the admitted request only: two more pass on /free.
+    for remaining in [1, 0] {
+        let (status, h, _) = send(get("/free", &ka)).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            header_values(&h, "ratelimit-policy"),
+            ["\"quota-day\";q=3;w=86400"]
+        );
+        let limit = header_values(&h, "ratelimit");
+        assert!(
+            limit[0].starts_with(&format!("\"quota-day\";r={remaining};t=")),
+            "{limit:?}"
+        );
+    }
+    let (status, h, body) = send(get("/free", &ka)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("Quota exceeded"))
+    );
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    assert!(header_values(&h, "ratelimit")[0].starts_with("\"quota-day\";r=0;t="));
+
+    // b's own policy (2 a minute) applies on a route that has none.
+    assert_eq!(send(get("/free", &kb)).await.0, 200);
+    assert_eq!(
+        send(get("/free", &kb)).await.0,
+        429,
+        "b used 1 on /limited and 1 here"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_on_redis_are_shared_by_gateways_and_survive_a_restart() {
+    let redis = RedisServer::start();
+    let (key, hash) = minted_key();
+    let up = EchoServer::start("up", "127.0.0.1:0").await.unwrap();
+    let config = format!(
+        "services:\n  up: {{backends: ['{}']}}\n\
+         rate_limits:\n  store: redis\n  redis: {{url: '{}', timeout: 500ms}}\n  on_store_error: deny\n  policies: {{}}\n\
+         consumers:\n  - {{id: shared, api_keys: [{{hash: '{hash}'}}], quotas: [{{requests: 4, period: month}}]}}\n\
+         routes:\n  - {{path: /q, service: up, auth: required, auth_methods: [api_key], rate_limits: []}}\n",
+        up.addr,
+        redis.url()
+    );
+    let a = Gateway::start(&config);
+    let b = Gateway::start(&config);
+    let c = client();
+    let get = |gw: &Gateway| c.get(gw.url("/q")).header("apikey", &key);
+    for gw in [&a, &b, &a, &b] {
+        assert_eq!(send(get(gw)).await.0, 200);
+    }
+    assert_eq!(send(get(&a)).await.0, 429);
+    assert_eq!(send(get(&b)).await.0, 429);
+    drop(a);
+    let restarted = Gateway::start(&config);
+    let (status, _, body) = send(get(&restarted)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("Quota exceeded"))
+    );
+    assert_eq!(up.requests(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_the_consumers_file_adds_and_revokes_keys() {
+    let (old, old_hash) = minted_key();
+    let (new, new_hash) = minted_key();
+    let up = EchoServer::start("up", "127.0.0.1:0").await.unwrap();
+    let body = format!(
+        "services:\n  up: {{backends: ['{}']}}\nconsumers_file: consumers.yaml\n\
+         routes:\n  - {{path: /k, service: up, auth: required, auth_methods: [api_key]}}\n",
+        up.addr
+    );
+    let gw = Gateway::start_with_files(
+        &body,
+        &[(
+            "consumers.yaml",
+            &format!("consumers:\n  - {{id: app, api_keys: [{{hash: '{old_hash}'}}]}}\n"),
+        )],
+    );
+    let c = client();
+    let status = |k: String| {
+        let req = c.get(gw.url("/k")).header("apikey", k);
+        async move { send(req).await.0 }
+    };
+    assert_eq!(status(old.clone()).await, 200);
+    assert_eq!(status(new.clone()).await, 401);
+    std::fs::write(
+        gw.dir().join("consumers.yaml"),
+        format!("consumers:\n  - {{id: app, api_keys: [{{hash: '{new_hash}'}}]}}\n"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let swapped = eventually(std::time::Duration::from_secs(10), || {
+        let (o, n) = (status(old.clone()), status(new.clone()));
+        async move { o.await == 401 && n.await == 200 }
+    })
+    .await;
+    assert!(
+        swapped,
+        "the reload did not swap the keys:\n{}",
+        gw.stderr()
+    );
+
+    // A broken file is refused as a whole: the old consumers stay.
+    std::fs::write(
+        gw.dir().join("consumers.yaml"),
+        "consumers:\n  - {id: app, api_keys: [{hash: nope}]}\n",
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let logged = eventually(std::time::Duration::from_secs(10), || {
+        let text = gw.stderr();
+        async move { text.contains("consumers.yaml: consumers[0].api_keys[0].hash") }
+    })
+    .await;
+    assert!(logged, "{}", gw.stderr());
+    assert_eq!(status(new.clone()).await, 200);
+}

@@ -30,6 +30,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Consumer {
     pub id: Arc<str>,
+    /// Where it is configured (`consumers[2]`, or the consumers file and index), for errors.
+    pub source: String,
     /// The identity of a caller that presented this consumer's key or Basic credentials.
     pub identity: Arc<Identity>,
     /// Headers describing the consumer upstream: id, username, groups, its own headers.
@@ -100,7 +102,8 @@ impl Consumers {
         let mut extra_names = Vec::new();
         for (path, c) in entries {
             let index = this.list.len();
-            let consumer = compile_consumer(c, index, &names).map_err(|e| e.within(path))?;
+            let mut consumer = compile_consumer(c, index, &names).map_err(|e| e.within(path))?;
+            consumer.source = path.clone();
             if this.by_id.insert(c.id.clone(), index).is_some() {
                 return Err(Invalid::new(
                     format!("{path}.id"),
@@ -390,6 +393,7 @@ fn compile_consumer(
     };
     Ok(Consumer {
         id,
+        source: String::new(),
         identity: Arc::new(identity),
         headers,
         groups: c.groups.clone(),

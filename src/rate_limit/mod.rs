@@ -3,7 +3,9 @@
 //! and a Redis store shared by a cluster, and optional per-key concurrency limits.
 
 mod admission;
+pub mod by_consumer;
 pub mod local;
+pub mod quota;
 pub mod redis_store;
 
 pub use admission::Admission;
@@ -46,6 +48,22 @@ pub struct RateLimitsConfig {
     pub sweep_interval: Duration,
 }
 
+impl RateLimitsConfig {
+    /// No policies, local store: the limiter consumers' quotas need without a `rate_limits:`
+    /// section.
+    pub fn quotas_only() -> Self {
+        RateLimitsConfig {
+            policies: BTreeMap::new(),
+            default: None,
+            store: StoreKind::Local,
+            redis: None,
+            on_store_error: OnStoreError::Local,
+            max_keys: default_max_keys(),
+            sweep_interval: default_sweep(),
+        }
+    }
+}
+
 fn default_max_keys() -> usize {
     1_000_000
 }
@@ -64,7 +82,7 @@ pub struct PolicyConfig {
     /// Requests admitted at once (bucket size); default `requests`.
     #[serde(default)]
     pub burst: Option<u64>,
-    /// `user` (default), `ip`, `header:NAME`, `claim:NAME`, `route` or `global`.
+    /// `user` (default), `consumer`, `ip`, `header:NAME`, `claim:NAME`, `route` or `global`.
     #[serde(default = "default_key")]
     pub key: String,
     /// Optional cap on requests in flight per key.
@@ -103,6 +121,8 @@ pub enum KeySource {
     Header(http::HeaderName),
     /// A verified claim, else the client IP.
     Claim(crate::identity::ClaimPath),
+    /// The verified consumer's id, else the client IP.
+    Consumer,
     Route,
     Global,
 }
@@ -226,13 +246,21 @@ pub struct Limiter {
     on_store_error: OnStoreError,
     inflight: Arc<pingora_limits::inflight::Inflight>,
     pub sweep_interval: Duration,
+    /// Consumers' own policies and quotas.
+    consumer_limits: by_consumer::ConsumerLimits,
+    /// In-process quota counts (shared with the next snapshot on reload).
+    quotas: Arc<quota::LocalQuotas>,
 }
 
 impl Limiter {
     /// Compiles the `rate_limits:` section. With the previous snapshot's limiter, its key store
     /// and in-flight counters are kept (store keys carry each policy's settings, so only
     /// unchanged policies find their old counters).
-    pub fn compile(cfg: &RateLimitsConfig, previous: Option<&Limiter>) -> Result<Self, Invalid> {
+    pub fn compile(
+        cfg: &RateLimitsConfig,
+        previous: Option<&Limiter>,
+        consumers: Option<&crate::consumer::Consumers>,
+    ) -> Result<Self, Invalid> {
         let mut policies = Vec::new();
         let mut by_name = BTreeMap::new();
         for (name, p) in &cfg.policies {
@@ -263,7 +291,10 @@ impl Limiter {
             return Err(Invalid::new("rate_limits.max_keys", "must be at least 1"));
         }
         let kept = previous.filter(|p| p.max_keys == cfg.max_keys);
+        let consumer_limits = by_consumer::ConsumerLimits::compile(consumers, &by_name)?;
         Ok(Limiter {
+            consumer_limits,
+            quotas: by_consumer::kept_quotas(previous),
             policies,
             by_name,
             default,
@@ -296,6 +327,11 @@ impl Limiter {
                 })
                 .collect(),
         }
+    }
+
+    /// A consumer's own policies (beside its routes').
+    pub fn consumer_policies(&self, consumer: &crate::identity::ConsumerTag) -> &[usize] {
+        self.consumer_limits.policies(consumer)
     }
 
     /// Applies every listed policy; all must admit.
@@ -423,6 +459,10 @@ fn key_text<'a>(policy: &'a Policy, inputs: &'a KeyInputs<'_>) -> KeyText<'a> {
             Some(sub) => borrowed(b"user:", sub.as_bytes()),
             None => ip(),
         },
+        KeySource::Consumer => match inputs.identity.and_then(|i| i.consumer.as_ref()) {
+            Some(c) => borrowed(b"consumer:", c.id.as_bytes()),
+            None => ip(),
+        },
         KeySource::Ip => ip(),
         KeySource::Header(name) => match inputs.headers.get(name) {
             Some(v) => borrowed(b"hdr:", v.as_bytes()),
@@ -475,6 +515,7 @@ fn compile_policy(name: &str, p: &PolicyConfig, key: &str) -> Result<Policy, Inv
     }
     let source = match p.key.as_str() {
         "user" => KeySource::User,
+        "consumer" => KeySource::Consumer,
         "ip" => KeySource::Ip,
         "route" => KeySource::Route,
         "global" => KeySource::Global,
@@ -492,7 +533,7 @@ fn compile_policy(name: &str, p: &PolicyConfig, key: &str) -> Result<Policy, Inv
                 return Err(Invalid::new(
                     format!("{key}.key"),
                     format!(
-                        "unknown key {other:?} (expected user, ip, header:NAME, claim:NAME, route or global)"
+                        "unknown key {other:?} (expected user, consumer, ip, header:NAME, claim:NAME, route or global)"
                     ),
                 ));
             }

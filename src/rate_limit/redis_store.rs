@@ -54,6 +54,35 @@ return {1, new - now, 0}
 "#;
 
 /// A failure to reach a decision from Redis in time.
+/// Quotas, all or nothing: KEYS are (current window, previous window) per quota; ARGV per quota
+/// the limit, the weight of the previous window (0 for calendar periods) and the current
+/// window's expiry in seconds. Refused when any estimate is at its limit (nothing counted),
+/// else every current window counts one. Returns `{admitted, refused quota or 0, cur1, prev1,
+/// cur2, prev2, ...}` with the counts after counting.
+const QUOTA_SCRIPT: &str = r#"
+local n = #KEYS / 2
+local counts = {}
+local refused = 0
+for i = 1, n do
+  local cur = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local prev = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  counts[2 * i - 1] = cur
+  counts[2 * i] = prev
+  if refused == 0 and math.ceil(prev * tonumber(ARGV[3 * i - 1])) + cur >= tonumber(ARGV[3 * i - 2]) then
+    refused = i
+  end
+end
+if refused == 0 then
+  for i = 1, n do
+    counts[2 * i - 1] = redis.call('INCR', KEYS[2 * i - 1])
+    if counts[2 * i - 1] == 1 then redis.call('EXPIRE', KEYS[2 * i - 1], ARGV[3 * i]) end
+  end
+end
+local out = {refused == 0 and 1 or 0, refused}
+for i = 1, 2 * n do out[i + 2] = counts[i] end
+return out
+"#;
+
 #[derive(Debug)]
 pub struct StoreUnavailable(pub String);
 
@@ -65,6 +94,7 @@ pub struct RedisStore {
     timeout: Duration,
     prefix: String,
     script: redis::Script,
+    quota_script: redis::Script,
     /// No connection attempt before this instant after a failed one (fail fast in an outage).
     retry_gate: std::sync::Mutex<Option<Instant>>,
     degraded: AtomicBool,
@@ -97,6 +127,7 @@ impl RedisStore {
             timeout: cfg.timeout,
             prefix: cfg.key_prefix.clone(),
             script: redis::Script::new(GCRA_SCRIPT),
+            quota_script: redis::Script::new(QUOTA_SCRIPT),
             retry_gate: std::sync::Mutex::new(None),
             degraded: AtomicBool::new(false),
             failures: AtomicU64::new(0),
@@ -114,7 +145,43 @@ impl RedisStore {
                 self.timeout
             ))),
         };
-        self.note(&outcome);
+        self.note(outcome.as_ref().err());
+        outcome
+    }
+
+    /// Runs [`QUOTA_SCRIPT`]: `windows` are (current key, previous key, limit, previous
+    /// window's weight, expiry seconds) per quota. The answer is the script's list.
+    pub async fn quotas(
+        &self,
+        windows: &[(String, String, u64, f64, u64)],
+    ) -> Result<Vec<i64>, StoreUnavailable> {
+        let mut invocation = self.quota_script.prepare_invoke();
+        for (cur, prev, limit, weight, expiry) in windows {
+            invocation
+                .key(format!("{}{cur}", self.prefix))
+                .key(format!("{}{prev}", self.prefix))
+                .arg(*limit)
+                .arg(*weight)
+                .arg(*expiry);
+        }
+        let run = async {
+            let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+            let conn = self.conns[slot].get_or_try_init(|| self.connect()).await?;
+            let mut conn = conn.clone();
+            invocation
+                .invoke_async::<Vec<i64>>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let outcome = match tokio::time::timeout(self.timeout, run).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreUnavailable(e)),
+            Err(_) => Err(StoreUnavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
+        };
+        self.note(outcome.as_ref().err());
         outcome
     }
 
@@ -174,14 +241,14 @@ impl RedisStore {
     }
 
     /// Logs once per transition between healthy and degraded, and counts failures.
-    fn note(&self, outcome: &Result<Verdict, StoreUnavailable>) {
-        match outcome {
-            Ok(_) => {
+    fn note(&self, failure: Option<&StoreUnavailable>) {
+        match failure {
+            None => {
                 if self.degraded.swap(false, Ordering::AcqRel) {
                     log::info!("rate limit store redis recovered");
                 }
             }
-            Err(e) => {
+            Some(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 if !self.degraded.swap(true, Ordering::AcqRel) {
                     log::warn!(

@@ -105,10 +105,20 @@ impl Snapshot {
             previous.map(|p| &p.auth),
             &consumers,
         )?;
+        let quotas_only =
+            crate::rate_limit::by_consumer::ConsumerLimits::needed(consumers.consumers.as_deref())
+                .then(crate::rate_limit::RateLimitsConfig::quotas_only);
         let rate_limiter = cfg
             .rate_limits
             .as_ref()
-            .map(|l| Limiter::compile(l, previous.and_then(|p| p.rate_limiter.as_ref())))
+            .or(quotas_only.as_ref())
+            .map(|l| {
+                Limiter::compile(
+                    l,
+                    previous.and_then(|p| p.rate_limiter.as_ref()),
+                    consumers.consumers.as_deref(),
+                )
+            })
             .transpose()?;
         cfg.client.check()?;
         let client_ip = ClientIpResolver::compile(&cfg.trusted_proxies)?;

@@ -94,8 +94,16 @@ impl Gateway {
     /// Starts the gateway with `body` (everything except `server:` and `listen:`), and waits
     /// until it accepts connections.
     pub fn start(body: &str) -> Gateway {
+        Self::start_with_files(body, &[])
+    }
+
+    /// Like [`Gateway::start`], with `files` (name, contents) written beside the config first.
+    pub fn start_with_files(body: &str, files: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write file");
+        }
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, config_text(dir.path(), port, body)).expect("write config");
         let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
