@@ -80,8 +80,9 @@ install: build
 	  -e 's#upgrade_sock: .*#upgrade_sock: /run/apigateway/upgrade.sock#' \
 	  $(CONFIG) > /etc/apigateway/gateway.yaml
 	[ -f /etc/apigateway/users.yaml ] || install -m 0640 conf/users.yaml /etc/apigateway/users.yaml
+	[ -f /etc/apigateway/consumers.yaml ] || install -m 0640 conf/consumers.yaml /etc/apigateway/consumers.yaml
 	id -u apigateway >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin apigateway
-	chgrp apigateway /etc/apigateway/users.yaml
+	chgrp apigateway /etc/apigateway/users.yaml /etc/apigateway/consumers.yaml
 	# A self-signed placeholder so the shipped `tls:` section loads; replace with real files.
 	$(RELEASE)/examples/demo_services --write-cert /etc/apigateway/tls
 	chgrp apigateway /etc/apigateway/tls/localhost.key && chmod 0640 /etc/apigateway/tls/localhost.key

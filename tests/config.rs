@@ -40,7 +40,7 @@ fn valid_config_passes_test_mode_without_binding() {
 fn shipped_demo_config_is_valid() {
     // A copy next to the TLS files `make run` generates (conf/tls/ is not in the repository).
     let dir = tempfile::tempdir().unwrap();
-    for f in ["gateway.yaml", "users.yaml"] {
+    for f in ["gateway.yaml", "users.yaml", "consumers.yaml"] {
         std::fs::copy(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("conf")
