@@ -513,3 +513,72 @@ async fn reloading_the_consumers_file_adds_and_revokes_keys() {
     assert!(logged, "{}", gw.stderr());
     assert_eq!(status(new.clone()).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_keys_and_passwords_count_in_the_invalid_credential_throttle() {
+    let (key, hash) = minted_key();
+    let (_up, gw) = gateway(
+        &format!(
+            "consumer_auth: {{invalid_credential_limit: {{failures: 2, period: 60s}}}}\n\
+             consumers:\n  - {{id: app, api_keys: [{{hash: '{hash}'}}], basic: {{username: app, password_hash: '{}'}}}}\n",
+            argon2_hash("right")
+        ),
+        "  - {path: /k, service: up, auth: required, auth_methods: [api_key, basic]}\n",
+    )
+    .await;
+    let c = client();
+    let with_key = |k: &str| c.get(gw.url("/k")).header("apikey", k.to_string());
+    assert_eq!(send(with_key("test_wrong1")).await.0, 401);
+    let wrong_basic = c
+        .get(gw.url("/k"))
+        .header("authorization", basic("app", "wrong"));
+    assert_eq!(send(wrong_basic).await.0, 401);
+    // Over the limit: unknown keys and uncached passwords are refused unchecked...
+    let (status, h, body) = send(with_key("test_wrong2")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("Too many requests with invalid tokens"))
+    );
+    assert!(h.get("retry-after").is_some());
+    let right_basic = c
+        .get(gw.url("/k"))
+        .header("authorization", basic("app", "right"));
+    assert_eq!(send(right_basic).await.0, 429);
+    // ...while a valid key still passes, and another address is not throttled.
+    assert_eq!(send(with_key(&key)).await.0, 200);
+    let other = client_from("127.0.0.2");
+    let (status, _, _) = send(other.get(gw.url("/k")).header("apikey", "test_wrong3")).await;
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn consumer_config_errors_name_the_key() {
+    let base = "listen: ['127.0.0.1:0']\nservices: {up: {backends: ['127.0.0.1:1']}}\n";
+    let cases = [
+        (
+            "consumers: [{id: a, rate_limits: [nope]}]\nroutes: [{path: /a, service: up}]\n",
+            "consumers[0].rate_limits[0]: no policy named \"nope\"",
+        ),
+        (
+            "routes: [{path: /a, service: up, auth: required, auth_methods: [api_key]}]\n",
+            "routes[0].auth_methods[0]",
+        ),
+        (
+            "consumers: [{id: a, quotas: [{requests: 10}]}]\nroutes: [{path: /a, service: up}]\n",
+            "consumers[0].quotas[0].period",
+        ),
+        (
+            "consumers: [{id: a}, {id: a}]\nroutes: [{path: /a, service: up}]\n",
+            "consumers[1].id",
+        ),
+        (
+            "consumers: [{id: a}]\nroutes: [{path: /a, service: up, require_consumer: true}]\n",
+            "routes[0].auth",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let (ok, out, _) = check_config(&format!("{base}{yaml}"));
+        assert!(!ok, "{yaml}");
+        assert!(out.contains(expected), "{yaml}\n{out}");
+    }
+}
