@@ -3,6 +3,7 @@
 
 pub mod echo;
 pub mod pki;
+pub mod tokens;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
