@@ -136,17 +136,7 @@ impl RedisStore {
 
     /// Runs GCRA for `key` in Redis, within the configured timeout.
     pub async fn check(&self, key: &str, gcra: &Gcra) -> Result<Verdict, StoreUnavailable> {
-        let result = tokio::time::timeout(self.timeout, self.run(key, gcra)).await;
-        let outcome = match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreUnavailable(e)),
-            Err(_) => Err(StoreUnavailable(format!(
-                "no answer within {:?}",
-                self.timeout
-            ))),
-        };
-        self.note(outcome.as_ref().err());
-        outcome
+        self.within_timeout(self.run(key, gcra)).await
     }
 
     /// Runs [`QUOTA_SCRIPT`]: `windows` are (current key, previous key, limit, previous
@@ -164,16 +154,22 @@ impl RedisStore {
                 .arg(*weight)
                 .arg(*expiry);
         }
-        let run = async {
-            let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-            let conn = self.conns[slot].get_or_try_init(|| self.connect()).await?;
-            let mut conn = conn.clone();
+        self.within_timeout(async {
+            let mut conn = self.connection().await?;
             invocation
                 .invoke_async::<Vec<i64>>(&mut conn)
                 .await
                 .map_err(|e| e.to_string())
-        };
-        let outcome = match tokio::time::timeout(self.timeout, run).await {
+        })
+        .await
+    }
+
+    /// Bounds a Redis call by the configured timeout and notes the outcome.
+    async fn within_timeout<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, StoreUnavailable> {
+        let outcome = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreUnavailable(e)),
             Err(_) => Err(StoreUnavailable(format!(
@@ -185,10 +181,15 @@ impl RedisStore {
         outcome
     }
 
-    async fn run(&self, key: &str, gcra: &Gcra) -> Result<Verdict, String> {
+    /// The next pooled connection, connecting it on first use.
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, String> {
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         let conn = self.conns[slot].get_or_try_init(|| self.connect()).await?;
-        let mut conn = conn.clone();
+        Ok(conn.clone())
+    }
+
+    async fn run(&self, key: &str, gcra: &Gcra) -> Result<Verdict, String> {
+        let mut conn = self.connection().await?;
         let emission_us =
             (gcra.period.as_micros() / u128::from(gcra.requests.max(1))).max(1) as u64;
         let tolerance_us = emission_us * (gcra.burst.max(1) - 1);
