@@ -171,10 +171,7 @@ impl GatewayConfig {
 pub fn file_hash(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     match std::fs::read(path) {
-        Ok(bytes) => Sha256::digest(&bytes)[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        Ok(bytes) => hex::encode(&Sha256::digest(&bytes)[..6]),
         Err(_) => "unreadable".into(),
     }
 }

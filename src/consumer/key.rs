@@ -80,23 +80,16 @@ fn prefix(digest: &[u8; 32]) -> u64 {
 }
 
 fn parse_hash(text: &str) -> Option<[u8; 32]> {
-    let hex = text.trim().strip_prefix("sha256:")?;
-    if hex.len() != 64 {
-        return None;
-    }
+    let digits = text.trim().strip_prefix("sha256:")?;
     let mut out = [0u8; 32];
-    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
-        let pair = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(pair, 16).ok()?;
-    }
+    hex::decode_to_slice(digits, &mut out).ok()?;
     Some(out)
 }
 
 /// The stored form of a key: `sha256:` and its hex digest.
 pub fn hash_line(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", hex::encode(digest))
 }
 
 /// A fresh key: the prefix and 192 bits from the operating system's generator, base64url.

@@ -144,8 +144,7 @@ fn decide((admitted, reports): (bool, Vec<QuotaReport>)) -> QuotaDecision {
 fn redis_key(text: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(text.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("quota:{hex}")
+    format!("quota:{}", hex::encode(&digest[..16]))
 }
 
 /// The quota counters to keep across a reload.

@@ -393,7 +393,7 @@ impl Limiter {
             .chain_update(text.tag)
             .chain_update(text.value())
             .finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(&digest[..16]);
         match redis.check(&hex, &policy.gcra).await {
             Ok(v) => Some(v),
             Err(_) if self.on_store_error == OnStoreError::Local => Some(local()),
