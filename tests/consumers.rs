@@ -582,3 +582,38 @@ fn consumer_config_errors_name_the_key() {
         assert!(out.contains(expected), "{yaml}\n{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_quota_counts_survive_a_reload() {
+    let (key, hash) = minted_key();
+    let up = EchoServer::start("up", "127.0.0.1:0").await.unwrap();
+    let body = |route: &str| {
+        format!(
+            "services:\n  up: {{backends: ['{}']}}\n\
+             consumers: [{{id: app, api_keys: [{{hash: '{hash}'}}], quotas: [{{requests: 2, period: day}}]}}]\n\
+             routes:\n  - {{path: {route}, service: up, auth: required, auth_methods: [api_key]}}\n",
+            up.addr
+        )
+    };
+    let gw = Gateway::start(&body("/a"));
+    let c = client();
+    for _ in 0..2 {
+        assert_eq!(
+            send(c.get(gw.url("/a")).header("apikey", &key)).await.0,
+            200
+        );
+    }
+    gw.rewrite_config(&body("/b"));
+    gw.signal("HUP");
+    let reloaded = eventually(std::time::Duration::from_secs(10), || {
+        let req = c.get(gw.url("/b")).header("apikey", &key);
+        async move { send(req).await.0 != 404 }
+    })
+    .await;
+    assert!(reloaded, "{}", gw.stderr());
+    let (status, _, body) = send(c.get(gw.url("/b")).header("apikey", &key)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("Quota exceeded"))
+    );
+}
