@@ -55,6 +55,11 @@ pub struct AccessRecord<'a> {
     pub user: Option<&'a str>,
     pub rate_limit: Option<&'a str>,
     pub error: Option<String>,
+    /// The request's trace and server span (hex), when tracing is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }
 
 /// How long a line may wait for the writer.

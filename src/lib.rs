@@ -5,7 +5,7 @@
 //! - base: [`de`], [`invalid`], [`identity`], [`template`], [`errors`], [`header_set`],
 //!   [`metrics`], [`throttle`] — small shared types that import nothing above them;
 //! - capabilities: [`router`], [`upstream`], [`auth`], [`consumer`], [`rate_limit`], [`transform`], [`edge`],
-//!   [`aggregate`], [`access_log`], [`tls`] — each owns its config struct, its compiled form
+//!   [`aggregate`], [`access_log`], [`tls`], [`trace`] — each owns its config struct, its compiled form
 //!   and its per-request stage state;
 //! - [`config`]: the YAML file, assembled from the capabilities' config structs;
 //! - [`snapshot`]: the config compiled into one immutable value behind a swappable pointer;
@@ -31,6 +31,7 @@ pub mod edge;
 pub mod rate_limit;
 pub mod router;
 pub mod tls;
+pub mod trace;
 pub mod transform;
 pub mod upstream;
 

@@ -3,7 +3,7 @@
 use apigateway::config::GatewayConfig;
 use apigateway::proxy::Gateway;
 use apigateway::services::admin::AdminApp;
-use apigateway::services::background::{HealthChecker, JwksRefresher, LimiterSweeper};
+use apigateway::services::background::{HealthChecker, JwksRefresher, LimiterSweeper, TraceDrain};
 use apigateway::services::connections::ClientConnections;
 use apigateway::services::reload::ConfigReloader;
 use apigateway::snapshot::Snapshot;
@@ -174,6 +174,7 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
         "rate limiter sweep",
         LimiterSweeper { snapshot: shared },
     ));
+    server.add_service(background_service("trace drain", TraceDrain));
     log::info!("apigateway listening on {listen:?}, TLS on {tls_listen:?}");
     server.run_forever()
 }

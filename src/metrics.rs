@@ -29,6 +29,9 @@ struct Metrics {
     info: IntGaugeVec,
     access_log_dropped: IntCounter,
     password_checks: IntCounter,
+    spans_exported: IntCounter,
+    spans_dropped: IntCounter,
+    trace_export_failures: IntCounter,
     connections_closed: IntCounterVec,
     ejections: IntCounterVec,
     connections_open: prometheus::IntGauge,
@@ -99,6 +102,30 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "apigateway_build_info",
             "Always 1; labels carry the version and the hash of the loaded config file",
             &["version", "config_hash"],
+        ),
+        spans_exported: register(
+            &r,
+            IntCounter::new(
+                "apigateway_trace_spans_exported_total",
+                "Spans the OTLP collector accepted",
+            )
+            .expect("valid metric"),
+        ),
+        spans_dropped: register(
+            &r,
+            IntCounter::new(
+                "apigateway_trace_spans_dropped_total",
+                "Spans dropped: export queue full, or their export failed after its retries",
+            )
+            .expect("valid metric"),
+        ),
+        trace_export_failures: register(
+            &r,
+            IntCounter::new(
+                "apigateway_trace_export_failures_total",
+                "OTLP export requests that failed after their retries",
+            )
+            .expect("valid metric"),
         ),
         password_checks: register(
             &r,
@@ -250,6 +277,21 @@ pub fn connection_closed(reason: &'static str) {
 /// Tracks the open client connections (+1 on accept, -1 on close).
 pub fn connections_open(delta: i64) {
     METRICS.connections_open.add(delta);
+}
+
+/// Counts spans the collector accepted.
+pub fn spans_exported(n: u64) {
+    METRICS.spans_exported.inc_by(n);
+}
+
+/// Counts spans dropped (queue full, or a failed export).
+pub fn spans_dropped(n: u64) {
+    METRICS.spans_dropped.inc_by(n);
+}
+
+/// Counts one export request that failed after its retries.
+pub fn trace_export_failed() {
+    METRICS.trace_export_failures.inc();
 }
 
 /// Counts one argon2 check of a Basic password.

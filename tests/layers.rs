@@ -32,6 +32,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "rate_limit",
             "router",
             "tls",
+            "trace",
             "transform",
             "upstream",
         ],

@@ -128,6 +128,8 @@ pub struct CallContext<'a> {
     pub query: Option<&'a str>,
     pub request_id: &'a str,
     pub client_ip: Option<IpAddr>,
+    /// The request's trace, when tracing is on: each call gets its own client span.
+    pub trace: Option<crate::trace::CallTrace<'a>>,
 }
 
 /// The merged answer, or why there is none.
@@ -264,10 +266,16 @@ impl Aggregate {
     pub async fn run(&self, cx: &CallContext<'_>) -> Outcome {
         let results: Vec<Result<Value, String>> =
             futures::future::join_all(self.calls.iter().map(|c| async move {
-                match tokio::time::timeout(c.timeout, self.call(c, cx)).await {
+                let span = cx.trace.as_ref().map(|t| t.begin());
+                let parent = span.as_ref().map(|(_, _, header)| header);
+                let result = match tokio::time::timeout(c.timeout, self.call(c, cx, parent)).await {
                     Ok(r) => r,
                     Err(_) => Err(format!("timed out after {:?}", c.timeout)),
+                };
+                if let (Some(t), Some((span_id, start_ns, _))) = (&cx.trace, span) {
+                    t.end(self.call_span(c, cx, span_id, start_ns, &result));
                 }
+                result
             }))
             .await;
         self.merge(results)
@@ -359,7 +367,33 @@ impl Aggregate {
         Ok(out)
     }
 
-    async fn call(&self, call: &Call, cx: &CallContext<'_>) -> Result<Value, String> {
+    /// The client span of a finished call: named after its service and key.
+    fn call_span(
+        &self,
+        call: &Call,
+        cx: &CallContext<'_>,
+        span_id: crate::trace::SpanId,
+        start_ns: u64,
+        result: &Result<Value, String>,
+    ) -> crate::trace::ClientSpan {
+        let service = &cx.services[call.service];
+        crate::trace::ClientSpan {
+            span_id,
+            start_ns,
+            end_ns: crate::trace::now_ns(),
+            name: Arc::from(format!("{} {}", service.name, call.key)),
+            peer: None,
+            status: None,
+            error: result.as_ref().err().map(|_| "aggregate_call_failed"),
+        }
+    }
+
+    async fn call(
+        &self,
+        call: &Call,
+        cx: &CallContext<'_>,
+        traceparent: Option<&HeaderValue>,
+    ) -> Result<Value, String> {
         let pool = &cx.services[call.service];
         let backend = pool
             .select(b"", &[])
@@ -397,6 +431,9 @@ impl Aggregate {
         }
         for (n, v) in &call.headers {
             set(&mut req, n.clone(), v.clone())?;
+        }
+        if let Some(t) = traceparent {
+            set(&mut req, HeaderName::from_static("traceparent"), t.clone())?;
         }
         let (mut session, _reused) = cx
             .connector

@@ -98,6 +98,7 @@ fn call_paths_percent_encode_claims_and_pass_the_query_when_asked() {
         query: Some("x=1"),
         request_id: "rid",
         client_ip: None,
+        trace: None,
     };
     assert_eq!(a.render(&a.calls[0], &cx).unwrap(), "/u/42/a%2Fb%3Fc?x=1");
 }

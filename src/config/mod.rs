@@ -58,6 +58,9 @@ pub struct GatewayConfig {
     /// Where API keys and Basic credentials are read, and the consumer headers sent upstream.
     #[serde(default)]
     pub consumer_auth: Option<crate::consumer::ConsumerAuthConfig>,
+    /// W3C trace propagation and OTLP span export.
+    #[serde(default)]
+    pub tracing: Option<crate::trace::TracingConfig>,
     /// Rate-limit policies and their store.
     #[serde(default)]
     pub rate_limits: Option<RateLimitsConfig>,

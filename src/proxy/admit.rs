@@ -55,6 +55,12 @@ pub(super) async fn admit(
         .read(session.req_header(), peer, tls, &snapshot.client_ip);
     ctx.body
         .set_deadline(ctx.inbound.started + snapshot.client.body_deadline);
+    let peer_trusted = peer.is_some_and(|p| snapshot.client_ip.is_trusted(&p));
+    ctx.trace.start(
+        snapshot.tracing.as_ref(),
+        session.req_header(),
+        peer_trusted,
+    );
     check_network(snapshot.ip_restriction.as_ref(), ctx)?;
     edge::check_framing(session.req_header(), || {
         let h1 = session.as_downstream().as_http1()?;

@@ -18,6 +18,8 @@ pub(super) fn decorate(ctx: &RequestCtx, h: &mut ResponseHeader) {
         (None, None) => (None, None),
     };
     ctx.inbound.decorate(h, security, cors);
+    ctx.trace
+        .on_response(ctx.snapshot.as_ref().and_then(|s| s.tracing.as_ref()), h);
 }
 
 /// While the process drains (graceful upgrade or shutdown), answers carry `Connection: close`,
@@ -84,6 +86,11 @@ pub(super) async fn write(
 }
 
 /// Whether the error is a connect, TLS handshake, read or write timeout.
+/// Pingora's name for an error's kind (`ConnectRefused`, `ReadTimedout`), for spans.
+pub(super) fn error_type(e: &Error) -> &'static str {
+    e.etype().as_str()
+}
+
 pub(super) fn is_timeout(e: &Error) -> bool {
     use ErrorType::*;
     matches!(

@@ -18,7 +18,9 @@ use crate::errors::GatewayError;
 use crate::upstream::breaker::Attempt;
 use crate::upstream::{Failure, Retry};
 use admit::{Admit, Answer};
-use answer::{classify, close_if_draining, decorate, is_timeout, respond, respond_json, write};
+use answer::{
+    classify, close_if_draining, decorate, error_type, is_timeout, respond, respond_json, write,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 pub use ctx::RequestCtx;
@@ -78,6 +80,7 @@ impl Gateway {
             query: session.req_header().uri.query(),
             request_id: ctx.inbound.request_id(),
             client_ip: ctx.inbound.client_ip,
+            trace: ctx.trace.calls(),
         };
         match agg.run(&cx).await.into_answer() {
             Ok((body, complete)) => {
@@ -140,7 +143,12 @@ impl ProxyHttp for Gateway {
         let key = forward::hash_key(pool.hash_key(), session, ctx.inbound.client_ip);
         let picked = ctx.attempts.pick(pool, &key, target.websocket);
         match picked {
-            Ok(peer) => Ok(Box::new(peer)),
+            Ok(peer) => {
+                use pingora::upstreams::peer::Peer;
+                ctx.trace
+                    .begin_attempt(&pool.label, peer.address().as_inet().copied());
+                Ok(Box::new(peer))
+            }
             Err(err) => Err(Self::fail(ctx, err, 502)),
         }
     }
@@ -156,6 +164,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         forward::set_uri(upstream, session.req_header(), ctx)?;
         forward::set_headers(upstream, session.req_header(), ctx)?;
+        ctx.trace.on_upstream_request(upstream)?;
         ctx.exchange.on_upstream_request(upstream)
     }
 
@@ -197,9 +206,12 @@ impl ProxyHttp for Gateway {
         };
         if let Err(reason) = edge::check_response_framing(upstream_response) {
             ctx.attempts.record(pool, Attempt::Failed);
+            ctx.trace.end_attempt(Err("invalid_response"));
             log::warn!(
-                "service {}: invalid upstream response ({reason}), answered 502",
-                pool.name
+                "service {}: invalid upstream response ({reason}), answered 502 [request {}{}]",
+                pool.name,
+                ctx.inbound.request_id(),
+                ctx.trace.log_suffix()
             );
             ctx.error = Some(GatewayError::UpstreamUnavailable);
             // An error here also keeps Pingora from pooling the connection.
@@ -207,6 +219,7 @@ impl ProxyHttp for Gateway {
         }
         ctx.attempts
             .on_response_header(pool, upstream_response.status.as_u16());
+        ctx.trace.end_attempt(Ok(upstream_response.status.as_u16()));
         edge::headers::strip_response_hop_by_hop(upstream_response);
         if let Some(t) = ctx.target() {
             t.security.hide(upstream_response);
@@ -250,6 +263,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        ctx.trace.end_attempt(Err(error_type(&e)));
         if let Some(pool) = ctx.pool() {
             ctx.attempts.record(pool, Attempt::Failed);
             e.set_retry(ctx.attempts.retry_after_connect_failure(pool.retries));
@@ -275,6 +289,7 @@ impl ProxyHttp for Gateway {
             backend_failed: e.esource() == &ErrorSource::Upstream && ctx.error.is_none(),
             timeout: is_timeout(&e),
         };
+        ctx.trace.end_attempt(Err(error_type(&e)));
         let mut e = e.more_context(format!("Peer: {peer}"));
         let Some(pool) = ctx.pool() else {
             e.set_retry(false);
@@ -325,6 +340,7 @@ impl ProxyHttp for Gateway {
         let outcome = report::Outcome::of(session, ctx);
         report::record_metrics(ctx, &outcome);
         report::write_access_log(session, e, ctx, &outcome);
+        report::finish_trace(session, ctx, &outcome);
     }
 
     /// Client-caused failures (4xx, client disconnects) are not the operator's problem.

@@ -2,6 +2,7 @@
 
 use super::ctx::RequestCtx;
 use crate::access_log::AccessRecord;
+use crate::trace::export::ServerSpan;
 use pingora::Error;
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -74,6 +75,48 @@ pub(super) fn write_access_log(
         user: ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
         rate_limit: ctx.admission.outcome(),
         error: e.map(|e| e.etype().as_str().to_string()),
+        trace_id: ctx.trace.ids().map(|(t, _)| hex::encode(t)),
+        span_id: ctx.trace.ids().map(|(_, s)| hex::encode(s)),
     };
     crate::access_log::write(&snapshot.access_log, &record);
+}
+
+/// Ends the request's server span and queues it for export, when tracing is on.
+pub(super) fn finish_trace(session: &Session, ctx: &mut RequestCtx, outcome: &Outcome) {
+    let Some(tracing) = ctx.snapshot.clone().filter(|s| s.tracing.is_some()) else {
+        return;
+    };
+    let req = session.req_header();
+    let route = ctx
+        .route
+        .as_ref()
+        .map(|m| &tracing.routes.routes()[m.route]);
+    let span = ServerSpan {
+        method: req.method.as_str().to_string(),
+        path: req.uri.path().to_string(),
+        route_pattern: route.map(|r| r.pattern.clone()),
+        route_name: route.map(|r| r.name.clone()),
+        service: ctx.pool().map(|p| p.label.clone()),
+        status: outcome.status,
+        host: req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(String::from),
+        client: ctx.inbound.client_ip,
+        rate_limit: ctx.admission.outcome(),
+        error: ctx.error.as_ref().map(|e| e.to_string()),
+        subject: subject(ctx)
+            .filter(|_| tracing.tracing.as_ref().is_some_and(|t| t.record_subject)),
+    };
+    ctx.trace.finish(tracing.tracing.as_ref(), span);
+}
+
+/// The authenticated consumer's id, else the verified subject.
+fn subject(ctx: &RequestCtx) -> Option<String> {
+    let identity = ctx.identity.as_ref()?;
+    match &identity.consumer {
+        Some(c) => Some(c.id.to_string()),
+        None => identity.subject.clone(),
+    }
 }

@@ -102,3 +102,16 @@ impl BackgroundService for LimiterSweeper {
         }
     }
 }
+
+/// Background service that only waits for shutdown: then the trace exporter sends what it
+/// holds at once instead of at its flush interval, so a graceful shutdown or upgrade exports
+/// the spans of the requests it finishes.
+pub struct TraceDrain;
+
+#[async_trait]
+impl BackgroundService for TraceDrain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        crate::trace::export::drain();
+    }
+}

@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub rate_limiter: Option<Limiter>,
     /// Finds the client address behind trusted proxies.
     pub client_ip: ClientIpResolver,
+    /// Trace propagation and export, if `tracing:` is configured and enabled.
+    pub tracing: Option<crate::trace::Tracing>,
     /// The top-level client network lists, checked on every request.
     pub ip_restriction: Option<IpRestriction>,
     /// The top-level CORS policy, for answers given before a route is known (404, 400).
@@ -122,6 +124,10 @@ impl Snapshot {
             .transpose()?;
         cfg.client.check()?;
         let client_ip = ClientIpResolver::compile(&cfg.trusted_proxies)?;
+        let tracing = match &cfg.tracing {
+            Some(t) => crate::trace::Tracing::compile(t)?,
+            None => None,
+        };
         let ip_restriction = match &cfg.ip_restriction {
             Some(c) => IpRestriction::compile(c, "ip_restriction")?,
             None => None,
@@ -159,6 +165,7 @@ impl Snapshot {
             rate_limiter,
             client_ip,
             ip_restriction,
+            tracing,
             cors,
             security,
             sizes: cfg.limits,

@@ -173,6 +173,8 @@ pub struct ServicePool {
     pub name: String,
     /// The name as a header value (`X-Gateway-Route`), made once.
     pub name_value: http::HeaderValue,
+    /// The name, shared by the spans of attempts to this service.
+    pub label: std::sync::Arc<str>,
     balancer: Balancer,
     hash_key: Option<HashKey>,
     /// Extra attempts after a failed one (see [`ServiceConfig::retries`]).
@@ -291,6 +293,7 @@ impl ServicePool {
         };
         Ok(ServicePool {
             name: name.to_string(),
+            label: std::sync::Arc::from(name),
             name_value: http::HeaderValue::from_str(name).map_err(|_| {
                 Invalid::new(
                     key,

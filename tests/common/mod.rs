@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod echo;
+pub mod otlp;
 pub mod pki;
 pub mod tokens;
 
