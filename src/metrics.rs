@@ -319,3 +319,38 @@ pub fn render() -> Vec<u8> {
     let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);
     out
 }
+
+/// Every metric the gateway exports with its label names, whether or not it has a sample yet
+/// (a dashboard may only query these).
+pub fn catalogue() -> Vec<(String, Vec<String>)> {
+    use prometheus::core::Collector;
+    let m = &*METRICS;
+    let collectors: [&dyn Collector; 16] = [
+        &m.requests,
+        &m.duration,
+        &m.upstream,
+        &m.rate_limited,
+        &m.auth_failures,
+        &m.backend_up,
+        &m.reloads,
+        &m.info,
+        &m.access_log_dropped,
+        &m.password_checks,
+        &m.spans_exported,
+        &m.spans_dropped,
+        &m.trace_export_failures,
+        &m.connections_closed,
+        &m.ejections,
+        &m.connections_open,
+    ];
+    let mut out: Vec<(String, Vec<String>)> = collectors
+        .iter()
+        .flat_map(|c| c.desc())
+        .map(|d| (d.fq_name.clone(), d.variable_labels.clone()))
+        .collect();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests;
