@@ -138,12 +138,13 @@ async fn every_retry_and_every_aggregate_call_gets_its_own_client_span() {
     let otlp = OtlpReceiver::start().await;
     let up = EchoServer::start("up", "127.0.0.1:0").await.unwrap();
     let gw = Gateway::start(&format!(
-        "services:\n  pair: {{backends: ['{}', '{}'], retries: 1}}\n  up: {{backends: ['{}']}}\n{}\
-         routes:\n  - {{path: /pair, service: pair}}\n\
+        "services:\n  pair: {{backends: ['{}', '{}'], retries: 1}}\n  up: {{backends: ['{}']}}\n  down: {{backends: ['{}']}}\n{}\
+         routes:\n  - {{path: /pair, service: pair}}\n  - {{path: /down, service: down}}\n\
          \x20 - path: /agg\n    aggregate: {{calls: [{{key: a, service: up, path: /a}}, {{key: b, service: up, path: /b}}]}}\n",
         dead_addr(),
         up.addr,
         up.addr,
+        dead_addr(),
         tracing(&otlp, "")
     ));
     // Round robin over a dead and a live backend: some requests need a second attempt.
@@ -168,6 +169,19 @@ async fn every_retry_and_every_aggregate_call_gets_its_own_client_span() {
         }
     }
     assert!(retried >= 1, "no request needed a retry");
+
+    // A failed request's error-log line names its request id and trace id.
+    let (status, headers, _) = send(client().get(gw.url("/down"))).await;
+    assert_eq!(status, 502);
+    let trace = headers["traceresponse"].to_str().unwrap()[3..35].to_string();
+    let request_id = headers["x-request-id"].to_str().unwrap().to_string();
+    let logged = eventually(Duration::from_secs(5), || async {
+        gw.stderr()
+            .lines()
+            .any(|l| l.contains(&request_id) && l.contains(&trace))
+    })
+    .await;
+    assert!(logged, "{}", gw.stderr());
 
     let (status, headers, body) = send(client().get(gw.url("/agg"))).await;
     assert_eq!(status, 200);

@@ -344,6 +344,18 @@ impl ProxyHttp for Gateway {
     }
 
     /// Client-caused failures (4xx, client disconnects) are not the operator's problem.
+    /// How Pingora names the request in its error-log lines: with the request id and, when
+    /// tracing is on, the trace id, so a logged failure can be found in the access log and in
+    /// the traces.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        format!(
+            "{}, request {}{}",
+            session.as_downstream().request_summary(),
+            ctx.inbound.request_id(),
+            ctx.trace.log_suffix()
+        )
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
         matches!(e.etype(), ErrorType::HTTPStatus(c) if *c < 500)
             || e.esource() == &ErrorSource::Downstream
