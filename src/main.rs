@@ -174,7 +174,8 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
         "rate limiter sweep",
         LimiterSweeper { snapshot: shared },
     ));
-    server.add_service(background_service("trace drain", TraceDrain));
+    let phases = std::sync::Mutex::new(Some(server.watch_execution_phase()));
+    server.add_service(background_service("trace drain", TraceDrain { phases }));
     log::info!("apigateway listening on {listen:?}, TLS on {tls_listen:?}");
     server.run_forever()
 }

@@ -287,5 +287,59 @@ async fn spans_waiting_for_their_batch_are_flushed_on_graceful_shutdown() {
         "nothing is sent before the minute is up"
     );
     gw.signal("QUIT");
-    spans_of(&otlp, &t, 2).await;
+    let flushed = eventually(Duration::from_secs(15), || async {
+        otlp.spans()
+            .iter()
+            .filter(|s| hex::encode(&s.trace_id) == t)
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(flushed, "spans not flushed on SIGQUIT:\n{}", gw.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_drops_spans_quietly() {
+    let admin = free_port();
+    let up = EchoServer::start("up", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&format!(
+        "admin: {{listen: '127.0.0.1:{admin}'}}\nservices:\n  up: {{backends: ['{}']}}\n\
+         tracing:\n  otlp: {{endpoint: 'http://{}/v1/traces', flush_interval: 50ms, max_retries: 0, timeout: 200ms}}\n\
+         routes:\n  - {{path: /x, service: up}}\n",
+        up.addr,
+        dead_addr()
+    ));
+    for _ in 0..10 {
+        assert_eq!(send(client().get(gw.url("/x"))).await.0, 200);
+    }
+    let dropped = eventually(Duration::from_secs(10), || async {
+        metrics_text(admin)
+            .await
+            .lines()
+            .any(|l| l.starts_with("apigateway_trace_spans_dropped_total ") && !l.ends_with(" 0"))
+    })
+    .await;
+    assert!(dropped, "{}", metrics_text(admin).await);
+}
+
+#[test]
+fn bad_tracing_settings_are_config_errors_naming_the_key() {
+    let base = "listen: ['127.0.0.1:0']\nservices: {up: {backends: ['127.0.0.1:1']}}\nroutes: [{path: /a, service: up}]\n";
+    for (yaml, key) in [
+        (
+            "tracing: {sampling_ratio: -0.1}\n",
+            "tracing.sampling_ratio",
+        ),
+        (
+            "tracing: {otlp: {endpoint: 'ftp://x/v1/traces'}}\n",
+            "tracing.otlp.endpoint",
+        ),
+        (
+            "tracing: {otlp: {protocol: grpc}}\n",
+            "tracing.otlp.protocol",
+        ),
+    ] {
+        let (ok, out, _) = check_config(&format!("{base}{yaml}"));
+        assert!(!ok && out.contains(key), "{yaml}\n{out}");
+    }
 }

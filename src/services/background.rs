@@ -4,7 +4,7 @@
 
 use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
+use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,15 +103,52 @@ impl BackgroundService for LimiterSweeper {
     }
 }
 
-/// Background service that only waits for shutdown: then the trace exporter sends what it
-/// holds at once instead of at its flush interval, so a graceful shutdown or upgrade exports
-/// the spans of the requests it finishes.
-pub struct TraceDrain;
+/// Background service that switches the trace exporter to draining as soon as the process
+/// starts to shut down (SIGQUIT upgrade, SIGTERM), so the spans of the requests finished
+/// meanwhile go out within milliseconds instead of at the flush interval; at the runtimes'
+/// shutdown it waits for the queue to empty on a blocking thread, which Pingora's shutdown
+/// waits for (up to `graceful_shutdown_timeout_seconds`), unlike async tasks.
+pub struct TraceDrain {
+    /// Pingora's execution phases, taken when the service starts (after daemonizing).
+    pub phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+}
 
 #[async_trait]
 impl BackgroundService for TraceDrain {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let _ = shutdown.changed().await;
-        crate::trace::export::drain();
+        let phases = self
+            .phases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let shutting_down = async {
+            let Some(mut phases) = phases else {
+                return std::future::pending().await;
+            };
+            loop {
+                match phases.recv().await {
+                    Ok(
+                        ExecutionPhase::GracefulUpgradeTransferringFds
+                        | ExecutionPhase::GracefulTerminate
+                        | ExecutionPhase::ShutdownStarted,
+                    ) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        return std::future::pending().await;
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutting_down => crate::trace::export::start_draining(),
+            _ = shutdown.changed() => {}
+        }
+        if !*shutdown.borrow() {
+            let _ = shutdown.changed().await;
+        }
+        let _ = tokio::task::spawn_blocking(|| {
+            crate::trace::export::wait_drained(Duration::from_secs(5));
+        })
+        .await;
     }
 }

@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use prost::Message;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,8 @@ enum Item {
 static QUEUE: OnceCell<Option<SyncSender<Item>>> = OnceCell::new();
 /// Set on graceful shutdown: the exporter then sends whatever it has right away.
 static DRAIN: AtomicBool = AtomicBool::new(false);
+/// Requests queued or being exported, so a shutdown can wait until they are out.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
 
 /// Queues a finished request; never blocks: a full queue drops it (and counts it).
 pub fn submit(settings: &ExportSettings, request: FinishedRequest) {
@@ -71,19 +73,32 @@ pub fn submit(settings: &ExportSettings, request: FinishedRequest) {
         return;
     };
     let spans = 1 + request.clients.len() as u64;
+    PENDING.fetch_add(1, Ordering::AcqRel);
     if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
         queue.try_send(Item::Request(Box::new(request)))
     {
+        PENDING.fetch_sub(1, Ordering::AcqRel);
         crate::metrics::spans_dropped(spans);
     }
 }
 
 /// From now on the exporter sends each batch as soon as it has one (graceful shutdown or
-/// upgrade: the process is about to exit).
-pub fn drain() {
-    DRAIN.store(true, Ordering::Release);
-    if let Some(Some(queue)) = QUEUE.get() {
+/// upgrade: the process is about to exit), starting with what it holds.
+pub fn start_draining() {
+    if !DRAIN.swap(true, Ordering::AcqRel)
+        && let Some(Some(queue)) = QUEUE.get()
+    {
         let _ = queue.try_send(Item::Flush);
+    }
+}
+
+/// Returns once everything queued so far is exported (or dropped), or after `limit`.
+/// Blocking: call it from a blocking thread, which Pingora's shutdown waits for.
+pub fn wait_drained(limit: Duration) {
+    start_draining();
+    let deadline = Instant::now() + limit;
+    while PENDING.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -160,6 +175,7 @@ impl Exporter {
             }
             if !batch.is_empty() {
                 self.export(&batch, spans as u64);
+                PENDING.fetch_sub(batch.len(), Ordering::AcqRel);
             }
         }
     }

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Tracing (issue #18): CPU per request of the same gateway binary with tracing off, on with
+# 100 % sampling exporting to a live OTLP receiver, and on with a 0.01 sampling ratio.
+# Three gateways (threads 1) with the same route to the same nginx upstream; the OTLP receiver
+# is that nginx answering 200 on /v1/traces. `wrk -t1 -c50`, interleaved rounds, medians of the
+# gateway process's CPU µs per request (/proc/PID/stat). (Tracing off against the build
+# before tracing existed is `bench/ab.sh OLD NEW`.)
+# ROUNDS (7), DURATION (5s), CONNECTIONS (50) override. Results in bench/results/<UTC>-tracing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/common.sh
+ROUNDS=${ROUNDS:-7}; DURATION=${DURATION:-5s}; CONNECTIONS=${CONNECTIONS:-50}
+install_missing wrk:wrk nginx:nginx openssl:openssl
+[ -n "${GW_BIN:-}" ] || cargo build --release --bin apigateway >/dev/null
+BIN=${GW_BIN:-target/release/apigateway}
+bench_workdir
+
+UP=$(port)
+start_json_upstream "$UP" 'location = /v1/traces { return 200; }'
+wait_port "$UP"
+
+declare -A PORT PID
+start() { # NAME TRACING-YAML
+  PORT[$1]=$(port)
+  { gateway_head "$1" "${PORT[$1]}" 1; printf '%s' "$2"; cat; } > "$WORK/$1.yaml" <<YAML
+routes:
+  - {path: /api/users, service: users}
+YAML
+  RUST_LOG=warn "$BIN" -c "$WORK/$1.yaml" 2>"$WORK/$1.log" & PIDS+=($!); PID[$1]=$!
+  wait_port "${PORT[$1]}"
+}
+OTLP="  otlp: {endpoint: 'http://127.0.0.1:$UP/v1/traces'}"
+start off ""
+start on "tracing:
+  sampling_ratio: 1.0
+$OTLP
+"
+start low "tracing:
+  sampling_ratio: 0.01
+$OTLP
+"
+TARGETS=(off on low)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+for r in $(seq 1 "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    before=$(cpu_ticks "${PID[$t]}")
+    out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:${PORT[$t]}/api/users/42")
+    after=$(cpu_ticks "${PID[$t]}")
+    non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+    [ -n "$non2xx" ] && { echo "round $r $t: $non2xx non-2xx answers"; exit 1; }
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    total=$(awk '/requests in/ {print $1}' <<<"$out")
+    us=$(awk -v t=$((after - before)) -v n="$total" -v hz="$TICK" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+    echo "$t $rps $us" >> "$WORK/raw.txt"
+    echo "round $r $t: $rps req/s, $us CPU µs/request"
+  done
+done
+OUT=bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-tracing; mkdir -p "$OUT"; cp "$WORK/raw.txt" "$OUT/"
+med() { awk -v t="$1" -v c="$2" '$1==t {print $c}' "$WORK/raw.txt" | median; }
+{
+  echo "| tracing | req/s | CPU µs/req | CPU vs off |"
+  echo "|---|---:|---:|---:|"
+  for t in "${TARGETS[@]}"; do
+    echo "| $t | $(med "$t" 2) | $(med "$t" 3) | $(awk -v a="$(med "$t" 3)" -v b="$(med off 3)" 'BEGIN {printf "%.3f", a/b}')× |"
+  done
+} | tee "$OUT/table.md"
