@@ -83,7 +83,12 @@ pub(super) fn write_access_log(
 
 /// Ends the request's server span and queues it for export, when tracing is on.
 pub(super) fn finish_trace(session: &Session, ctx: &mut RequestCtx, outcome: &Outcome) {
-    let Some(tracing) = ctx.snapshot.clone().filter(|s| s.tracing.is_some()) else {
+    // What the server span says is only gathered for a request that will be exported.
+    let Some(tracing) = ctx
+        .snapshot
+        .clone()
+        .filter(|s| s.tracing.is_some() && ctx.trace.is_sampled())
+    else {
         return;
     };
     let req = session.req_header();

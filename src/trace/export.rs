@@ -1,5 +1,5 @@
 //! The OTLP/HTTP exporter: a bounded queue filled by requests, and one background thread that
-//! batches, encodes (`opentelemetry-proto`'s prost messages) and posts to the collector.
+//! batches, encodes ([`super::otlp`]) and posts to the collector.
 //!
 //! Ours rather than the `opentelemetry` SDK's batch processor: the SDK builds a span object
 //! with attribute vectors on the request path, where the gateway keeps a few ids and
@@ -9,18 +9,12 @@
 use super::ClientSpan;
 use super::config::ExportSettings;
 use super::context::{SpanId, TraceId};
+use super::otlp::{self, Writer, span};
 use http::HeaderValue;
 use once_cell::sync::OnceCell;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
-use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
-use prost::Message;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// What the server span says beyond ids and times, filled in the `logging` phase.
@@ -54,14 +48,17 @@ pub struct FinishedRequest {
     pub clients: Vec<ClientSpan>,
 }
 
-/// What the exporter thread receives.
-enum Item {
-    Request(Box<FinishedRequest>),
-    /// Wakes the exporter to send what it holds (graceful shutdown).
-    Flush,
+/// Finished requests waiting for the exporter. A request appends under a short lock and wakes
+/// the exporter only when a batch is full or the process drains: a channel would wake the
+/// exporter thread (a futex call and a context switch) for nearly every request.
+struct Queue {
+    waiting: Mutex<Vec<FinishedRequest>>,
+    wake: Condvar,
+    batch_size: usize,
+    capacity: usize,
 }
 
-static QUEUE: OnceCell<Option<SyncSender<Item>>> = OnceCell::new();
+static QUEUE: OnceCell<Option<Arc<Queue>>> = OnceCell::new();
 /// Set on graceful shutdown: the exporter then sends whatever it has right away.
 static DRAIN: AtomicBool = AtomicBool::new(false);
 /// Requests queued or being exported, so a shutdown can wait until they are out.
@@ -72,13 +69,16 @@ pub fn submit(settings: &ExportSettings, request: FinishedRequest) {
     let Some(queue) = QUEUE.get_or_init(|| start(settings)) else {
         return;
     };
-    let spans = 1 + request.clients.len() as u64;
+    let mut waiting = queue.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+    if waiting.len() >= queue.capacity {
+        drop(waiting);
+        crate::metrics::spans_dropped(1 + request.clients.len() as u64);
+        return;
+    }
+    waiting.push(request);
     PENDING.fetch_add(1, Ordering::AcqRel);
-    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-        queue.try_send(Item::Request(Box::new(request)))
-    {
-        PENDING.fetch_sub(1, Ordering::AcqRel);
-        crate::metrics::spans_dropped(spans);
+    if waiting.len() == queue.batch_size || DRAIN.load(Ordering::Relaxed) {
+        queue.wake.notify_one();
     }
 }
 
@@ -88,7 +88,7 @@ pub fn start_draining() {
     if !DRAIN.swap(true, Ordering::AcqRel)
         && let Some(Some(queue)) = QUEUE.get()
     {
-        let _ = queue.try_send(Item::Flush);
+        queue.wake.notify_one();
     }
 }
 
@@ -102,14 +102,22 @@ pub fn wait_drained(limit: Duration) {
     }
 }
 
-fn start(settings: &ExportSettings) -> Option<SyncSender<Item>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue_size);
+fn start(settings: &ExportSettings) -> Option<Arc<Queue>> {
+    // A request counts its client spans too; a batch of requests is sized by spans on average.
+    let batch_size = (settings.batch_size / 2).max(1);
+    let queue = Arc::new(Queue {
+        waiting: Mutex::new(Vec::with_capacity(batch_size)),
+        wake: Condvar::new(),
+        batch_size,
+        capacity: settings.queue_size,
+    });
+    let shared = queue.clone();
     let settings = settings.clone();
     let spawned = std::thread::Builder::new()
         .name("trace export".into())
-        .spawn(move || Exporter::new(settings).run(&rx));
+        .spawn(move || Exporter::new(settings).run(&shared));
     match spawned {
-        Ok(_) => Some(tx),
+        Ok(_) => Some(queue),
         Err(e) => {
             log::error!("cannot start the trace exporter: {e}; spans are not exported");
             None
@@ -119,7 +127,8 @@ fn start(settings: &ExportSettings) -> Option<SyncSender<Item>> {
 
 struct Exporter {
     settings: ExportSettings,
-    resource: Resource,
+    /// The encoded `Resource` message.
+    resource: Vec<u8>,
     client: reqwest::Client,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -127,14 +136,11 @@ struct Exporter {
 impl Exporter {
     fn new(settings: ExportSettings) -> Self {
         let instance = format!("{}-{}", hostname(), std::process::id());
-        let resource = Resource {
-            attributes: vec![
-                kv("service.name", &settings.service_name),
-                kv("service.version", env!("CARGO_PKG_VERSION")),
-                kv("service.instance.id", &instance),
-            ],
-            ..Default::default()
-        };
+        let mut resource = Writer::default();
+        resource.attr_str(1, "service.name", &settings.service_name);
+        resource.attr_str(1, "service.version", env!("CARGO_PKG_VERSION"));
+        resource.attr_str(1, "service.instance.id", &instance);
+        let resource = resource.buf;
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
             .build()
@@ -152,31 +158,35 @@ impl Exporter {
         }
     }
 
-    /// Collects up to `batch_size` spans or for `flush_interval`, then exports them.
-    fn run(&self, queue: &Receiver<Item>) {
+    /// Takes what is waiting every `flush_interval` (or when a batch is full, or at once
+    /// while draining) and exports it in batches.
+    fn run(&self, queue: &Queue) {
+        let mut taken = Vec::new();
         loop {
-            let mut batch = Vec::new();
-            let mut spans = 0;
-            let deadline = Instant::now() + self.settings.flush_interval;
-            while spans < self.settings.batch_size {
-                let wait = if DRAIN.load(Ordering::Acquire) {
-                    Duration::from_millis(20)
-                } else {
-                    deadline.saturating_duration_since(Instant::now())
-                };
-                match queue.recv_timeout(wait) {
-                    Ok(Item::Request(r)) => {
-                        spans += 1 + r.clients.len();
-                        batch.push(*r);
-                    }
-                    Ok(Item::Flush) | Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => return,
+            {
+                let mut waiting = queue.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+                if waiting.len() < queue.batch_size && !DRAIN.load(Ordering::Acquire) {
+                    waiting = queue
+                        .wake
+                        .wait_timeout(waiting, self.settings.flush_interval)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                } else if waiting.is_empty() {
+                    // Draining with nothing waiting: look again shortly.
+                    waiting = queue
+                        .wake
+                        .wait_timeout(waiting, Duration::from_millis(20))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
+                std::mem::swap(&mut *waiting, &mut taken);
             }
-            if !batch.is_empty() {
-                self.export(&batch, spans as u64);
+            for batch in taken.chunks(queue.batch_size) {
+                let spans: usize = batch.iter().map(|r| 1 + r.clients.len()).sum();
+                self.export(batch, spans as u64);
                 PENDING.fetch_sub(batch.len(), Ordering::AcqRel);
             }
+            taken.clear();
         }
     }
 
@@ -217,130 +227,108 @@ impl Exporter {
     }
 
     fn encode(&self, batch: &[FinishedRequest]) -> Vec<u8> {
-        let spans = batch.iter().flat_map(spans_of).collect();
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "apigateway".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
+        let mut spans = Writer::default();
+        let mut scratch = Writer::default();
+        for r in batch {
+            write_spans(&mut spans, &mut scratch, r);
         }
-        .encode_to_vec()
+        otlp::request(
+            &self.resource,
+            "apigateway",
+            env!("CARGO_PKG_VERSION"),
+            &spans.buf,
+        )
     }
 }
 
-/// The server span and its client spans in OTLP form, with the HTTP semantic conventions.
-fn spans_of(r: &FinishedRequest) -> Vec<Span> {
+/// The server span and its client spans (each a `spans` field of `ScopeSpans`), with the
+/// HTTP semantic conventions.
+fn write_spans(out: &mut Writer, scratch: &mut Writer, r: &FinishedRequest) {
     let s = &r.server;
-    let mut attributes = vec![
-        kv("http.request.method", &s.method),
-        kv("url.path", &s.path),
-        int("http.response.status_code", i64::from(s.status)),
-    ];
-    let mut put = |key: &str, value: Option<&str>| {
-        if let Some(v) = value {
-            attributes.push(kv(key, v));
+    let trace_state = r.tracestate.as_ref().and_then(|v| v.to_str().ok());
+    out.message(2, scratch, |w| {
+        w.bytes(span::TRACE_ID, &r.trace_id);
+        w.bytes(span::SPAN_ID, &r.span_id);
+        if let Some(state) = trace_state {
+            w.string(span::TRACE_STATE, state);
         }
-    };
-    put("http.route", s.route_pattern.as_deref());
-    put("apigateway.route", s.route_name.as_deref());
-    put("apigateway.service", s.service.as_deref());
-    put("server.address", s.host.as_deref());
-    put(
-        "client.address",
-        s.client.map(|ip| ip.to_string()).as_deref(),
-    );
-    put("apigateway.rate_limit", s.rate_limit);
-    put("error.type", s.error.as_deref());
-    put("enduser.id", s.subject.as_deref());
-    let trace_state = r
-        .tracestate
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let failed = s.status >= 500;
-    let mut out = vec![Span {
-        trace_id: r.trace_id.to_vec(),
-        span_id: r.span_id.to_vec(),
-        parent_span_id: r.parent.map(|p| p.to_vec()).unwrap_or_default(),
-        trace_state: trace_state.clone(),
-        name: format!("{} {}", s.method, s.route_pattern.as_deref().unwrap_or(""))
-            .trim_end()
-            .to_string(),
-        kind: SpanKind::Server as i32,
-        start_time_unix_nano: r.start_ns,
-        end_time_unix_nano: r.end_ns,
-        attributes,
-        status: failed.then(|| Status {
-            code: StatusCode::Error as i32,
-            message: s.error.clone().unwrap_or_default(),
-        }),
-        flags: 0x100 | u32::from(r.parent.is_some()) << 9,
-        ..Default::default()
-    }];
+        if let Some(parent) = &r.parent {
+            w.bytes(span::PARENT_SPAN_ID, parent);
+        }
+        match s.route_pattern.as_deref() {
+            Some(route) => w.string(span::NAME, &format!("{} {route}", s.method)),
+            None => w.string(span::NAME, &s.method),
+        }
+        w.varint(span::KIND, span::SERVER);
+        w.fixed64(span::START, r.start_ns);
+        w.fixed64(span::END, r.end_ns);
+        let a = span::ATTRIBUTES;
+        w.attr_str(a, "http.request.method", &s.method);
+        w.attr_str(a, "url.path", &s.path);
+        w.attr_int(a, "http.response.status_code", i64::from(s.status));
+        let mut put = |key: &str, value: Option<&str>| {
+            if let Some(v) = value {
+                w.attr_str(a, key, v);
+            }
+        };
+        put("http.route", s.route_pattern.as_deref());
+        put("apigateway.route", s.route_name.as_deref());
+        put("apigateway.service", s.service.as_deref());
+        put("server.address", s.host.as_deref());
+        put(
+            "client.address",
+            s.client.map(|ip| ip.to_string()).as_deref(),
+        );
+        put("apigateway.rate_limit", s.rate_limit);
+        put("error.type", s.error.as_deref());
+        put("enduser.id", s.subject.as_deref());
+        if s.status >= 500 {
+            let message = s.error.as_deref().unwrap_or("");
+            w.message(span::STATUS, &mut Writer::default(), |st| {
+                st.string(span::STATUS_MESSAGE, message);
+                st.varint(span::STATUS_CODE, span::ERROR);
+            });
+        }
+        let remote = if r.parent.is_some() {
+            span::IS_REMOTE
+        } else {
+            0
+        };
+        w.fixed32(span::FLAGS, span::HAS_IS_REMOTE | remote);
+    });
     for c in &r.clients {
-        let mut attributes = vec![
-            kv("http.request.method", &s.method),
-            kv("apigateway.service", &c.name),
-        ];
-        if let Some(peer) = c.peer {
-            attributes.push(kv("network.peer.address", &peer.ip().to_string()));
-            attributes.push(int("network.peer.port", i64::from(peer.port())));
-        }
-        if let Some(status) = c.status {
-            attributes.push(int("http.response.status_code", i64::from(status)));
-        }
-        if let Some(e) = c.error {
-            attributes.push(kv("error.type", e));
-        }
-        let failed = c.error.is_some() || c.status.is_some_and(|s| s >= 500);
-        out.push(Span {
-            trace_id: r.trace_id.to_vec(),
-            span_id: c.span_id.to_vec(),
-            parent_span_id: r.span_id.to_vec(),
-            trace_state: trace_state.clone(),
-            name: format!("{} {}", s.method, c.name),
-            kind: SpanKind::Client as i32,
-            start_time_unix_nano: c.start_ns,
-            end_time_unix_nano: c.end_ns.max(c.start_ns),
-            attributes,
-            status: failed.then(|| Status {
-                code: StatusCode::Error as i32,
-                message: c.error.unwrap_or_default().to_string(),
-            }),
-            flags: 0x100,
-            ..Default::default()
+        out.message(2, scratch, |w| {
+            w.bytes(span::TRACE_ID, &r.trace_id);
+            w.bytes(span::SPAN_ID, &c.span_id);
+            if let Some(state) = trace_state {
+                w.string(span::TRACE_STATE, state);
+            }
+            w.bytes(span::PARENT_SPAN_ID, &r.span_id);
+            w.string(span::NAME, &format!("{} {}", s.method, c.name));
+            w.varint(span::KIND, span::CLIENT);
+            w.fixed64(span::START, c.start_ns);
+            w.fixed64(span::END, c.end_ns.max(c.start_ns));
+            let a = span::ATTRIBUTES;
+            w.attr_str(a, "http.request.method", &s.method);
+            w.attr_str(a, "apigateway.service", &c.name);
+            if let Some(peer) = c.peer {
+                w.attr_str(a, "network.peer.address", &peer.ip().to_string());
+                w.attr_int(a, "network.peer.port", i64::from(peer.port()));
+            }
+            if let Some(status) = c.status {
+                w.attr_int(a, "http.response.status_code", i64::from(status));
+            }
+            if let Some(e) = c.error {
+                w.attr_str(a, "error.type", e);
+            }
+            if c.error.is_some() || c.status.is_some_and(|s| s >= 500) {
+                w.message(span::STATUS, &mut Writer::default(), |st| {
+                    st.string(span::STATUS_MESSAGE, c.error.unwrap_or(""));
+                    st.varint(span::STATUS_CODE, span::ERROR);
+                });
+            }
+            w.fixed32(span::FLAGS, span::HAS_IS_REMOTE);
         });
-    }
-    out
-}
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn int(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(value)),
-        }),
-        ..Default::default()
     }
 }
 

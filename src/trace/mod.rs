@@ -8,6 +8,7 @@
 pub mod config;
 pub mod context;
 pub mod export;
+mod otlp;
 
 pub use config::{Tracing, TracingConfig};
 pub use context::{SpanId, TraceId};
@@ -35,7 +36,7 @@ pub struct ClientSpan {
 /// Per-request tracing state; empty (and free) when tracing is off.
 #[derive(Default)]
 pub struct RequestTrace {
-    active: Option<Box<Active>>,
+    active: Option<Active>,
 }
 
 struct Active {
@@ -45,6 +46,9 @@ struct Active {
     sampled: bool,
     tracestate: Option<HeaderValue>,
     start_ns: u64,
+    /// The span id of the attempt in progress, named in its `traceparent`.
+    attempt: Option<SpanId>,
+    /// The attempts' client spans, recorded only when the request is sampled.
     attempts: Vec<ClientSpan>,
     /// Aggregate calls run concurrently from a shared reference.
     calls: Mutex<Vec<ClientSpan>>,
@@ -106,16 +110,17 @@ impl RequestTrace {
                 (id, None, tracing.samples(&id), None)
             }
         };
-        self.active = Some(Box::new(Active {
+        self.active = Some(Active {
             trace_id,
             span_id: new_span_id(),
             parent: parent_span,
             sampled,
             tracestate,
-            start_ns: now_ns(),
+            start_ns: if sampled { now_ns() } else { 0 },
+            attempt: None,
             attempts: Vec::new(),
             calls: Mutex::new(Vec::new()),
-        }));
+        });
     }
 
     /// `, trace <id>` for error-log lines about this request; empty when tracing is off.
@@ -125,6 +130,11 @@ impl RequestTrace {
         })
     }
 
+    /// Whether this request's spans will be exported (tracing on and sampled).
+    pub fn is_sampled(&self) -> bool {
+        self.active.as_ref().is_some_and(|a| a.sampled)
+    }
+
     /// The trace and server span ids, for logs.
     pub fn ids(&self) -> Option<(TraceId, SpanId)> {
         self.active.as_ref().map(|a| (a.trace_id, a.span_id))
@@ -132,9 +142,14 @@ impl RequestTrace {
 
     /// Opens a client span for an upstream attempt (each retry gets its own).
     pub fn begin_attempt(&mut self, service: &Arc<str>, peer: Option<SocketAddr>) {
-        if let Some(a) = self.active.as_mut() {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let span_id = new_span_id();
+        a.attempt = Some(span_id);
+        if a.sampled {
             a.attempts.push(ClientSpan {
-                span_id: new_span_id(),
+                span_id,
                 start_ns: now_ns(),
                 end_ns: 0,
                 name: service.clone(),
@@ -168,7 +183,7 @@ impl RequestTrace {
         let Some(a) = self.active.as_ref() else {
             return Ok(());
         };
-        let span = a.attempts.last().map_or(a.span_id, |s| s.span_id);
+        let span = a.attempt.unwrap_or(a.span_id);
         upstream.insert_header(
             "traceparent",
             context::traceparent(&a.trace_id, &span, a.sampled),
@@ -219,7 +234,7 @@ impl RequestTrace {
             mut attempts,
             calls,
             ..
-        } = *a;
+        } = a;
         let end_ns = now_ns();
         for s in attempts.iter_mut().filter(|s| s.end_ns == 0) {
             s.end_ns = end_ns;

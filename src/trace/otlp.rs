@@ -1,0 +1,173 @@
+//! The OTLP trace request (`ExportTraceServiceRequest`, protobuf) written straight into one
+//! buffer.
+//!
+//! Written by hand rather than built from `opentelemetry-proto`'s prost structs: those need
+//! an owned `String` for every attribute key and value and compute every nested message's
+//! length again at each level, which made export cost 23k instructions per request (callgrind)
+//! and tracing at 100 % sampling 1.23× the CPU of tracing off. The field numbers are those of
+//! `opentelemetry/proto/trace/v1/trace.proto`; the tests decode the output with
+//! `opentelemetry-proto`.
+
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
+/// A protobuf message being written.
+#[derive(Default)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn bytes(&mut self, tag: u32, value: &[u8]) {
+        encode_key(tag, WireType::LengthDelimited, &mut self.buf);
+        encode_varint(value.len() as u64, &mut self.buf);
+        self.buf.extend_from_slice(value);
+    }
+
+    pub fn string(&mut self, tag: u32, value: &str) {
+        self.bytes(tag, value.as_bytes());
+    }
+
+    pub fn varint(&mut self, tag: u32, value: u64) {
+        encode_key(tag, WireType::Varint, &mut self.buf);
+        encode_varint(value, &mut self.buf);
+    }
+
+    pub fn fixed64(&mut self, tag: u32, value: u64) {
+        encode_key(tag, WireType::SixtyFourBit, &mut self.buf);
+        self.buf.extend_from_slice(&value.to_le_bytes());
+    }
+
+    pub fn fixed32(&mut self, tag: u32, value: u32) {
+        encode_key(tag, WireType::ThirtyTwoBit, &mut self.buf);
+        self.buf.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// A nested message whose body `inner` has written into `scratch` (cleared first).
+    pub fn message(&mut self, tag: u32, scratch: &mut Writer, inner: impl FnOnce(&mut Writer)) {
+        scratch.buf.clear();
+        inner(scratch);
+        self.bytes(tag, &scratch.buf);
+    }
+
+    /// A string attribute: `KeyValue { key, value: AnyValue { string_value } }`, its lengths
+    /// computed rather than buffered.
+    pub fn attr_str(&mut self, tag: u32, key: &str, value: &str) {
+        let any = 1 + encoded_len_varint(value.len() as u64) + value.len();
+        self.attr_head(tag, key, any);
+        self.string(1, value);
+    }
+
+    /// An integer attribute (`AnyValue { int_value }`).
+    pub fn attr_int(&mut self, tag: u32, key: &str, value: i64) {
+        let any = 1 + encoded_len_varint(value as u64);
+        self.attr_head(tag, key, any);
+        self.varint(3, value as u64);
+    }
+
+    fn attr_head(&mut self, tag: u32, key: &str, any_len: usize) {
+        let kv = 1
+            + encoded_len_varint(key.len() as u64)
+            + key.len()
+            + 1
+            + encoded_len_varint(any_len as u64)
+            + any_len;
+        encode_key(tag, WireType::LengthDelimited, &mut self.buf);
+        encode_varint(kv as u64, &mut self.buf);
+        self.string(1, key);
+        encode_key(2, WireType::LengthDelimited, &mut self.buf);
+        encode_varint(any_len as u64, &mut self.buf);
+    }
+}
+
+/// Span fields of `trace.proto`.
+pub mod span {
+    pub const TRACE_ID: u32 = 1;
+    pub const SPAN_ID: u32 = 2;
+    pub const TRACE_STATE: u32 = 3;
+    pub const PARENT_SPAN_ID: u32 = 4;
+    pub const NAME: u32 = 5;
+    pub const KIND: u32 = 6;
+    pub const START: u32 = 7;
+    pub const END: u32 = 8;
+    pub const ATTRIBUTES: u32 = 9;
+    pub const STATUS: u32 = 15;
+    pub const FLAGS: u32 = 16;
+    /// `SpanKind`.
+    pub const SERVER: u64 = 2;
+    pub const CLIENT: u64 = 3;
+    /// `Status`: message and code; `STATUS_CODE_ERROR`.
+    pub const STATUS_MESSAGE: u32 = 2;
+    pub const STATUS_CODE: u32 = 3;
+    pub const ERROR: u64 = 2;
+    /// `SpanFlags`: whether the parent is known to be remote, and that it is.
+    pub const HAS_IS_REMOTE: u32 = 0x100;
+    pub const IS_REMOTE: u32 = 0x200;
+}
+
+/// The envelope: `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource,
+/// scope_spans: [ScopeSpans { scope, spans }] }] }` around already-encoded `spans` (each a
+/// `spans` field, tag 2 of `ScopeSpans`), with `resource` already encoded as `Resource`.
+pub fn request(resource: &[u8], scope_name: &str, scope_version: &str, spans: &[u8]) -> Vec<u8> {
+    let mut scope = Writer::default();
+    scope.string(1, scope_name);
+    scope.string(2, scope_version);
+    let mut scope_spans = Writer::default();
+    scope_spans.bytes(1, &scope.buf);
+    scope_spans.buf.extend_from_slice(spans);
+    let mut resource_spans = Writer::default();
+    resource_spans.bytes(1, resource);
+    resource_spans.bytes(2, &scope_spans.buf);
+    let mut out = Writer::default();
+    out.bytes(1, &resource_spans.buf);
+    out.buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message;
+
+    #[test]
+    fn the_request_decodes_as_otlp() {
+        let mut resource = Writer::default();
+        resource.attr_str(1, "service.name", "apigateway");
+        let mut spans = Writer::default();
+        let mut scratch = Writer::default();
+        spans.message(2, &mut scratch, |s| {
+            s.bytes(span::TRACE_ID, &[7; 16]);
+            s.bytes(span::SPAN_ID, &[8; 8]);
+            s.string(span::NAME, "GET /x");
+            s.varint(span::KIND, span::SERVER);
+            s.fixed64(span::START, 10);
+            s.fixed64(span::END, 20);
+            s.attr_str(span::ATTRIBUTES, "url.path", &"p".repeat(300));
+            s.attr_int(span::ATTRIBUTES, "http.response.status_code", 503);
+            s.attr_int(span::ATTRIBUTES, "negative", -1);
+            s.fixed32(span::FLAGS, span::HAS_IS_REMOTE);
+        });
+        let body = request(&resource.buf, "apigateway", "1.0", &spans.buf);
+        let decoded = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        let rs = &decoded.resource_spans[0];
+        assert_eq!(
+            rs.resource.as_ref().unwrap().attributes[0].key,
+            "service.name"
+        );
+        let ss = &rs.scope_spans[0];
+        assert_eq!(ss.scope.as_ref().unwrap().name, "apigateway");
+        let s = &ss.spans[0];
+        assert_eq!(
+            (s.trace_id.len(), s.name.as_str(), s.kind),
+            (16, "GET /x", 2)
+        );
+        assert_eq!(
+            (s.start_time_unix_nano, s.end_time_unix_nano, s.flags),
+            (10, 20, 0x100)
+        );
+        let value = |i: usize| s.attributes[i].value.as_ref().unwrap().value.clone();
+        assert_eq!(value(0), Some(Value::StringValue("p".repeat(300))));
+        assert_eq!(value(1), Some(Value::IntValue(503)));
+        assert_eq!(value(2), Some(Value::IntValue(-1)));
+    }
+}
