@@ -256,28 +256,35 @@ pub fn forwarded_headers(up: &mut RequestHeader, hop: &Hop<'_>) -> pingora::Resu
 
 /// An IP address as a header value. Every request renders one or two, so IPv4 (nearly all of
 /// them) is written digit by digit instead of through the formatting machinery.
+/// An IPv4 address in dotted decimal, written into `buf` without `fmt` (which costs about a
+/// thousand instructions per address).
+pub fn ipv4_text(v4: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &str {
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    std::str::from_utf8(&buf[..n]).expect("digits and dots are ASCII")
+}
+
 pub fn ip_value(ip: IpAddr) -> HeaderValue {
     match ip {
         IpAddr::V4(v4) => {
             let mut buf = [0u8; 15];
-            let mut n = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if octet >= 100 {
-                    buf[n] = b'0' + octet / 100;
-                    n += 1;
-                }
-                if octet >= 10 {
-                    buf[n] = b'0' + octet / 10 % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + octet % 10;
-                n += 1;
-            }
-            HeaderValue::from_bytes(&buf[..n]).expect("digits and dots are a valid value")
+            HeaderValue::from_str(ipv4_text(v4, &mut buf))
+                .expect("digits and dots are a valid value")
         }
         IpAddr::V6(_) => {
             HeaderValue::from_str(&ip.to_string()).expect("an IPv6 address is a valid value")

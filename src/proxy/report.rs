@@ -97,17 +97,14 @@ pub(super) fn finish_trace(session: &Session, ctx: &mut RequestCtx, outcome: &Ou
         .as_ref()
         .map(|m| &tracing.routes.routes()[m.route]);
     let span = ServerSpan {
-        method: req.method.as_str().to_string(),
-        path: req.uri.path().to_string(),
+        // Clones of the request's own values: reference counts, not copies.
+        method: req.method.clone(),
+        uri: req.uri.clone(),
         route_pattern: route.map(|r| r.pattern.clone()),
         route_name: route.map(|r| r.name.clone()),
         service: ctx.pool().map(|p| p.label.clone()),
         status: outcome.status,
-        host: req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(String::from),
+        host: req.headers.get(http::header::HOST).cloned(),
         client: ctx.inbound.client_ip,
         rate_limit: ctx.admission.outcome(),
         error: ctx.error.as_ref().map(|e| e.to_string()),

@@ -20,14 +20,15 @@ use std::time::{Duration, Instant};
 /// What the server span says beyond ids and times, filled in the `logging` phase.
 #[derive(Debug, Clone, Default)]
 pub struct ServerSpan {
-    pub method: String,
-    pub path: String,
+    pub method: http::Method,
+    /// The request target (`url.path` is its path).
+    pub uri: http::Uri,
     /// The matched route's pattern (`http.route`) and name (`apigateway.route`).
     pub route_pattern: Option<String>,
     pub route_name: Option<String>,
     pub service: Option<Arc<str>>,
     pub status: u16,
-    pub host: Option<String>,
+    pub host: Option<HeaderValue>,
     pub client: Option<IpAddr>,
     pub rate_limit: Option<&'static str>,
     /// The gateway's refusal or failure, for `error.type`.
@@ -256,15 +257,15 @@ fn write_spans(out: &mut Writer, scratch: &mut Writer, r: &FinishedRequest) {
             w.bytes(span::PARENT_SPAN_ID, parent);
         }
         match s.route_pattern.as_deref() {
-            Some(route) => w.string(span::NAME, &format!("{} {route}", s.method)),
-            None => w.string(span::NAME, &s.method),
+            Some(route) => w.string_parts(span::NAME, &[s.method.as_str(), " ", route]),
+            None => w.string(span::NAME, s.method.as_str()),
         }
         w.varint(span::KIND, span::SERVER);
         w.fixed64(span::START, r.start_ns);
         w.fixed64(span::END, r.end_ns);
         let a = span::ATTRIBUTES;
-        w.attr_str(a, "http.request.method", &s.method);
-        w.attr_str(a, "url.path", &s.path);
+        w.attr_str(a, "http.request.method", s.method.as_str());
+        w.attr_str(a, "url.path", s.uri.path());
         w.attr_int(a, "http.response.status_code", i64::from(s.status));
         let mut put = |key: &str, value: Option<&str>| {
             if let Some(v) = value {
@@ -274,14 +275,16 @@ fn write_spans(out: &mut Writer, scratch: &mut Writer, r: &FinishedRequest) {
         put("http.route", s.route_pattern.as_deref());
         put("apigateway.route", s.route_name.as_deref());
         put("apigateway.service", s.service.as_deref());
-        put("server.address", s.host.as_deref());
         put(
-            "client.address",
-            s.client.map(|ip| ip.to_string()).as_deref(),
+            "server.address",
+            s.host.as_ref().and_then(|h| h.to_str().ok()),
         );
         put("apigateway.rate_limit", s.rate_limit);
         put("error.type", s.error.as_deref());
         put("enduser.id", s.subject.as_deref());
+        if let Some(ip) = s.client {
+            w.attr_ip(a, "client.address", ip);
+        }
         if s.status >= 500 {
             let message = s.error.as_deref().unwrap_or("");
             w.message(span::STATUS, &mut Writer::default(), |st| {
@@ -304,15 +307,15 @@ fn write_spans(out: &mut Writer, scratch: &mut Writer, r: &FinishedRequest) {
                 w.string(span::TRACE_STATE, state);
             }
             w.bytes(span::PARENT_SPAN_ID, &r.span_id);
-            w.string(span::NAME, &format!("{} {}", s.method, c.name));
+            w.string_parts(span::NAME, &[s.method.as_str(), " ", &c.name]);
             w.varint(span::KIND, span::CLIENT);
             w.fixed64(span::START, c.start_ns);
             w.fixed64(span::END, c.end_ns.max(c.start_ns));
             let a = span::ATTRIBUTES;
-            w.attr_str(a, "http.request.method", &s.method);
+            w.attr_str(a, "http.request.method", s.method.as_str());
             w.attr_str(a, "apigateway.service", &c.name);
             if let Some(peer) = c.peer {
-                w.attr_str(a, "network.peer.address", &peer.ip().to_string());
+                w.attr_ip(a, "network.peer.address", peer.ip());
                 w.attr_int(a, "network.peer.port", i64::from(peer.port()));
             }
             if let Some(status) = c.status {

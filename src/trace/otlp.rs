@@ -27,6 +27,27 @@ impl Writer {
         self.bytes(tag, value.as_bytes());
     }
 
+    /// A string field written from parts (`GET` + ` ` + `/route`), without joining them first.
+    pub fn string_parts(&mut self, tag: u32, parts: &[&str]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        encode_key(tag, WireType::LengthDelimited, &mut self.buf);
+        encode_varint(len as u64, &mut self.buf);
+        for p in parts {
+            self.buf.extend_from_slice(p.as_bytes());
+        }
+    }
+
+    /// An IP address attribute, IPv4 written without `fmt`.
+    pub fn attr_ip(&mut self, tag: u32, key: &str, ip: std::net::IpAddr) {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                let mut buf = [0u8; 15];
+                self.attr_str(tag, key, crate::edge::headers::ipv4_text(v4, &mut buf));
+            }
+            v6 => self.attr_str(tag, key, &v6.to_string()),
+        }
+    }
+
     pub fn varint(&mut self, tag: u32, value: u64) {
         encode_key(tag, WireType::Varint, &mut self.buf);
         encode_varint(value, &mut self.buf);
