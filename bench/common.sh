@@ -83,3 +83,22 @@ rate_limits:
   policies: {per_user: {requests: 1000000000, period: 1s, key: user}}
 YAML
 }
+
+# wrk_cpu NAME PID URL [HEADER]: one `wrk -t1` run (CONNECTIONS, DURATION) against URL; appends
+# "NAME req/s CPU-µs-per-request" to $WORK/raw.txt, where CPU is the user + system time of
+# process PID (all its threads) over the run divided by the requests completed, and prints
+# it. A non-2xx answer aborts.
+wrk_cpu() {
+  local name=$1 pid=$2 url=$3 before after out non2xx rps total us
+  local hdr=(); [ -n "${4:-}" ] && hdr=(-H "$4")
+  before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${hdr[@]}" "$url")
+  after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+  [ -n "$non2xx" ] && { echo "$name: $non2xx non-2xx answers"; exit 1; }
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  total=$(awk '/requests in/ {print $1}' <<<"$out")
+  us=$(awk -v t=$((after - before)) -v n="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+  echo "$name $rps $us" >> "$WORK/raw.txt"
+  echo "$name: $rps req/s, $us CPU µs/request"
+}

@@ -73,24 +73,13 @@ declare -A HDR=( [open]="X-Bench: 1" [key]="apikey: $KEY" [basic]="Authorization
                  [rl]="apikey: $KEY" [quota]="apikey: q-$KEY" )
 declare -A GW=( [open]=local [key]=local [basic]=local [rl]=redis [quota]=redis )
 TARGETS=(open key basic rl quota)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICK=$(getconf CLK_TCK)
 for t in "${TARGETS[@]}"; do
   curl -sf -o /dev/null -H "${HDR[$t]}" "${URL[$t]}" || { echo "$t: warm-up request failed"; exit 1; }
 done
 for r in $(seq 1 "$ROUNDS"); do
+  echo "round $r"
   for t in "${TARGETS[@]}"; do
-    pid=${PID[${GW[$t]}]}
-    before=$(cpu_ticks "$pid")
-    out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -H "${HDR[$t]}" "${URL[$t]}")
-    after=$(cpu_ticks "$pid")
-    non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
-    [ -n "$non2xx" ] && { echo "round $r $t: $non2xx non-2xx answers"; exit 1; }
-    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-    total=$(awk '/requests in/ {print $1}' <<<"$out")
-    us=$(awk -v t=$((after - before)) -v n="$total" -v hz="$TICK" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
-    echo "$t $rps $us" >> "$WORK/raw.txt"
-    echo "round $r $t: $rps req/s, $us CPU µs/request"
+    wrk_cpu "$t" "${PID[${GW[$t]}]}" "${URL[$t]}" "${HDR[$t]}"
   done
 done
 OUT=bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-consumers; mkdir -p "$OUT"; cp "$WORK/raw.txt" "$OUT/"

@@ -40,20 +40,10 @@ start low "tracing:
 $OTLP
 "
 TARGETS=(off on low)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICK=$(getconf CLK_TCK)
 for r in $(seq 1 "$ROUNDS"); do
+  echo "round $r"
   for t in "${TARGETS[@]}"; do
-    before=$(cpu_ticks "${PID[$t]}")
-    out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:${PORT[$t]}/api/users/42")
-    after=$(cpu_ticks "${PID[$t]}")
-    non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
-    [ -n "$non2xx" ] && { echo "round $r $t: $non2xx non-2xx answers"; exit 1; }
-    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-    total=$(awk '/requests in/ {print $1}' <<<"$out")
-    us=$(awk -v t=$((after - before)) -v n="$total" -v hz="$TICK" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
-    echo "$t $rps $us" >> "$WORK/raw.txt"
-    echo "round $r $t: $rps req/s, $us CPU µs/request"
+    wrk_cpu "$t" "${PID[$t]}" "http://127.0.0.1:${PORT[$t]}/api/users/42"
   done
 done
 OUT=bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-tracing; mkdir -p "$OUT"; cp "$WORK/raw.txt" "$OUT/"
