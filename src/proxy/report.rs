@@ -50,7 +50,7 @@ pub(super) fn write_access_log(
     let route = ctx
         .route
         .as_ref()
-        .map(|m| snapshot.routes.routes()[m.route].name.as_str());
+        .map(|m| &*snapshot.routes.routes()[m.route].name);
     let service = match (ctx.pool(), target) {
         (Some(p), _) => Some(p.name.as_str()),
         (None, Some(t)) if t.aggregate.is_some() => Some("aggregate"),

@@ -43,10 +43,10 @@ pub enum MatchKind {
 pub struct Route<S> {
     /// Position in the `routes:` list.
     pub index: usize,
-    /// Configured name or `routes[i]`.
-    pub name: String,
-    /// The pattern as written, for logs.
-    pub pattern: String,
+    /// Configured name or `routes[i]` (shared: spans and logs take it by reference count).
+    pub name: std::sync::Arc<str>,
+    /// The pattern as written, for logs and spans.
+    pub pattern: std::sync::Arc<str>,
     /// Whatever the caller attached (the snapshot stores the resolved service here).
     pub target: S,
     matcher: Matcher,
@@ -329,8 +329,9 @@ fn compile_route<S>(index: usize, spec: &RouteSpec<'_>, target: S) -> Result<Rou
         index,
         name: spec
             .name
-            .map_or_else(|| format!("routes[{index}]"), str::to_string),
-        pattern: spec.path.to_string(),
+            .map_or_else(|| format!("routes[{index}]"), str::to_string)
+            .into(),
+        pattern: spec.path.into(),
         target,
         matcher,
         rewrite,

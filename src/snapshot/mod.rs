@@ -182,7 +182,7 @@ impl Snapshot {
     fn warn_about_unreachable_parts(&self) {
         let routes = self.routes.routes();
         if let Some(login) = self.auth().and_then(|a| a.login.as_ref())
-            && let Some(r) = routes.iter().find(|r| r.pattern == login.path)
+            && let Some(r) = routes.iter().find(|r| *r.pattern == *login.path)
         {
             log::warn!(
                 "{} has the login path {:?}; the login endpoint takes precedence",

@@ -24,8 +24,8 @@ pub struct ServerSpan {
     /// The request target (`url.path` is its path).
     pub uri: http::Uri,
     /// The matched route's pattern (`http.route`) and name (`apigateway.route`).
-    pub route_pattern: Option<String>,
-    pub route_name: Option<String>,
+    pub route_pattern: Option<Arc<str>>,
+    pub route_name: Option<Arc<str>>,
     pub service: Option<Arc<str>>,
     pub status: u16,
     pub host: Option<HeaderValue>,
