@@ -197,7 +197,8 @@ impl Exporter {
             crate::metrics::spans_dropped(spans);
             return;
         };
-        let body = self.encode(batch);
+        // Shared, so a retry does not copy the batch again.
+        let body = bytes::Bytes::from(self.encode(batch));
         let mut backoff = Duration::from_millis(100);
         for attempt in 0..=self.settings.max_retries {
             // The request is built inside the runtime: reqwest arms its timeout when sending.

@@ -127,19 +127,25 @@ pub mod span {
 
 /// The envelope: `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource,
 /// scope_spans: [ScopeSpans { scope, spans }] }] }` around already-encoded `spans` (each a
-/// `spans` field, tag 2 of `ScopeSpans`), with `resource` already encoded as `Resource`.
+/// `spans` field, tag 2 of `ScopeSpans`), with `resource` already encoded as `Resource`. The
+/// lengths are computed first so the spans are copied once, into the request.
 pub fn request(resource: &[u8], scope_name: &str, scope_version: &str, spans: &[u8]) -> Vec<u8> {
     let mut scope = Writer::default();
     scope.string(1, scope_name);
     scope.string(2, scope_version);
-    let mut scope_spans = Writer::default();
-    scope_spans.bytes(1, &scope.buf);
-    scope_spans.buf.extend_from_slice(spans);
-    let mut resource_spans = Writer::default();
-    resource_spans.bytes(1, resource);
-    resource_spans.bytes(2, &scope_spans.buf);
-    let mut out = Writer::default();
-    out.bytes(1, &resource_spans.buf);
+    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    let scope_spans = field(scope.buf.len()) + spans.len();
+    let resource_spans = field(resource.len()) + field(scope_spans);
+    let mut out = Writer {
+        buf: Vec::with_capacity(field(resource_spans)),
+    };
+    encode_key(1, WireType::LengthDelimited, &mut out.buf);
+    encode_varint(resource_spans as u64, &mut out.buf);
+    out.bytes(1, resource);
+    encode_key(2, WireType::LengthDelimited, &mut out.buf);
+    encode_varint(scope_spans as u64, &mut out.buf);
+    out.bytes(1, &scope.buf);
+    out.buf.extend_from_slice(spans);
     out.buf
 }
 
