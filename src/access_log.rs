@@ -36,6 +36,17 @@ impl Default for AccessLogConfig {
     }
 }
 
+impl AccessLogConfig {
+    /// Resolves a relative `path` against `base` (the config file's directory), like every
+    /// other file the config names.
+    pub fn relative_to(mut self, base: &std::path::Path) -> Self {
+        if let Some(p) = self.path.as_mut().filter(|p| p.is_relative()) {
+            *p = base.join(&*p);
+        }
+        self
+    }
+}
+
 /// One access log line. Never carries tokens, cookies or passwords: only the path (not the
 /// query, which may hold a token parameter) and the verified subject.
 #[derive(Serialize)]

@@ -164,16 +164,15 @@ async fn admin_endpoints_expose_health_readiness_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_one_json_line_per_request_without_secrets() {
     let a = EchoServer::start("a", "127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
+    // A relative path is resolved against the config file's directory.
     let gw = Gateway::start(&format!(
-        "access_log: {{path: '{}'}}\n\
+        "access_log: {{path: access.log}}\n\
          services:\n  a: {{backends: ['{}']}}\n\
          auth:\n  keys: [{{kid: k, alg: HS256, secret: {SECRET}}}]\n  token_sources: {{header: true, query: access_token}}\n\
          routes:\n  - {{name: secure, path: /secure, service: a, auth: required}}\n",
-        log.display(),
         a.addr
     ));
+    let log = gw.dir().join("access.log");
     let c = client();
     let t = token("alice");
     let (status, headers, _) = send(c.get(gw.url(&format!("/secure/x?access_token={t}")))).await;

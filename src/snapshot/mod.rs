@@ -171,7 +171,7 @@ impl Snapshot {
             sizes: cfg.limits,
             client: cfg.client,
             server: cfg.server.clone(),
-            access_log: cfg.access_log.clone(),
+            access_log: cfg.access_log.clone().relative_to(base),
             admin: cfg.admin.clone(),
         };
         snapshot.warn_about_unreachable_parts();
