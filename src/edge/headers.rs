@@ -254,8 +254,6 @@ pub fn forwarded_headers(up: &mut RequestHeader, hop: &Hop<'_>) -> pingora::Resu
     Ok(())
 }
 
-/// An IP address as a header value. Every request renders one or two, so IPv4 (nearly all of
-/// them) is written digit by digit instead of through the formatting machinery.
 /// An IPv4 address in dotted decimal, written into `buf` without `fmt` (which costs about a
 /// thousand instructions per address).
 pub fn ipv4_text(v4: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &str {
@@ -279,6 +277,8 @@ pub fn ipv4_text(v4: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> &str {
     std::str::from_utf8(&buf[..n]).expect("digits and dots are ASCII")
 }
 
+/// An IP address as a header value. Every request renders one or two, so IPv4 (nearly all of
+/// them) is written digit by digit instead of through the formatting machinery.
 pub fn ip_value(ip: IpAddr) -> HeaderValue {
     match ip {
         IpAddr::V4(v4) => {

@@ -86,11 +86,6 @@ pub(super) async fn write(
 }
 
 /// Whether the error is a connect, TLS handshake, read or write timeout.
-/// Pingora's name for an error's kind (`ConnectRefused`, `ReadTimedout`), for spans.
-pub(super) fn error_type(e: &Error) -> &'static str {
-    e.etype().as_str()
-}
-
 pub(super) fn is_timeout(e: &Error) -> bool {
     use ErrorType::*;
     matches!(

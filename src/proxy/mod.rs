@@ -18,9 +18,7 @@ use crate::errors::GatewayError;
 use crate::upstream::breaker::Attempt;
 use crate::upstream::{Failure, Retry};
 use admit::{Admit, Answer};
-use answer::{
-    classify, close_if_draining, decorate, error_type, is_timeout, respond, respond_json, write,
-};
+use answer::{classify, close_if_draining, decorate, is_timeout, respond, respond_json, write};
 use async_trait::async_trait;
 use bytes::Bytes;
 pub use ctx::RequestCtx;
@@ -263,7 +261,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.trace.end_attempt(Err(error_type(&e)));
+        // Pingora's name for the failure (`ConnectRefused`, `ReadTimedout`) goes on the span.
+        ctx.trace.end_attempt(Err(e.etype().as_str()));
         if let Some(pool) = ctx.pool() {
             ctx.attempts.record(pool, Attempt::Failed);
             e.set_retry(ctx.attempts.retry_after_connect_failure(pool.retries));
@@ -289,7 +288,7 @@ impl ProxyHttp for Gateway {
             backend_failed: e.esource() == &ErrorSource::Upstream && ctx.error.is_none(),
             timeout: is_timeout(&e),
         };
-        ctx.trace.end_attempt(Err(error_type(&e)));
+        ctx.trace.end_attempt(Err(e.etype().as_str()));
         let mut e = e.more_context(format!("Peer: {peer}"));
         let Some(pool) = ctx.pool() else {
             e.set_retry(false);
@@ -343,7 +342,6 @@ impl ProxyHttp for Gateway {
         report::finish_trace(session, ctx, &outcome);
     }
 
-    /// Client-caused failures (4xx, client disconnects) are not the operator's problem.
     /// How Pingora names the request in its error-log lines: with the request id and, when
     /// tracing is on, the trace id, so a logged failure can be found in the access log and in
     /// the traces.
@@ -356,6 +354,7 @@ impl ProxyHttp for Gateway {
         )
     }
 
+    /// Client-caused failures (4xx, client disconnects) are not the operator's problem.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
         matches!(e.etype(), ErrorType::HTTPStatus(c) if *c < 500)
             || e.esource() == &ErrorSource::Downstream

@@ -51,6 +51,7 @@ pub(super) fn write_access_log(
         .route
         .as_ref()
         .map(|m| &*snapshot.routes.routes()[m.route].name);
+    let trace = ctx.trace.ids();
     let service = match (ctx.pool(), target) {
         (Some(p), _) => Some(p.name.as_str()),
         (None, Some(t)) if t.aggregate.is_some() => Some("aggregate"),
@@ -75,8 +76,8 @@ pub(super) fn write_access_log(
         user: ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
         rate_limit: ctx.admission.outcome(),
         error: e.map(|e| e.etype().as_str().to_string()),
-        trace_id: ctx.trace.ids().map(|(t, _)| hex::encode(t)),
-        span_id: ctx.trace.ids().map(|(_, s)| hex::encode(s)),
+        trace_id: trace.map(|(t, _)| hex::encode(t)),
+        span_id: trace.map(|(_, s)| hex::encode(s)),
     };
     crate::access_log::write(&snapshot.access_log, &record);
 }
