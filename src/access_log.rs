@@ -40,9 +40,8 @@ impl AccessLogConfig {
     /// Resolves a relative `path` against `base` (the config file's directory), like every
     /// other file the config names.
     pub fn relative_to(mut self, base: &std::path::Path) -> Self {
-        if let Some(p) = self.path.as_mut().filter(|p| p.is_relative()) {
-            *p = base.join(&*p);
-        }
+        // `join` keeps an absolute path as it is.
+        self.path = self.path.map(|p| base.join(p));
         self
     }
 }

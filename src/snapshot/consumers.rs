@@ -6,7 +6,7 @@
 use crate::config::GatewayConfig;
 use crate::consumer::{ConsumerConfig, Consumers, ConsumersFile};
 use crate::invalid::Invalid;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// The compiled consumers, if any are configured.
@@ -24,7 +24,8 @@ impl ConsumerSection {
         base: &Path,
         previous: Option<&ConsumerSection>,
     ) -> Result<Self, Invalid> {
-        let file = cfg.consumers_file.as_ref().map(|f| resolve(base, f));
+        // `join` keeps an absolute path as it is.
+        let file = cfg.consumers_file.as_ref().map(|f| base.join(f));
         if cfg.consumers.is_empty() && file.is_none() && cfg.consumer_auth.is_none() {
             return Ok(ConsumerSection::default());
         }
@@ -71,14 +72,6 @@ impl ConsumerSection {
             consumers: Some(Arc::new(Consumers::compile(&entries, &settings)?)),
             fingerprint,
         })
-    }
-}
-
-fn resolve(base: &Path, file: &Path) -> PathBuf {
-    if file.is_relative() {
-        base.join(file)
-    } else {
-        file.to_path_buf()
     }
 }
 
