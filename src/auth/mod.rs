@@ -272,20 +272,10 @@ impl Auth {
 
     /// The query string without the token parameter (if tokens may come in the query).
     pub fn strip_query<'a>(&self, query: &'a str) -> Cow<'a, str> {
-        let Some(name) = self.sources.query.as_deref() else {
-            return Cow::Borrowed(query);
-        };
-        let is_token = |pair: &&str| pair.split('=').next() == Some(name);
-        if !query.split('&').any(|p| is_token(&p)) {
-            return Cow::Borrowed(query);
+        match self.sources.query.as_deref() {
+            Some(name) => crate::edge::without_query_param(Cow::Borrowed(query), name),
+            None => Cow::Borrowed(query),
         }
-        Cow::Owned(
-            query
-                .split('&')
-                .filter(|p| !is_token(p))
-                .collect::<Vec<_>>()
-                .join("&"),
-        )
     }
 }
 

@@ -280,24 +280,14 @@ impl Consumers {
 
     /// The query string without the API key parameter (unless credentials are forwarded).
     pub fn strip_query<'a>(&self, query: Cow<'a, str>) -> Cow<'a, str> {
-        let Some(name) = self
+        match self
             .key_query
             .as_deref()
             .filter(|_| !self.forward_credentials)
-        else {
-            return query;
-        };
-        let is_key = |pair: &&str| pair.split('=').next() == Some(name);
-        if !query.split('&').any(|p| is_key(&p)) {
-            return query;
+        {
+            Some(name) => crate::edge::without_query_param(query, name),
+            None => query,
         }
-        Cow::Owned(
-            query
-                .split('&')
-                .filter(|p| !is_key(p))
-                .collect::<Vec<_>>()
-                .join("&"),
-        )
     }
 }
 

@@ -304,6 +304,22 @@ fn decode_unreserved(raw: &str) -> Result<String, &'static str> {
     Ok(out)
 }
 
+/// The query without any `name=…` (or bare `name`) parameter: credentials carried in the query
+/// (a token, an API key) are not forwarded. Borrowed when there is none to remove.
+pub fn without_query_param<'a>(query: Cow<'a, str>, name: &str) -> Cow<'a, str> {
+    let is_it = |pair: &&str| pair.split('=').next() == Some(name);
+    if !query.split('&').any(|p| is_it(&p)) {
+        return query;
+    }
+    Cow::Owned(
+        query
+            .split('&')
+            .filter(|p| !is_it(p))
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
+
 /// The request's host, lowercase, without port or trailing dot; empty if absent.
 /// `uri_host` is the authority of an absolute-form target. Borrowed unless it had to be
 /// lowercased.
