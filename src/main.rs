@@ -206,7 +206,7 @@ fn hash_password() -> ExitCode {
         eprintln!("apigateway: empty password");
         return ExitCode::FAILURE;
     }
-    match apigateway::auth::login::hash_password(password) {
+    match apigateway::password::hash(password) {
         Ok(hash) => {
             println!("{hash}");
             ExitCode::SUCCESS

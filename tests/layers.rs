@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "errors",
             "header_set",
             "metrics",
+            "password",
             "throttle",
         ],
     ),

@@ -3,7 +3,6 @@
 
 use crate::de::de_duration;
 use crate::invalid::Invalid;
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -156,7 +155,7 @@ impl LoginService {
         })?;
         let mut users = HashMap::new();
         for (i, u) in parsed.users.into_iter().enumerate() {
-            if let Err(e) = PasswordHash::new(&u.password_hash) {
+            if let Err(e) = crate::password::check_format(&u.password_hash) {
                 return Err(Invalid::new(
                     file_key.clone(),
                     format!(
@@ -185,8 +184,7 @@ impl LoginService {
             path: cfg.path.clone(),
             attempts_per_minute: cfg.attempts_per_minute,
             users,
-            dummy_hash: hash_password(&uuid::Uuid::new_v4().to_string())
-                .map_err(|e| Invalid::new(key.to_string(), e))?,
+            dummy_hash: crate::password::dummy().map_err(|e| Invalid::new(key.to_string(), e))?,
             signing,
             token_ttl: cfg.token_ttl,
             issuer,
@@ -204,13 +202,7 @@ impl LoginService {
         let email = email.to_ascii_lowercase();
         let user = self.users.get(&email);
         let hash = user.map_or(self.dummy_hash.as_str(), |u| u.password_hash.as_str());
-        let ok = PasswordHash::new(hash)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false);
+        let ok = crate::password::matches(hash, &password);
         let user = match (ok, user) {
             (true, Some(u)) => u,
             _ => return Err(LoginError::InvalidCredentials),
@@ -239,15 +231,6 @@ impl LoginService {
             expires_in: self.token_ttl.as_secs(),
         })
     }
-}
-
-/// Hashes a password as argon2id (v19, m=19456 KiB, t=2, p=1: OWASP's baseline) with a random
-/// salt from the OS, as a PHC string.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
 }
 
 /// Shared handle used by the proxy.

@@ -1,7 +1,6 @@
 //! Basic credentials (RFC 7617): parsing the header, argon2id verification off the event loop,
 //! and a cache of verified pairs so argon2 runs once per pair per `cache_ttl`.
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -42,7 +41,7 @@ impl BasicPair {
 #[derive(Debug)]
 pub struct StoredPassword {
     pub consumer: usize,
-    hash: String,
+    hash: Arc<str>,
 }
 
 /// Every consumer's Basic credentials and the cache of verified pairs.
@@ -60,25 +59,15 @@ pub struct BasicDirectory {
 
 impl BasicDirectory {
     pub fn new(cache_size: usize, ttl: Duration) -> Result<Self, String> {
-        use argon2::PasswordHasher;
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).map_err(|e| format!("no randomness from the OS: {e}"))?;
-        let dummy = Argon2::default()
-            .hash_password(&salt)
-            .map_err(|e| e.to_string())?
-            .to_string();
         Ok(BasicDirectory {
             by_username: HashMap::new(),
             verified: quick_cache::sync::Cache::new(cache_size.max(1)),
             salt,
             ttl,
-            dummy_hash: Arc::from(dummy),
+            dummy_hash: Arc::from(crate::password::dummy()?),
         })
-    }
-
-    /// Whether no consumer has Basic credentials.
-    pub fn is_empty(&self) -> bool {
-        self.by_username.is_empty()
     }
 
     /// Adds a credential; `false` if the username is taken. The hash was checked by the caller.
@@ -90,7 +79,7 @@ impl BasicDirectory {
             username.to_string(),
             StoredPassword {
                 consumer,
-                hash: hash.to_string(),
+                hash: Arc::from(hash),
             },
         );
         true
@@ -105,18 +94,12 @@ impl BasicDirectory {
     /// Runs argon2 for the pair on the blocking pool; the consumer when it matches.
     pub async fn verify(&self, pair: BasicPair) -> Option<usize> {
         let stored = self.by_username.get(&pair.username);
-        let hash: Arc<str> = stored.map_or(self.dummy_hash.clone(), |s| Arc::from(s.hash.as_str()));
+        let hash: Arc<str> = stored.map_or(self.dummy_hash.clone(), |s| s.hash.clone());
         let password = pair.password.clone();
         crate::metrics::password_check();
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || crate::password::matches(&hash, &password))
+            .await
+            .unwrap_or(false);
         let consumer = stored.filter(|_| ok)?.consumer;
         self.verified
             .insert(self.cache_key(&pair), (consumer, Instant::now()));

@@ -156,7 +156,7 @@ impl Consumers {
                 .insert(&k.hash, index, expires_at, &format!("{at}.hash"))?;
         }
         if let Some(b) = &c.basic {
-            argon2::PasswordHash::new(&b.password_hash).map_err(|e| {
+            crate::password::check_format(&b.password_hash).map_err(|e| {
                 Invalid::new(
                     format!("{path}.basic.password_hash"),
                     format!(
