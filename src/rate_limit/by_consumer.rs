@@ -140,11 +140,9 @@ fn decide((admitted, reports): (bool, Vec<QuotaReport>)) -> QuotaDecision {
     QuotaDecision::Refuse(reports, first)
 }
 
-/// Fixed-size Redis keys whatever the consumer id (the same on every instance).
+/// The Redis key of a quota window's counter.
 fn redis_key(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(text.as_bytes());
-    format!("quota:{}", hex::encode(&digest[..16]))
+    format!("quota:{}", super::redis_key(&[text.as_bytes()]))
 }
 
 /// The quota counters to keep across a reload.

@@ -385,21 +385,24 @@ impl Limiter {
         let Some(redis) = &self.redis else {
             return Some(local());
         };
-        // Fixed-size, deterministic Redis keys whatever the header or claim value: every
-        // gateway instance must derive the same key, so no per-process seed here.
-        let digest = Sha256::new()
-            .chain_update(&policy.store_id)
-            .chain_update(b"\xff")
-            .chain_update(text.tag)
-            .chain_update(text.value())
-            .finalize();
-        let hex = hex::encode(&digest[..16]);
-        match redis.check(&hex, &policy.gcra).await {
+        let key = redis_key(&[&policy.store_id, b"\xff", text.tag, text.value()]);
+        match redis.check(&key, &policy.gcra).await {
             Ok(v) => Some(v),
             Err(_) if self.on_store_error == OnStoreError::Local => Some(local()),
             Err(_) => None,
         }
     }
+}
+
+/// A fixed-size, deterministic Redis key for `parts` (the first 128 bits of their SHA-256, in
+/// hex), whatever the length of a header, claim or consumer id: every gateway instance must
+/// derive the same key, so there is no per-process seed.
+fn redis_key(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    hex::encode(&h.finalize()[..16])
 }
 
 fn ratio(remaining: u64, limit: u64) -> f64 {
