@@ -178,7 +178,9 @@ impl QuotaReport {
 /// In-process quota counters, kept across reloads.
 #[derive(Default)]
 pub struct LocalQuotas {
-    counts: Mutex<HashMap<String, u64>>,
+    /// Count of a window, and until when (seconds since the epoch) it is needed: the window's
+    /// end plus one more window, while it serves as the previous one.
+    counts: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl LocalQuotas {
@@ -196,11 +198,9 @@ impl LocalQuotas {
             .zip(&windows)
             .map(|(q, w)| {
                 let key = q.key(consumer, w.id);
-                let cur = counts.get(&key).copied().unwrap_or(0);
-                let prev = counts
-                    .get(&q.key(consumer, w.id.wrapping_sub(1)))
-                    .copied()
-                    .unwrap_or(0);
+                let count = |k: &str| counts.get(k).map_or(0, |(c, _)| *c);
+                let cur = count(&key);
+                let prev = count(&q.key(consumer, w.id.wrapping_sub(1)));
                 (key, cur, prev)
             })
             .collect();
@@ -215,7 +215,8 @@ impl LocalQuotas {
             .zip(state)
             .map(|((q, w), (key, cur, prev))| {
                 let cur = if admitted {
-                    let c = counts.entry(key).or_insert(0);
+                    let needed_until = now + w.left + (w.elapsed + w.left);
+                    let (c, _) = counts.entry(key).or_insert((0, needed_until));
                     *c += 1;
                     *c
                 } else {
@@ -225,30 +226,10 @@ impl LocalQuotas {
             })
             .collect();
         if counts.len() > 4096 {
-            forget_old_windows(&mut counts, quotas, &windows);
+            counts.retain(|_, (_, needed_until)| *needed_until > now);
         }
         (admitted, reports)
     }
-}
-
-/// Drops counters of windows older than the previous one (their keys end in a smaller id).
-fn forget_old_windows(
-    counts: &mut HashMap<String, u64>,
-    quotas: &[Arc<Quota>],
-    windows: &[Window],
-) {
-    let oldest = windows
-        .iter()
-        .map(|w| w.id.saturating_sub(1))
-        .min()
-        .unwrap_or(0);
-    let _ = quotas;
-    counts.retain(|k, _| {
-        k.rsplit('|')
-            .next()
-            .and_then(|id| id.parse::<u64>().ok())
-            .is_none_or(|id| id >= oldest)
-    });
 }
 
 #[cfg(test)]
@@ -303,6 +284,29 @@ mod tests {
         assert!(store.check("other", &quotas, now).0, "per consumer");
         // The next UTC day starts a fresh day window, but the month is still used up.
         assert!(!store.check("c", &quotas, now + DAY).0);
+    }
+
+    #[test]
+    fn forgetting_old_windows_keeps_every_window_still_counting() {
+        let store = LocalQuotas::default();
+        let day = [quota(2, QuotaPeriod::Day, false)];
+        let month = [quota(5000, QuotaPeriod::Month, false)];
+        let now = 1_796_299_200;
+        // A consumer whose day quota is used up today...
+        assert!(store.check("daily", &day, now).0);
+        assert!(store.check("daily", &day, now).0);
+        // ...then enough month-quota consumers to make the store forget old windows.
+        for i in 0..4100 {
+            store.check(&format!("monthly-{i}"), &month, now);
+        }
+        assert!(!store.check("daily", &day, now).0, "today's count survived");
+        // Windows no longer needed do go: three days on, the day windows are forgotten.
+        let later = now + 3 * DAY;
+        for i in 0..10 {
+            store.check(&format!("monthly-{i}"), &month, later);
+        }
+        let counts = store.counts.lock().unwrap();
+        assert!(!counts.keys().any(|k| k.starts_with("q|daily|")));
     }
 
     #[test]
