@@ -2,7 +2,7 @@
 
 use super::ctx::RequestCtx;
 use crate::access_log::AccessRecord;
-use crate::trace::export::ServerSpan;
+use crate::trace::record::ServerSpan;
 use pingora::Error;
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -83,43 +83,45 @@ pub(super) fn write_access_log(
 }
 
 /// Ends the request's server span and queues it for export, when tracing is on.
-pub(super) fn finish_trace(session: &Session, ctx: &mut RequestCtx, outcome: &Outcome) {
+pub(super) fn finish_trace(session: &Session, ctx: &RequestCtx, outcome: &Outcome) {
     // What the server span says is only gathered for a request that will be exported.
-    let Some(tracing) = ctx
+    let Some(snapshot) = ctx
         .snapshot
-        .clone()
+        .as_ref()
         .filter(|s| s.tracing.is_some() && ctx.trace.is_sampled())
     else {
         return;
     };
+    let tracing = snapshot.tracing.as_ref();
     let req = session.req_header();
     let route = ctx
         .route
         .as_ref()
-        .map(|m| &tracing.routes.routes()[m.route]);
+        .map(|m| &snapshot.routes.routes()[m.route]);
     let span = ServerSpan {
-        // Clones of the request's own values: reference counts, not copies.
-        method: req.method.clone(),
-        uri: req.uri.clone(),
-        route_pattern: route.map(|r| r.pattern.clone()),
-        route_name: route.map(|r| r.name.clone()),
-        service: ctx.pool().map(|p| p.label.clone()),
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        route_pattern: route.map(|r| &*r.pattern),
+        route_name: route.map(|r| &*r.name),
+        service: ctx.pool().map(|p| &*p.label),
         status: outcome.status,
-        host: req.headers.get(http::header::HOST).cloned(),
+        host: req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok()),
         client: ctx.inbound.client_ip,
         rate_limit: ctx.admission.outcome(),
         error: ctx.error.as_ref().map(|e| e.to_string()),
-        subject: subject(ctx)
-            .filter(|_| tracing.tracing.as_ref().is_some_and(|t| t.record_subject)),
+        subject: subject(ctx).filter(|_| tracing.is_some_and(|t| t.record_subject)),
     };
-    ctx.trace.finish(tracing.tracing.as_ref(), span);
+    ctx.trace.finish(tracing, &span);
 }
 
 /// The authenticated consumer's id, else the verified subject.
-fn subject(ctx: &RequestCtx) -> Option<String> {
+fn subject(ctx: &RequestCtx) -> Option<&str> {
     let identity = ctx.identity.as_ref()?;
     match &identity.consumer {
-        Some(c) => Some(c.id.to_string()),
-        None => identity.subject.clone(),
+        Some(c) => Some(&c.id),
+        None => identity.subject.as_deref(),
     }
 }

@@ -68,8 +68,8 @@ impl Default for OtlpConfig {
             endpoint: "http://127.0.0.1:4318/v1/traces".into(),
             protocol: "http/protobuf".into(),
             timeout: Duration::from_secs(5),
-            batch_size: 512,
-            queue_size: 4096,
+            batch_size: 2048,
+            queue_size: 8192,
             flush_interval: Duration::from_secs(1),
             max_retries: 3,
         }

@@ -1,59 +1,64 @@
-//! The OTLP/HTTP exporter: a bounded queue filled by requests, and one background thread that
-//! batches, encodes ([`super::otlp`]) and posts to the collector.
+//! The OTLP/HTTP exporter: a bounded queue of encoded spans filled by requests
+//! ([`super::record`]), and one background thread that batches and posts them to the
+//! collector.
 //!
 //! Ours rather than the `opentelemetry` SDK's batch processor: the SDK builds a span object
-//! with attribute vectors on the request path, where the gateway keeps a few ids and
-//! timestamps and builds attributes here, off the request path; and the thread starts on the
-//! first span, after the process has daemonized, like the access-log writer.
+//! with attribute vectors and owned strings per request, where the gateway writes the
+//! protobuf straight from the request's own values; and the thread starts on the first span,
+//! after the process has daemonized, like the access-log writer.
 
-use super::ClientSpan;
 use super::config::ExportSettings;
-use super::context::{SpanId, TraceId};
-use super::otlp::{self, Writer, span};
-use http::HeaderValue;
+use super::otlp::{self, Writer};
 use once_cell::sync::OnceCell;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// What the server span says beyond ids and times, filled in the `logging` phase.
-#[derive(Debug, Clone, Default)]
-pub struct ServerSpan {
-    pub method: http::Method,
-    /// The request target (`url.path` is its path).
-    pub uri: http::Uri,
-    /// The matched route's pattern (`http.route`) and name (`apigateway.route`).
-    pub route_pattern: Option<Arc<str>>,
-    pub route_name: Option<Arc<str>>,
-    pub service: Option<Arc<str>>,
-    pub status: u16,
-    pub host: Option<HeaderValue>,
-    pub client: Option<IpAddr>,
-    pub rate_limit: Option<&'static str>,
-    /// The gateway's refusal or failure, for `error.type`.
-    pub error: Option<String>,
-    /// `enduser.id`, only with `tracing.record_subject`.
-    pub subject: Option<String>,
+/// Encoded spans waiting: the `spans` fields of many requests back to back, where each
+/// request's end and how many spans it has (batches split between requests), and the total.
+#[derive(Default)]
+struct Waiting {
+    spans: Vec<u8>,
+    requests: Vec<(usize, usize)>,
+    span_count: usize,
 }
 
-/// One finished, sampled request: a server span and its client spans.
-pub struct FinishedRequest {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub parent: Option<SpanId>,
-    pub tracestate: Option<HeaderValue>,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub server: ServerSpan,
-    pub clients: Vec<ClientSpan>,
+impl Waiting {
+    /// The requests in batches of at most `batch_size` spans (a request is never split),
+    /// each as its encoded bytes, request count and span count.
+    fn batches(&self, batch_size: usize) -> impl Iterator<Item = (&[u8], usize, usize)> {
+        let mut rest = self.requests.as_slice();
+        let mut from = 0;
+        std::iter::from_fn(move || {
+            let (mut n, mut spans) = (0, 0);
+            while let Some(&(_, count)) = rest.get(n) {
+                if n > 0 && spans + count > batch_size {
+                    break;
+                }
+                spans += count;
+                n += 1;
+            }
+            let (batch, tail) = rest.split_at(n);
+            let &(to, _) = batch.last()?;
+            rest = tail;
+            let bytes = &self.spans[from..to];
+            from = to;
+            Some((bytes, n, spans))
+        })
+    }
+
+    fn clear(&mut self) {
+        self.spans.clear();
+        self.requests.clear();
+        self.span_count = 0;
+    }
 }
 
 /// Finished requests waiting for the exporter. A request appends under a short lock and wakes
 /// the exporter only when a batch is full or the process drains: a channel would wake the
 /// exporter thread (a futex call and a context switch) for nearly every request.
 struct Queue {
-    waiting: Mutex<Vec<FinishedRequest>>,
+    waiting: Mutex<Waiting>,
     wake: Condvar,
     batch_size: usize,
     capacity: usize,
@@ -65,20 +70,27 @@ static DRAIN: AtomicBool = AtomicBool::new(false);
 /// Requests queued or being exported, so a shutdown can wait until they are out.
 static PENDING: AtomicUsize = AtomicUsize::new(0);
 
-/// Queues a finished request; never blocks: a full queue drops it (and counts it).
-pub fn submit(settings: &ExportSettings, request: FinishedRequest) {
+/// Queues one request's encoded `spans` (`count` of them); never blocks: a full queue drops
+/// them (and counts them).
+pub fn submit(settings: &ExportSettings, spans: &[u8], count: usize) {
     let Some(queue) = QUEUE.get_or_init(|| start(settings)) else {
         return;
     };
     let mut waiting = queue.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-    if waiting.len() >= queue.capacity {
+    if waiting.requests.len() >= queue.capacity {
         drop(waiting);
-        crate::metrics::spans_dropped(1 + request.clients.len() as u64);
+        crate::metrics::spans_dropped(count as u64);
         return;
     }
-    waiting.push(request);
+    waiting.spans.extend_from_slice(spans);
+    let end = waiting.spans.len();
+    waiting.requests.push((end, count));
+    waiting.span_count += count;
     PENDING.fetch_add(1, Ordering::AcqRel);
-    if waiting.len() == queue.batch_size || DRAIN.load(Ordering::Relaxed) {
+    // Woken once as the count crosses a batch, not again for each request after it.
+    let full =
+        waiting.span_count >= queue.batch_size && waiting.span_count - count < queue.batch_size;
+    if full || DRAIN.load(Ordering::Relaxed) {
         queue.wake.notify_one();
     }
 }
@@ -104,10 +116,9 @@ pub fn wait_drained(limit: Duration) {
 }
 
 fn start(settings: &ExportSettings) -> Option<Arc<Queue>> {
-    // A request counts its client spans too; a batch of requests is sized by spans on average.
-    let batch_size = (settings.batch_size / 2).max(1);
+    let batch_size = settings.batch_size;
     let queue = Arc::new(Queue {
-        waiting: Mutex::new(Vec::with_capacity(batch_size)),
+        waiting: Mutex::new(Waiting::default()),
         wake: Condvar::new(),
         batch_size,
         capacity: settings.queue_size,
@@ -162,17 +173,18 @@ impl Exporter {
     /// Takes what is waiting every `flush_interval` (or when a batch is full, or at once
     /// while draining) and exports it in batches.
     fn run(&self, queue: &Queue) {
-        let mut taken = Vec::new();
+        let mut taken = Waiting::default();
         loop {
             {
                 let mut waiting = queue.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-                if waiting.len() < queue.batch_size && !DRAIN.load(Ordering::Acquire) {
+                let full = waiting.span_count >= queue.batch_size;
+                if !full && !DRAIN.load(Ordering::Acquire) {
                     waiting = queue
                         .wake
                         .wait_timeout(waiting, self.settings.flush_interval)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
-                } else if waiting.is_empty() {
+                } else if waiting.requests.is_empty() {
                     // Draining with nothing waiting: look again shortly.
                     waiting = queue
                         .wake
@@ -182,23 +194,27 @@ impl Exporter {
                 }
                 std::mem::swap(&mut *waiting, &mut taken);
             }
-            for batch in taken.chunks(queue.batch_size) {
-                let spans: usize = batch.iter().map(|r| 1 + r.clients.len()).sum();
-                self.export(batch, spans as u64);
-                PENDING.fetch_sub(batch.len(), Ordering::AcqRel);
+            for (bytes, requests, spans) in taken.batches(queue.batch_size) {
+                self.export(bytes, spans as u64);
+                PENDING.fetch_sub(requests, Ordering::AcqRel);
             }
             taken.clear();
         }
     }
 
     /// Posts one batch, retrying connection errors, 429 and 5xx with doubling backoff.
-    fn export(&self, batch: &[FinishedRequest], spans: u64) {
+    fn export(&self, encoded: &[u8], spans: u64) {
         let Some(runtime) = &self.runtime else {
             crate::metrics::spans_dropped(spans);
             return;
         };
         // Shared, so a retry does not copy the batch again.
-        let body = bytes::Bytes::from(self.encode(batch));
+        let body = bytes::Bytes::from(otlp::request(
+            &self.resource,
+            "apigateway",
+            env!("CARGO_PKG_VERSION"),
+            encoded,
+        ));
         let mut backoff = Duration::from_millis(100);
         for attempt in 0..=self.settings.max_retries {
             // The request is built inside the runtime: reqwest arms its timeout when sending.
@@ -227,117 +243,35 @@ impl Exporter {
         crate::metrics::trace_export_failed();
         crate::metrics::spans_dropped(spans);
     }
-
-    fn encode(&self, batch: &[FinishedRequest]) -> Vec<u8> {
-        let mut spans = Writer::default();
-        let mut scratch = Writer::default();
-        for r in batch {
-            write_spans(&mut spans, &mut scratch, r);
-        }
-        otlp::request(
-            &self.resource,
-            "apigateway",
-            env!("CARGO_PKG_VERSION"),
-            &spans.buf,
-        )
-    }
-}
-
-/// The server span and its client spans (each a `spans` field of `ScopeSpans`), with the
-/// HTTP semantic conventions.
-fn write_spans(out: &mut Writer, scratch: &mut Writer, r: &FinishedRequest) {
-    let s = &r.server;
-    let trace_state = r.tracestate.as_ref().and_then(|v| v.to_str().ok());
-    out.message(2, scratch, |w| {
-        w.bytes(span::TRACE_ID, &r.trace_id);
-        w.bytes(span::SPAN_ID, &r.span_id);
-        if let Some(state) = trace_state {
-            w.string(span::TRACE_STATE, state);
-        }
-        if let Some(parent) = &r.parent {
-            w.bytes(span::PARENT_SPAN_ID, parent);
-        }
-        match s.route_pattern.as_deref() {
-            Some(route) => w.string_parts(span::NAME, &[s.method.as_str(), " ", route]),
-            None => w.string(span::NAME, s.method.as_str()),
-        }
-        w.varint(span::KIND, span::SERVER);
-        w.fixed64(span::START, r.start_ns);
-        w.fixed64(span::END, r.end_ns);
-        let a = span::ATTRIBUTES;
-        w.attr_str(a, "http.request.method", s.method.as_str());
-        w.attr_str(a, "url.path", s.uri.path());
-        w.attr_int(a, "http.response.status_code", i64::from(s.status));
-        let mut put = |key: &str, value: Option<&str>| {
-            if let Some(v) = value {
-                w.attr_str(a, key, v);
-            }
-        };
-        put("http.route", s.route_pattern.as_deref());
-        put("apigateway.route", s.route_name.as_deref());
-        put("apigateway.service", s.service.as_deref());
-        put(
-            "server.address",
-            s.host.as_ref().and_then(|h| h.to_str().ok()),
-        );
-        put("apigateway.rate_limit", s.rate_limit);
-        put("error.type", s.error.as_deref());
-        put("enduser.id", s.subject.as_deref());
-        if let Some(ip) = s.client {
-            w.attr_ip(a, "client.address", ip);
-        }
-        if s.status >= 500 {
-            let message = s.error.as_deref().unwrap_or("");
-            w.message(span::STATUS, &mut Writer::default(), |st| {
-                st.string(span::STATUS_MESSAGE, message);
-                st.varint(span::STATUS_CODE, span::ERROR);
-            });
-        }
-        let remote = if r.parent.is_some() {
-            span::IS_REMOTE
-        } else {
-            0
-        };
-        w.fixed32(span::FLAGS, span::HAS_IS_REMOTE | remote);
-    });
-    for c in &r.clients {
-        out.message(2, scratch, |w| {
-            w.bytes(span::TRACE_ID, &r.trace_id);
-            w.bytes(span::SPAN_ID, &c.span_id);
-            if let Some(state) = trace_state {
-                w.string(span::TRACE_STATE, state);
-            }
-            w.bytes(span::PARENT_SPAN_ID, &r.span_id);
-            w.string_parts(span::NAME, &[s.method.as_str(), " ", &c.name]);
-            w.varint(span::KIND, span::CLIENT);
-            w.fixed64(span::START, c.start_ns);
-            w.fixed64(span::END, c.end_ns.max(c.start_ns));
-            let a = span::ATTRIBUTES;
-            w.attr_str(a, "http.request.method", s.method.as_str());
-            w.attr_str(a, "apigateway.service", &c.name);
-            if let Some(peer) = c.peer {
-                w.attr_ip(a, "network.peer.address", peer.ip());
-                w.attr_int(a, "network.peer.port", i64::from(peer.port()));
-            }
-            if let Some(status) = c.status {
-                w.attr_int(a, "http.response.status_code", i64::from(status));
-            }
-            if let Some(e) = c.error {
-                w.attr_str(a, "error.type", e);
-            }
-            if c.error.is_some() || c.status.is_some_and(|s| s >= 500) {
-                w.message(span::STATUS, &mut Writer::default(), |st| {
-                    st.string(span::STATUS_MESSAGE, c.error.unwrap_or(""));
-                    st.varint(span::STATUS_CODE, span::ERROR);
-                });
-            }
-            w.fixed32(span::FLAGS, span::HAS_IS_REMOTE);
-        });
-    }
 }
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Waiting;
+
+    #[test]
+    fn batches_hold_whole_requests_up_to_the_span_limit() {
+        let mut waiting = Waiting::default();
+        for (i, count) in [2, 2, 3, 1, 5].into_iter().enumerate() {
+            waiting.spans.extend(std::iter::repeat_n(i as u8, count));
+            waiting.requests.push((waiting.spans.len(), count));
+            waiting.span_count += count;
+        }
+        let batches: Vec<_> = waiting.batches(4).collect();
+        let expected: [(&[u8], usize, usize); 3] = [
+            (&[0, 0, 1, 1], 2, 4),
+            (&[2, 2, 2, 3], 2, 4),
+            // A request with more spans than a batch holds goes alone.
+            (&[4, 4, 4, 4, 4], 1, 5),
+        ];
+        assert_eq!(batches, expected);
+        waiting.clear();
+        assert_eq!(waiting.batches(4).count(), 0);
+    }
 }

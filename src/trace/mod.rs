@@ -2,13 +2,14 @@
 //! span per upstream attempt and aggregate call, exported over OTLP/HTTP by a background thread.
 //!
 //! Per request the gateway keeps a few ids and timestamps ([`RequestTrace`]); only a sampled,
-//! finished request becomes a [`export::FinishedRequest`] on a bounded queue. Everything the
-//! OTLP format needs beyond that (attribute lists, protobuf) is built on the exporter thread.
+//! finished request is encoded ([`record`]), on its own thread, into the exporter's bounded
+//! queue of protobuf bytes. The exporter thread wraps batches of them and posts them.
 
 pub mod config;
 pub mod context;
 pub mod export;
 mod otlp;
+pub mod record;
 
 pub use config::{Tracing, TracingConfig};
 pub use context::{SpanId, TraceId};
@@ -19,6 +20,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// One client span: an upstream attempt or an aggregate call.
 #[derive(Debug, Clone)]
@@ -190,9 +193,12 @@ impl RequestTrace {
         )?;
         match &a.tracestate {
             Some(state) => upstream.insert_header("tracestate", state.clone())?,
-            None => {
-                upstream.remove_header("tracestate");
+            // A lookup by a prepared name first: removing looks up two maps, each parsing a
+            // `&str` name again, and most requests carry no `tracestate`.
+            None if upstream.headers.contains_key(&TRACESTATE) => {
+                upstream.remove_header(&TRACESTATE);
             }
+            None => {}
         }
         Ok(())
     }
@@ -217,40 +223,35 @@ impl RequestTrace {
         })
     }
 
-    /// Ends the server span and queues the request for export if it is sampled.
-    pub fn finish(&mut self, tracing: Option<&Tracing>, request: export::ServerSpan) {
-        let (Some(tracing), Some(a)) = (tracing, self.active.take()) else {
+    /// Ends the server span and queues its spans for export if the request is sampled.
+    /// Runs in `logging`, after the response is sent, so the encoding adds nothing to it.
+    pub fn finish(&self, tracing: Option<&Tracing>, server: &record::ServerSpan<'_>) {
+        let (Some(tracing), Some(a)) = (tracing, self.active.as_ref()) else {
             return;
         };
         if !a.sampled {
             return;
         }
-        let Active {
-            trace_id,
-            span_id,
-            parent,
-            tracestate,
-            start_ns,
-            mut attempts,
-            calls,
-            ..
-        } = a;
-        let end_ns = now_ns();
-        for s in attempts.iter_mut().filter(|s| s.end_ns == 0) {
-            s.end_ns = end_ns;
-        }
-        attempts.extend(calls.into_inner().unwrap_or_else(|p| p.into_inner()));
-        export::submit(
+        let calls = a
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let clients = if calls.is_empty() {
+            std::borrow::Cow::Borrowed(a.attempts.as_slice())
+        } else {
+            std::borrow::Cow::Owned([a.attempts.as_slice(), calls.as_slice()].concat())
+        };
+        record::submit(
             &tracing.export,
-            export::FinishedRequest {
-                trace_id,
-                span_id,
-                parent,
-                tracestate,
-                start_ns,
-                end_ns,
-                server: request,
-                clients: attempts,
+            &record::FinishedRequest {
+                trace_id: a.trace_id,
+                span_id: a.span_id,
+                parent: a.parent,
+                tracestate: a.tracestate.as_ref().and_then(|v| v.to_str().ok()),
+                start_ns: a.start_ns,
+                end_ns: now_ns(),
+                server,
+                clients: &clients,
             },
         );
     }
