@@ -5,7 +5,7 @@
 //! - base: [`de`], [`invalid`], [`identity`], [`template`], [`errors`], [`header_set`],
 //!   [`metrics`], [`password`], [`throttle`] — small shared types that import nothing above them;
 //! - capabilities: [`router`], [`upstream`], [`auth`], [`consumer`], [`rate_limit`], [`transform`], [`edge`],
-//!   [`aggregate`], [`access_log`], [`tls`], [`trace`] — each owns its config struct, its compiled form
+//!   [`aggregate`], [`access_log`], [`tls`], [`trace`], [`traffic`] — each owns its config struct, its compiled form
 //!   and its per-request stage state;
 //! - [`config`]: the YAML file, assembled from the capabilities' config structs;
 //! - [`snapshot`]: the config compiled into one immutable value behind a swappable pointer;
@@ -33,6 +33,7 @@ pub mod rate_limit;
 pub mod router;
 pub mod tls;
 pub mod trace;
+pub mod traffic;
 pub mod transform;
 pub mod upstream;
 

@@ -34,6 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "router",
             "tls",
             "trace",
+            "traffic",
             "transform",
             "upstream",
         ],

@@ -34,6 +34,13 @@ pub struct RouteConfig {
     /// Fan out to several services and merge their JSON instead of proxying.
     #[serde(default)]
     pub aggregate: Option<AggregateConfig>,
+    /// Weighted split between services (canary, blue/green), instead of `service`.
+    #[serde(default)]
+    pub split: Option<Vec<crate::traffic::SplitEntryConfig>>,
+    /// What keeps a caller on one side of `split`: `user`, `consumer`, `client_ip`,
+    /// `cookie:NAME` or `header:NAME`; absent = each request chosen at random by weight.
+    #[serde(default)]
+    pub sticky: Option<String>,
     /// Remove the part of the path matched by the pattern before forwarding (default true).
     #[serde(default = "default_true")]
     pub strip_prefix: bool,

@@ -6,6 +6,7 @@ use crate::errors::GatewayError;
 use crate::rate_limit::KeyInputs;
 use crate::router::{RequestView, RouteMatch};
 use crate::snapshot::Snapshot;
+use crate::traffic::{Destination, SplitInputs};
 use bytes::Bytes;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -99,6 +100,7 @@ pub(super) async fn admit(
     edge::check_content_length(session.req_header(), target.max_body)?;
     ctx.body.set_max(target.max_body);
     authenticate(&snapshot, session.req_header(), ctx).await?;
+    choose_destination(session.req_header(), ctx);
     rate_limit(&snapshot, session.req_header(), ctx).await?;
     finish_route(&snapshot, ctx)?;
     let transforms = ctx.target().and_then(|t| t.transforms.clone());
@@ -140,6 +142,31 @@ async fn authenticate(
         .await
         .map_err(|f| gate.refusal(f, &target.policy))?;
     Ok(())
+}
+
+/// Sets the service the request goes to: the route's own, or its split's choice.
+fn choose_destination(req: &RequestHeader, ctx: &mut RequestCtx) {
+    let Some(target) = ctx.target() else {
+        return;
+    };
+    let destination = match &target.split {
+        Some(split) => {
+            let entry = split.choose(&SplitInputs {
+                req,
+                identity: ctx.identity.as_deref(),
+                client_ip: ctx.inbound.client_ip,
+            });
+            Destination {
+                service: Some(split.entries()[entry].service),
+                entry: Some(entry),
+            }
+        }
+        None => Destination {
+            service: target.service,
+            entry: None,
+        },
+    };
+    ctx.destination = destination;
 }
 
 /// Applies the route's rate-limit policies, keyed on verified identity or client IP.

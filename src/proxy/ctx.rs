@@ -7,6 +7,7 @@ use crate::rate_limit::Admission;
 use crate::router::RouteMatch;
 use crate::snapshot::{RouteTarget, Snapshot};
 use crate::template::TemplateVars;
+use crate::traffic::Destination;
 use crate::transform::Exchange;
 use crate::upstream::{Attempts, ServicePool};
 use std::sync::Arc;
@@ -20,6 +21,8 @@ pub struct RequestCtx {
     pub inbound: Inbound,
     /// The matched route and the path to forward (router stage).
     pub route: Option<RouteMatch>,
+    /// The service chosen for the request, by the route or its split (traffic stage).
+    pub(super) destination: Destination,
     /// The verified caller, if the route authenticated one (auth stage).
     pub identity: Option<Arc<Identity>>,
     /// Rate-limit report and concurrency slots (rate-limit stage).
@@ -44,7 +47,16 @@ impl RequestCtx {
 
     /// The service pool of the matched proxy route.
     pub(super) fn pool(&self) -> Option<&ServicePool> {
-        pool_of(&self.snapshot, &self.route)
+        pool_of(&self.snapshot, &self.destination)
+    }
+
+    /// The matched route's metrics, labelled with the split entry's service when it has one.
+    pub(super) fn route_metrics(&self) -> Option<&crate::metrics::RouteMetrics> {
+        let target = self.target()?;
+        match (&target.split, self.destination.entry) {
+            (Some(split), Some(entry)) => Some(&split.entries()[entry].metrics),
+            _ => Some(&target.metrics),
+        }
     }
 
     /// The values templates are rendered with.
@@ -61,13 +73,12 @@ pub(super) fn target_of<'a>(
     Some(&snapshot.as_ref()?.routes.routes()[route.as_ref()?.route].target)
 }
 
-/// The matched proxy route's service pool, from the fields it comes from.
+/// The service pool chosen for a proxy request, from the fields it comes from.
 pub(super) fn pool_of<'a>(
     snapshot: &'a Option<Arc<Snapshot>>,
-    route: &Option<RouteMatch>,
+    destination: &Destination,
 ) -> Option<&'a ServicePool> {
-    let service = target_of(snapshot, route)?.service?;
-    Some(snapshot.as_ref()?.service(service))
+    Some(snapshot.as_ref()?.service(destination.service?))
 }
 
 /// Template values from the fields they come from, so a stage can render while another field

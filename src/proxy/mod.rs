@@ -133,7 +133,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let (Some(pool), Some(target)) = (
-            ctx::pool_of(&ctx.snapshot, &ctx.route),
+            ctx::pool_of(&ctx.snapshot, &ctx.destination),
             ctx::target_of(&ctx.snapshot, &ctx.route),
         ) else {
             return Err(Self::fail(ctx, GatewayError::Internal, 500));
@@ -199,7 +199,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(pool) = ctx::pool_of(&ctx.snapshot, &ctx.route) else {
+        let Some(pool) = ctx::pool_of(&ctx.snapshot, &ctx.destination) else {
             return Ok(());
         };
         if let Err(reason) = edge::check_response_framing(upstream_response) {

@@ -26,9 +26,7 @@ impl Outcome {
 
 /// Observes the route's and the service's latency histograms.
 pub(super) fn record_metrics(ctx: &RequestCtx, outcome: &Outcome) {
-    let metrics = ctx
-        .target()
-        .map_or(&*crate::metrics::UNMATCHED, |t| &t.metrics);
+    let metrics = ctx.route_metrics().unwrap_or(&*crate::metrics::UNMATCHED);
     metrics.observe(outcome.status, outcome.elapsed.as_secs_f64());
     if let (Some(pool), Some(t)) = (ctx.pool(), ctx.attempts.upstream_time()) {
         pool.upstream_latency.observe(t.as_secs_f64());

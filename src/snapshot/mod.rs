@@ -194,6 +194,10 @@ impl Snapshot {
             let used = routes.iter().any(|r| {
                 r.target.service == Some(i)
                     || r.target
+                        .split
+                        .as_ref()
+                        .is_some_and(|s| s.entries().iter().any(|e| e.service == i))
+                    || r.target
                         .aggregate
                         .as_ref()
                         .is_some_and(|a| a.services().any(|s| s == i))

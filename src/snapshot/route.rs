@@ -13,14 +13,17 @@ use crate::metrics::RouteMetrics;
 use crate::rate_limit::Limiter;
 use crate::router::{RouteSpec, RouteTable, param_names};
 use crate::template::TemplateScope;
+use crate::traffic::Split;
 use crate::transform::RouteTransforms;
 use std::sync::Arc;
 
 /// What a route leads to: its service (or fan-out) and its policies.
 #[derive(Debug)]
 pub struct RouteTarget {
-    /// Index into the snapshot's services, for proxy routes.
+    /// Index into the snapshot's services, for proxy routes to one service.
     pub service: Option<usize>,
+    /// The weighted split, for proxy routes to several services.
+    pub split: Option<Split>,
     /// The fan-out, for aggregate routes.
     pub aggregate: Option<Arc<Aggregate>>,
     pub policy: RoutePolicy,
@@ -68,24 +71,28 @@ fn compile_target(
     route: &RouteConfig,
     inputs: &RouteInputs<'_>,
 ) -> Result<RouteTarget, Invalid> {
-    let (service, aggregate) = destination(route, inputs.services)?;
+    let name = route
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("routes[{index}]"));
+    let (service, aggregate, split) = destination(route, inputs.services, &name)?;
+    if route.sticky.is_some() && split.is_none() {
+        return Err(Invalid::new("sticky", "needs `split`"));
+    }
     if route.websocket && aggregate.is_some() {
         return Err(Invalid::new(
             "websocket",
             "only proxy routes (with `service:`) can forward WebSocket upgrades",
         ));
     }
-    let name = route
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("routes[{index}]"));
     let metrics_service = match (&route.service, &aggregate) {
         (Some(s), _) => s.as_str(),
         (None, Some(_)) => "aggregate",
-        (None, None) => "",
+        (None, None) => "split",
     };
     Ok(RouteTarget {
         service,
+        split,
         aggregate,
         policy: policy(route, inputs)?,
         rate_limits: rate_limits(route, inputs.limiter)?,
@@ -114,28 +121,42 @@ fn compile_target(
     })
 }
 
-/// A route's destination: a service to proxy to, or a fan-out.
-type Destination = (Option<usize>, Option<Arc<Aggregate>>);
+/// A route's destination: a service to proxy to, a fan-out, or a split between services.
+type Destination = (Option<usize>, Option<Arc<Aggregate>>, Option<Split>);
 
-/// Exactly one of `service` or `aggregate`.
-fn destination(route: &RouteConfig, services: &Services) -> Result<Destination, Invalid> {
-    match (&route.service, &route.aggregate) {
-        (Some(name), None) => {
+/// Exactly one of `service`, `aggregate` or `split`.
+fn destination(
+    route: &RouteConfig,
+    services: &Services,
+    route_name: &str,
+) -> Result<Destination, Invalid> {
+    match (&route.service, &route.aggregate, &route.split) {
+        (Some(name), None, None) => {
             let index = services
                 .find(name)
                 .map_err(|reason| Invalid::new("service", reason))?;
-            Ok((Some(index), None))
+            Ok((Some(index), None, None))
         }
-        (None, Some(agg)) => {
+        (None, None, Some(entries)) => {
+            let split = Split::compile(
+                entries,
+                route.sticky.as_deref(),
+                "split",
+                |name| services.find(name),
+                route_name,
+            )?;
+            Ok((None, None, Some(split)))
+        }
+        (None, Some(agg), None) => {
             let params = param_names(&route.path);
             let authenticated = route.auth == AuthMode::Required;
             let compiled =
                 Aggregate::compile(agg, "aggregate", &services.names(), &params, authenticated)?;
-            Ok((None, Some(Arc::new(compiled))))
+            Ok((None, Some(Arc::new(compiled)), None))
         }
         _ => Err(Invalid::new(
             "service",
-            "set exactly one of `service` or `aggregate`",
+            "set exactly one of `service`, `aggregate` or `split`",
         )),
     }
 }
