@@ -8,8 +8,8 @@ RELEASE := target/release
 
 .PHONY: run test deps build lint deny unit bench bench-smoke soak fuzz install clean
 
-## make run: build in release mode, start the demo services (users, products, orders on
-## 127.0.0.1:3001-3003) and the gateway on 0.0.0.0:8080 (HTTP) and 8443 (HTTPS, HTTP/2; a demo
+## make run: build in release mode, start the demo services (users, products, orders,
+## products-v2 on 127.0.0.1:3001-3004) and the gateway on 0.0.0.0:8080 (HTTP) and 8443 (HTTPS, HTTP/2; a demo
 ## certificate is generated into conf/tls/ on first run). Ctrl-C stops everything.
 run: deps build
 	@$(RELEASE)/examples/demo_services --write-cert conf/tls

@@ -1,5 +1,5 @@
-//! The demo upstreams for `make run`: users, products and orders on 127.0.0.1:3001-3003, each
-//! answering JSON that echoes the method, path, query and headers it received.
+//! The demo upstreams for `make run`: users, products, orders and products-v2 (the canary of
+//! `/api/catalog`) on 127.0.0.1:3001-3004, each answering JSON that echoes the method, path, query and headers it received.
 
 #[path = "../tests/common/echo.rs"]
 mod echo;
@@ -27,7 +27,12 @@ async fn main() -> std::io::Result<()> {
         return Ok(());
     }
     let mut servers = Vec::new();
-    for (name, port) in [("users", 3001), ("products", 3002), ("orders", 3003)] {
+    for (name, port) in [
+        ("users", 3001),
+        ("products", 3002),
+        ("orders", 3003),
+        ("products-v2", 3004),
+    ] {
         let server = echo::EchoServer::start(name, &format!("127.0.0.1:{port}")).await?;
         println!("demo service {name} listening on http://{}", server.addr);
         servers.push(server);

@@ -47,3 +47,33 @@ pub struct ValueRuleConfig {
     #[serde(default)]
     pub regex: Option<String>,
 }
+
+/// `mirror:` of a route: a copy of its forwarded requests to another service (shadow
+/// traffic), whose answers are discarded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// A service in `services:`.
+    pub service: String,
+    /// Share of the route's forwarded requests copied, 0 to 1.
+    #[serde(default = "one")]
+    pub sample_ratio: f64,
+    /// Largest request body copied; a larger one is mirrored without its body (counted).
+    #[serde(default = "default_mirror_body")]
+    pub max_body_bytes: usize,
+    /// Copies in flight at most; more are dropped (counted).
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn default_mirror_body() -> usize {
+    64 * 1024
+}
+
+fn default_in_flight() -> usize {
+    64
+}

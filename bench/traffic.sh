@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Traffic management (issue #19): CPU per request of a split route (two services, 90/10, the
+# random choice) and a sticky split (by the client address) against a plain route, in one
+# gateway (threads 1) to the same nginx upstream. `wrk -t1 -c50`, interleaved rounds, medians
+# of the gateway process's CPU µs per request. ROUNDS (7), DURATION (5s), CONNECTIONS (50)
+# override. Results in bench/results/<UTC>-traffic.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/common.sh
+ROUNDS=${ROUNDS:-7}; DURATION=${DURATION:-5s}; CONNECTIONS=${CONNECTIONS:-50}
+install_missing wrk:wrk nginx:nginx openssl:openssl
+[ -n "${GW_BIN:-}" ] || cargo build --release --bin apigateway >/dev/null
+BIN=${GW_BIN:-target/release/apigateway}
+bench_workdir
+
+UP=$(port)
+start_json_upstream "$UP"
+wait_port "$UP"
+GW=$(port)
+{ gateway_head gw "$GW" 1; cat; } > "$WORK/gw.yaml" <<YAML
+routes:
+  - {path: /api/users, service: users}
+  - path: /api/split
+    split: [{service: users, weight: 90}, {service: canary, weight: 10}]
+  - path: /api/sticky
+    sticky: client_ip
+    split: [{service: users, weight: 90}, {service: canary, weight: 10}]
+YAML
+# A second service on the same upstream, beside gateway_head's `users`.
+sed -i "/^  users:/a\\  canary: {backends: ['127.0.0.1:$UP']}" "$WORK/gw.yaml"
+RUST_LOG=warn "$BIN" -c "$WORK/gw.yaml" 2>"$WORK/gw.log" & PIDS+=($!); PID=$!
+wait_port "$GW"
+declare -A PATHS=([plain]=/api/users/42 [split]=/api/split/42 [sticky]=/api/sticky/42)
+TARGETS=(plain split sticky)
+for r in $(seq 1 "$ROUNDS"); do
+  echo "round $r"
+  for t in "${TARGETS[@]}"; do wrk_cpu "$t" "$PID" "http://127.0.0.1:$GW${PATHS[$t]}"; done
+done
+OUT=bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-traffic; mkdir -p "$OUT"; cp "$WORK/raw.txt" "$OUT/"
+med() { awk -v t="$1" -v c="$2" '$1==t {print $c}' "$WORK/raw.txt" | median; }
+{
+  echo "| route | req/s | CPU µs/req | CPU vs plain |"
+  echo "|---|---:|---:|---:|"
+  for t in "${TARGETS[@]}"; do
+    echo "| $t | $(med "$t" 2) | $(med "$t" 3) | $(awk -v a="$(med "$t" 3)" -v b="$(med plain 3)" 'BEGIN {printf "%.3f", a/b}')× |"
+  done
+} | tee "$OUT/table.md"
