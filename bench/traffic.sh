@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Traffic management (issue #19): CPU per request of a split route (two services, 90/10, the
-# random choice) and a sticky split (by the client address) against a plain route, in one
+# random choice), a sticky split (by the client address) and a route mirroring every request
+# to a second service (the same nginx) against a plain route, in one
 # gateway (threads 1) to the same nginx upstream. `wrk -t1 -c50`, interleaved rounds, medians
 # of the gateway process's CPU µs per request. ROUNDS (7), DURATION (5s), CONNECTIONS (50)
 # override. Results in bench/results/<UTC>-traffic.
@@ -25,13 +26,17 @@ routes:
   - path: /api/sticky
     sticky: client_ip
     split: [{service: users, weight: 90}, {service: canary, weight: 10}]
+  - path: /api/mirrored
+    service: users
+    mirror: {service: canary, sample_ratio: 1.0, max_in_flight: 1000}
 YAML
 # A second service on the same upstream, beside gateway_head's `users`.
 sed -i "/^  users:/a\\  canary: {backends: ['127.0.0.1:$UP']}" "$WORK/gw.yaml"
 RUST_LOG=warn "$BIN" -c "$WORK/gw.yaml" 2>"$WORK/gw.log" & PIDS+=($!); PID=$!
 wait_port "$GW"
-declare -A PATHS=([plain]=/api/users/42 [split]=/api/split/42 [sticky]=/api/sticky/42)
-TARGETS=(plain split sticky)
+declare -A PATHS=([plain]=/api/users/42 [split]=/api/split/42 [sticky]=/api/sticky/42
+                  [mirrored]=/api/mirrored/42)
+TARGETS=(plain split sticky mirrored)
 for r in $(seq 1 "$ROUNDS"); do
   echo "round $r"
   for t in "${TARGETS[@]}"; do wrk_cpu "$t" "$PID" "http://127.0.0.1:$GW${PATHS[$t]}"; done

@@ -35,6 +35,7 @@ struct Metrics {
     connections_closed: IntCounterVec,
     ejections: IntCounterVec,
     connections_open: prometheus::IntGauge,
+    mirror: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -162,6 +163,12 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             )
             .expect("valid metric"),
         ),
+        mirror: counter(
+            "apigateway_mirror_requests_total",
+            "Mirror copies of a route's requests, by result (sent, failed, dropped: too many in \
+             flight, body_too_large: sent without the body)",
+            &["route", "result"],
+        ),
         registry: r,
     }
 });
@@ -277,6 +284,11 @@ pub fn connection_closed(reason: &'static str) {
 /// Tracks the open client connections (+1 on accept, -1 on close).
 pub fn connections_open(delta: i64) {
     METRICS.connections_open.add(delta);
+}
+
+/// Counts a mirror copy's fate (a rare path next to the request: looked up by label).
+pub fn mirror(route: &str, result: &'static str) {
+    METRICS.mirror.with_label_values(&[route, result]).inc();
 }
 
 /// Counts spans the collector accepted.

@@ -115,6 +115,14 @@ fn bad_splits_are_config_errors_naming_the_key() {
             "routes[0].sticky: needs `split`",
         ),
         ("split: [{service: a, weight: -5}]", "weight"),
+        (
+            "service: a\n    mirror: {service: a, sample_ratio: 1.5}",
+            "routes[0].mirror.sample_ratio: 1.5 is not between 0 and 1",
+        ),
+        (
+            "service: a\n    mirror: {service: ghost}",
+            "routes[0].mirror.service: unknown service \"ghost\"",
+        ),
     ] {
         let (ok, text, _) = check_config(&format!(
             "listen: ['127.0.0.1:0']\nservices:\n  a: {{backends: ['127.0.0.1:9']}}\nroutes:\n  - path: /\n    {split}\n"
@@ -122,4 +130,161 @@ fn bad_splits_are_config_errors_naming_the_key() {
         assert!(!ok, "{split}");
         assert!(text.contains(expected), "{split}: {text}");
     }
+}
+
+/// A request as a mirror received it.
+#[derive(Debug)]
+struct Received {
+    method: String,
+    path: String,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+}
+
+/// A loopback HTTP/1 server that records every request and answers 500 (which the gateway
+/// must ignore); the receiver gets them as they arrive.
+async fn recording_server() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Received>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            let _ = tx.send(Received {
+                                method: parts.method.to_string(),
+                                path: parts.uri.to_string(),
+                                headers: parts.headers,
+                                body,
+                            });
+                            let mut answer = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"mirror says no"),
+                            ));
+                            *answer.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                            Ok::<_, std::convert::Infallible>(answer)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A port that accepts connections and never answers.
+async fn hanging_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_mirror_gets_a_marked_copy_and_its_answer_is_discarded() {
+    let main = EchoServer::start("main", "127.0.0.1:0").await.unwrap();
+    let (shadow, mut received) = recording_server().await;
+    let admin = free_port();
+    let gw = Gateway::start(&format!(
+        "admin: {{listen: '127.0.0.1:{admin}'}}\n\
+         services:\n  main: {{backends: ['{}']}}\n  shadow: {{backends: ['{shadow}']}}\n\
+         routes:\n  - path: /orders\n    name: orders\n    service: main\n\
+         \x20   mirror: {{service: shadow, max_body_bytes: 16}}\n",
+        main.addr
+    ));
+    let c = client();
+    let (status, headers, body) = send(
+        c.post(gw.url("/orders/7?x=1"))
+            .header("x-client", "yes")
+            .body("{\"qty\":2}"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["service"].as_str()),
+        (200, Some("main")),
+        "the client's answer is the main service's"
+    );
+    let copy = tokio::time::timeout(std::time::Duration::from_secs(5), received.recv())
+        .await
+        .expect("the mirror got a copy")
+        .unwrap();
+    assert_eq!(
+        (copy.method.as_str(), copy.path.as_str()),
+        ("POST", "/7?x=1")
+    );
+    assert_eq!(copy.body, b"{\"qty\":2}");
+    assert_eq!(copy.headers["x-client"], "yes");
+    assert_eq!(copy.headers["x-gateway-mirror"], "1");
+    assert_eq!(copy.headers["x-request-id"], headers["x-request-id"]);
+    // Over the 16-byte cap: the copy goes without its body, and is counted.
+    let (status, _, _) = send(c.post(gw.url("/orders/8")).body("x".repeat(100))).await;
+    assert_eq!(status, 200);
+    let bare = tokio::time::timeout(std::time::Duration::from_secs(5), received.recv())
+        .await
+        .expect("the mirror got the second copy")
+        .unwrap();
+    assert_eq!((bare.path.as_str(), bare.body.len()), ("/8", 0));
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            let m = metrics_text(admin).await;
+            m.contains(
+                "apigateway_mirror_requests_total{result=\"body_too_large\",route=\"orders\"} 1",
+            ) && m.contains("apigateway_mirror_requests_total{result=\"sent\",route=\"orders\"} 2")
+        })
+        .await,
+        "{}",
+        metrics_text(admin).await
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_mirror_changes_nothing_for_clients_and_extra_copies_are_dropped() {
+    let main = EchoServer::start("main", "127.0.0.1:0").await.unwrap();
+    let stuck = hanging_server().await;
+    let admin = free_port();
+    let gw = Gateway::start(&format!(
+        "admin: {{listen: '127.0.0.1:{admin}'}}\n\
+         services:\n  main: {{backends: ['{}']}}\n  stuck: {{backends: ['{stuck}'], timeouts: {{read: 30s}}}}\n\
+         routes:\n  - path: /orders\n    name: orders\n    service: main\n\
+         \x20   mirror: {{service: stuck, max_in_flight: 2}}\n",
+        main.addr
+    ));
+    let c = client();
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        let (status, _, body) = send(c.get(gw.url(&format!("/orders/{i}")))).await;
+        assert_eq!((status, body["service"].as_str()), (200, Some("main")));
+    }
+    // Twenty requests against a mirror that never answers: as fast as without one.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let m = metrics_text(admin).await;
+    assert!(
+        m.contains("apigateway_mirror_requests_total{result=\"dropped\",route=\"orders\"} 18"),
+        "{m}"
+    );
 }

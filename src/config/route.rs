@@ -37,6 +37,9 @@ pub struct RouteConfig {
     /// Weighted split between services (canary, blue/green), instead of `service`.
     #[serde(default)]
     pub split: Option<Vec<crate::traffic::SplitEntryConfig>>,
+    /// Copies of a sample of the route's forwarded requests, to another service (shadow).
+    #[serde(default)]
+    pub mirror: Option<crate::traffic::MirrorConfig>,
     /// What keeps a caller on one side of `split`: `user`, `consumer`, `client_ip`,
     /// `cookie:NAME` or `header:NAME`; absent = each request chosen at random by weight.
     #[serde(default)]

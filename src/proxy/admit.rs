@@ -6,7 +6,7 @@ use crate::errors::GatewayError;
 use crate::rate_limit::KeyInputs;
 use crate::router::{RequestView, RouteMatch};
 use crate::snapshot::Snapshot;
-use crate::traffic::{Destination, SplitInputs};
+use crate::traffic::{Destination, MirrorCopy, SplitInputs};
 use bytes::Bytes;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -159,14 +159,25 @@ fn choose_destination(req: &RequestHeader, ctx: &mut RequestCtx) {
             Destination {
                 service: Some(split.entries()[entry].service),
                 entry: Some(entry),
+                mirror: None,
             }
         }
         None => Destination {
             service: target.service,
             entry: None,
+            mirror: None,
         },
     };
-    ctx.destination = destination;
+    // An upgrade is a tunnel, not a request a mirror could answer.
+    let mirror = target
+        .mirror
+        .as_ref()
+        .filter(|m| !edge::is_websocket_upgrade(req) && m.samples())
+        .map(|_| MirrorCopy::default());
+    ctx.destination = Destination {
+        mirror,
+        ..destination
+    };
 }
 
 /// Applies the route's rate-limit policies, keyed on verified identity or client IP.

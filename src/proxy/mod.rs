@@ -163,7 +163,11 @@ impl ProxyHttp for Gateway {
         forward::set_uri(upstream, session.req_header(), ctx)?;
         forward::set_headers(upstream, session.req_header(), ctx)?;
         ctx.trace.on_upstream_request(upstream)?;
-        ctx.exchange.on_upstream_request(upstream)
+        ctx.exchange.on_upstream_request(upstream)?;
+        if let Some(copy) = ctx.destination.mirror.as_mut() {
+            copy.head = Some(Box::new(upstream.clone()));
+        }
+        Ok(())
     }
 
     /// Enforces the body size and deadline on streamed bodies and rewrites a JSON request body
@@ -183,7 +187,10 @@ impl ProxyHttp for Gateway {
             .on_chunk(len, end_of_stream)
             .and_then(|()| ctx.exchange.on_request_body(body, end_of_stream, &vars));
         match checked {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                report::copy_body_for_mirror(ctx, body.as_deref());
+                Ok(())
+            }
             Err(err) => {
                 let status = err.status();
                 Err(Self::fail(ctx, err, status))
@@ -340,6 +347,7 @@ impl ProxyHttp for Gateway {
         report::record_metrics(ctx, &outcome);
         report::write_access_log(session, e, ctx, &outcome);
         report::finish_trace(session, ctx, &outcome);
+        report::send_mirror(ctx);
     }
 
     /// How Pingora names the request in its error-log lines: with the request id and, when

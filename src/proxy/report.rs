@@ -115,6 +115,31 @@ pub(super) fn finish_trace(session: &Session, ctx: &RequestCtx, outcome: &Outcom
     ctx.trace.finish(tracing, &span);
 }
 
+/// Keeps the forwarded body's chunk for the mirror copy, up to the mirror's cap.
+pub(super) fn copy_body_for_mirror(ctx: &mut RequestCtx, chunk: Option<&[u8]>) {
+    let (Some(chunk), Some(copy)) = (chunk, ctx.destination.mirror.as_mut()) else {
+        return;
+    };
+    if let Some(mirror) =
+        super::ctx::target_of(&ctx.snapshot, &ctx.route).and_then(|t| t.mirror.as_ref())
+    {
+        copy.take_body(chunk, mirror.max_body);
+    }
+}
+
+/// Sends the request's mirror copy, when it is in the route's sample and was forwarded.
+pub(super) fn send_mirror(ctx: &mut RequestCtx) {
+    let Some(copy) = ctx.destination.mirror.take() else {
+        return;
+    };
+    let (Some(snapshot), Some(route)) = (ctx.snapshot.as_ref(), ctx.route.as_ref()) else {
+        return;
+    };
+    if let Some(mirror) = snapshot.routes.routes()[route.route].target.mirror.as_ref() {
+        mirror.send(copy, snapshot.shared_service(mirror.service));
+    }
+}
+
 /// The authenticated consumer's id, else the verified subject.
 fn subject(ctx: &RequestCtx) -> Option<&str> {
     let identity = ctx.identity.as_ref()?;

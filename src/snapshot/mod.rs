@@ -193,6 +193,7 @@ impl Snapshot {
         for (i, pool) in self.services.pools().iter().enumerate() {
             let used = routes.iter().any(|r| {
                 r.target.service == Some(i)
+                    || r.target.mirror.as_ref().is_some_and(|m| m.service == i)
                     || r.target
                         .split
                         .as_ref()
@@ -211,6 +212,11 @@ impl Snapshot {
     /// The service a route points at.
     pub fn service(&self, index: usize) -> &ServicePool {
         self.services.get(index)
+    }
+
+    /// The service as shared, for work that outlives the request.
+    pub fn shared_service(&self, index: usize) -> &std::sync::Arc<ServicePool> {
+        self.services.shared(index)
     }
 
     /// All services.

@@ -13,7 +13,7 @@ use crate::metrics::RouteMetrics;
 use crate::rate_limit::Limiter;
 use crate::router::{RouteSpec, RouteTable, param_names};
 use crate::template::TemplateScope;
-use crate::traffic::Split;
+use crate::traffic::{Mirror, Split};
 use crate::transform::RouteTransforms;
 use std::sync::Arc;
 
@@ -24,6 +24,8 @@ pub struct RouteTarget {
     pub service: Option<usize>,
     /// The weighted split, for proxy routes to several services.
     pub split: Option<Split>,
+    /// Shadow copies of forwarded requests, to another service.
+    pub mirror: Option<Mirror>,
     /// The fan-out, for aggregate routes.
     pub aggregate: Option<Arc<Aggregate>>,
     pub policy: RoutePolicy,
@@ -90,9 +92,22 @@ fn compile_target(
         (None, Some(_)) => "aggregate",
         (None, None) => "split",
     };
+    let mirror = match &route.mirror {
+        _ if aggregate.is_some() && route.mirror.is_some() => {
+            return Err(Invalid::new("mirror", "only proxy routes can mirror"));
+        }
+        Some(m) => Some(Mirror::compile(
+            m,
+            "mirror",
+            |n| inputs.services.find(n),
+            &name,
+        )?),
+        None => None,
+    };
     Ok(RouteTarget {
         service,
         split,
+        mirror,
         aggregate,
         policy: policy(route, inputs)?,
         rate_limits: rate_limits(route, inputs.limiter)?,

@@ -109,6 +109,11 @@ impl Services {
         &self.pools[index]
     }
 
+    /// The pool as shared, for work that outlives the request (mirror copies).
+    pub fn shared(&self, index: usize) -> &Arc<ServicePool> {
+        &self.pools[index]
+    }
+
     /// All pools, in name order.
     pub fn pools(&self) -> &[Arc<ServicePool>] {
         &self.pools

@@ -1,14 +1,19 @@
 //! Traffic management: a route's weighted split between services, optionally sticky, with
 //! forced variants for requests that match header, cookie or query conditions.
 //!
+//! A route may also mirror a sample of its forwarded requests to another service
+//! ([`mirror`]).
+//!
 //! The choice is made once per request, after authentication (a split may stick to the
 //! verified user or consumer) and before rate limiting; every later stage reads the chosen
 //! service from [`Destination`].
 
 pub mod config;
+pub mod mirror;
 pub mod variant;
 
-pub use config::{SplitEntryConfig, VariantConfig};
+pub use config::{MirrorConfig, SplitEntryConfig, VariantConfig};
+pub use mirror::{Mirror, MirrorCopy};
 pub use variant::Variant;
 
 use crate::identity::Identity;
@@ -18,12 +23,14 @@ use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 
-/// The traffic stage's per-request state: the service the request goes to, and which split
-/// entry chose it (for the entry's metrics).
-#[derive(Debug, Default, Clone, Copy)]
+/// The traffic stage's per-request state: the service the request goes to, which split
+/// entry chose it (for the entry's metrics), and the copy for the mirror when the request is
+/// in the route's mirror sample.
+#[derive(Debug, Default)]
 pub struct Destination {
     pub service: Option<usize>,
     pub entry: Option<usize>,
+    pub mirror: Option<MirrorCopy>,
 }
 
 /// What keeps a caller on one side of a split while the weights stay the same.

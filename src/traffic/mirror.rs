@@ -1,0 +1,159 @@
+//! Request mirroring (shadow traffic): a sampled copy of a route's forwarded request, sent to
+//! another service after the client has its answer, the mirror's answer read and discarded.
+//!
+//! Sent from the `logging` phase, so nothing the mirror does (hang, reset, answer slowly) can
+//! reach the client's answer or its latency; the copies in flight are bounded by a semaphore,
+//! and one that finds no free slot is dropped and counted rather than queued.
+
+use super::config::MirrorConfig;
+use crate::invalid::Invalid;
+use crate::upstream::ServicePool;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// The header every mirrored request carries, so the mirror (and its logs) can tell.
+pub static MIRROR_MARKER: HeaderName = HeaderName::from_static("x-gateway-mirror");
+
+/// The mirrors' own upstream connections, apart from the proxied requests' pool.
+static CONNECTOR: once_cell::sync::Lazy<Connector> =
+    once_cell::sync::Lazy::new(|| Connector::new(None));
+
+/// A compiled `mirror:`.
+#[derive(Debug)]
+pub struct Mirror {
+    pub service: usize,
+    /// Copy a request when a random `u64` falls under this.
+    sample_below: u64,
+    pub max_body: usize,
+    slots: Arc<Semaphore>,
+    route: String,
+}
+
+/// The copy a sampled request collects: the upstream request head as sent, and its body up
+/// to the cap.
+#[derive(Debug, Default)]
+pub struct MirrorCopy {
+    pub head: Option<Box<RequestHeader>>,
+    body: Vec<u8>,
+    /// The body passed the cap: the copy goes without one.
+    truncated: bool,
+}
+
+impl MirrorCopy {
+    /// Keeps a chunk of the client's body, until the copy would pass `max`.
+    pub fn take_body(&mut self, chunk: &[u8], max: usize) {
+        if self.truncated {
+            return;
+        }
+        if self.body.len() + chunk.len() > max {
+            self.truncated = true;
+            self.body = Vec::new();
+        } else {
+            self.body.extend_from_slice(chunk);
+        }
+    }
+}
+
+impl Mirror {
+    /// Compiles `cfg` (at `key`) with `find` resolving the service name.
+    pub fn compile(
+        cfg: &MirrorConfig,
+        key: &str,
+        find: impl Fn(&str) -> Result<usize, String>,
+        route: &str,
+    ) -> Result<Self, Invalid> {
+        let service = find(&cfg.service).map_err(|r| Invalid::new(format!("{key}.service"), r))?;
+        if !(0.0..=1.0).contains(&cfg.sample_ratio) {
+            return Err(Invalid::new(
+                format!("{key}.sample_ratio"),
+                format!("{} is not between 0 and 1", cfg.sample_ratio),
+            ));
+        }
+        if cfg.max_in_flight == 0 {
+            return Err(Invalid::new(
+                format!("{key}.max_in_flight"),
+                "must be at least 1",
+            ));
+        }
+        Ok(Mirror {
+            service,
+            sample_below: (cfg.sample_ratio * u64::MAX as f64) as u64,
+            max_body: cfg.max_body_bytes,
+            slots: Arc::new(Semaphore::new(cfg.max_in_flight)),
+            route: route.to_string(),
+        })
+    }
+
+    /// Whether this request is copied (the sample).
+    pub fn samples(&self) -> bool {
+        match self.sample_below {
+            0 => false,
+            u64::MAX => true,
+            t => fastrand::u64(..) < t,
+        }
+    }
+
+    /// Sends `copy` to the mirror service in the background, or drops it (counted) when the
+    /// mirror already has `max_in_flight` copies out or no healthy backend.
+    pub fn send(&self, copy: MirrorCopy, pool: &Arc<ServicePool>) {
+        let Some(mut head) = copy.head else {
+            return;
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            crate::metrics::mirror(&self.route, "dropped");
+            return;
+        };
+        if copy.truncated {
+            crate::metrics::mirror(&self.route, "body_too_large");
+            let _ = head.remove_header(&http::header::TRANSFER_ENCODING);
+            let _ = head.insert_header(http::header::CONTENT_LENGTH, "0");
+        }
+        let _ = head.insert_header(MIRROR_MARKER.clone(), HeaderValue::from_static("1"));
+        let body = Bytes::from(copy.body);
+        let (pool, route) = (pool.clone(), self.route.clone());
+        tokio::spawn(async move {
+            let result = deliver(head, body, &pool, &CONNECTOR).await;
+            crate::metrics::mirror(&route, if result.is_ok() { "sent" } else { "failed" });
+            if let Err(e) = result {
+                log::debug!("mirror of route {route} to {}: {e}", pool.name);
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// One copy: connect (the pool's peer settings and timeouts apply), send head and body, read
+/// and discard the answer.
+async fn deliver(
+    head: Box<RequestHeader>,
+    body: Bytes,
+    pool: &ServicePool,
+    connector: &Connector,
+) -> Result<(), String> {
+    let backend = pool
+        .select(b"", &[])
+        .ok_or_else(|| "no healthy backend".to_string())?;
+    let peer = pool.peer(&backend, false);
+    let (mut session, _) = connector
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
+    session.set_write_timeout(peer.options.write_timeout);
+    session.set_read_timeout(peer.options.read_timeout);
+    let io = |e: Box<pingora::Error>| e.etype().as_str().to_string();
+    session.write_request_header(head).await.map_err(io)?;
+    if !body.is_empty() {
+        session.write_request_body(body, true).await.map_err(io)?;
+    }
+    session.finish_request_body().await.map_err(io)?;
+    session.read_response_header().await.map_err(io)?;
+    while session.read_response_body().await.map_err(io)?.is_some() {}
+    connector
+        .release_http_session(session, &peer, peer.options.idle_timeout)
+        .await;
+    Ok(())
+}
