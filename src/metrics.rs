@@ -286,9 +286,31 @@ pub fn connections_open(delta: i64) {
     METRICS.connections_open.add(delta);
 }
 
-/// Counts a mirror copy's fate (a rare path next to the request: looked up by label).
-pub fn mirror(route: &str, result: &'static str) {
-    METRICS.mirror.with_label_values(&[route, result]).inc();
+/// A route's mirror counters, by result, resolved once when the route is compiled.
+#[derive(Clone)]
+pub struct MirrorMetrics {
+    pub sent: IntCounter,
+    pub failed: IntCounter,
+    pub dropped: IntCounter,
+    pub body_too_large: IntCounter,
+}
+
+impl std::fmt::Debug for MirrorMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MirrorMetrics")
+    }
+}
+
+impl MirrorMetrics {
+    pub fn new(route: &str) -> Self {
+        let c = |result: &str| METRICS.mirror.with_label_values(&[route, result]);
+        MirrorMetrics {
+            sent: c("sent"),
+            failed: c("failed"),
+            dropped: c("dropped"),
+            body_too_large: c("body_too_large"),
+        }
+    }
 }
 
 /// Counts spans the collector accepted.

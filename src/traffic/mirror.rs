@@ -7,6 +7,7 @@
 
 use super::config::MirrorConfig;
 use crate::invalid::Invalid;
+use crate::metrics::MirrorMetrics;
 use crate::upstream::ServicePool;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -30,7 +31,8 @@ pub struct Mirror {
     sample_below: u64,
     pub max_body: usize,
     slots: Arc<Semaphore>,
-    route: String,
+    route: Arc<str>,
+    metrics: MirrorMetrics,
 }
 
 /// The copy a sampled request collects: the upstream request head as sent, and its body up
@@ -84,7 +86,8 @@ impl Mirror {
             sample_below: (cfg.sample_ratio * u64::MAX as f64) as u64,
             max_body: cfg.max_body_bytes,
             slots: Arc::new(Semaphore::new(cfg.max_in_flight)),
-            route: route.to_string(),
+            route: Arc::from(route),
+            metrics: MirrorMetrics::new(route),
         })
     }
 
@@ -104,22 +107,25 @@ impl Mirror {
             return;
         };
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            crate::metrics::mirror(&self.route, "dropped");
+            self.metrics.dropped.inc();
             return;
         };
         if copy.truncated {
-            crate::metrics::mirror(&self.route, "body_too_large");
+            self.metrics.body_too_large.inc();
             let _ = head.remove_header(&http::header::TRANSFER_ENCODING);
             let _ = head.insert_header(http::header::CONTENT_LENGTH, "0");
         }
         let _ = head.insert_header(MIRROR_MARKER.clone(), HeaderValue::from_static("1"));
         let body = Bytes::from(copy.body);
-        let (pool, route) = (pool.clone(), self.route.clone());
+        let (pool, metrics) = (pool.clone(), self.metrics.clone());
+        let route = self.route.clone();
         tokio::spawn(async move {
-            let result = deliver(head, body, &pool, &CONNECTOR).await;
-            crate::metrics::mirror(&route, if result.is_ok() { "sent" } else { "failed" });
-            if let Err(e) = result {
-                log::debug!("mirror of route {route} to {}: {e}", pool.name);
+            match deliver(head, body, &pool, &CONNECTOR).await {
+                Ok(()) => metrics.sent.inc(),
+                Err(e) => {
+                    metrics.failed.inc();
+                    log::debug!("mirror of route {route} to {}: {e}", pool.name);
+                }
             }
             drop(slot);
         });
