@@ -102,3 +102,36 @@ wrk_cpu() {
   echo "$name $rps $us" >> "$WORK/raw.txt"
   echo "$name: $rps req/s, $us CPU µs/request"
 }
+
+# wrk_bench_setup [install specs...]: the start of a wrk CPU bench: ROUNDS (7), DURATION (5s)
+# and CONNECTIONS (50) unless set, wrk/nginx/openssl (and the extra specs) installed, BIN the
+# gateway binary (GW_BIN, else a fresh release build), and a work dir.
+wrk_bench_setup() {
+  ROUNDS=${ROUNDS:-7}; DURATION=${DURATION:-5s}; CONNECTIONS=${CONNECTIONS:-50}
+  install_missing wrk:wrk nginx:nginx openssl:openssl "$@"
+  [ -n "${GW_BIN:-}" ] || cargo build --release --bin apigateway >/dev/null
+  BIN=${GW_BIN:-target/release/apigateway}
+  bench_workdir
+}
+
+# med NAME COLUMN: the median of a column of $WORK/raw.txt (2 req/s, 3 CPU µs) for NAME.
+med() { awk -v t="$1" -v c="$2" '$1==t {print $c}' "$WORK/raw.txt" | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
+
+# save_results SUFFIX: OUT=bench/results/<UTC>-SUFFIX with the raw rounds copied in.
+save_results() {
+  OUT=bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-$1; mkdir -p "$OUT"; cp "$WORK/raw.txt" "$OUT/"
+}
+
+# cpu_table FIRST-COLUMN BASELINE TARGET...: the medians of each target and its CPU per
+# request against BASELINE's, as a Markdown table, also written to $OUT/table.md.
+cpu_table() {
+  local first=$1 base=$2 t; shift 2
+  {
+    echo "| $first | req/s | CPU µs/req | CPU vs $base |"
+    echo "|---|---:|---:|---:|"
+    for t in "$@"; do
+      echo "| $t | $(med "$t" 2) | $(med "$t" 3) | $(ratio "$(med "$t" 3)" "$(med "$base" 3)")× |"
+    done
+  } | tee "$OUT/table.md"
+}

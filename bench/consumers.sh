@@ -82,9 +82,7 @@ for r in $(seq 1 "$ROUNDS"); do
     wrk_cpu "$t" "${PID[${GW[$t]}]}" "${URL[$t]}" "${HDR[$t]}"
   done
 done
-OUT=bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-consumers; mkdir -p "$OUT"; cp "$WORK/raw.txt" "$OUT/"
-med() { awk -v t="$1" -v c="$2" '$1==t {print $c}' "$WORK/raw.txt" | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
+save_results consumers
 {
   echo "| target | req/s | CPU µs/req | CPU vs reference |"
   echo "|---|---:|---:|---:|"

@@ -8,11 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
-ROUNDS=${ROUNDS:-7}; DURATION=${DURATION:-5s}; CONNECTIONS=${CONNECTIONS:-50}
-install_missing wrk:wrk nginx:nginx openssl:openssl
-[ -n "${GW_BIN:-}" ] || cargo build --release --bin apigateway >/dev/null
-BIN=${GW_BIN:-target/release/apigateway}
-bench_workdir
+wrk_bench_setup
 
 UP=$(port)
 start_json_upstream "$UP"
@@ -41,12 +37,5 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "round $r"
   for t in "${TARGETS[@]}"; do wrk_cpu "$t" "$PID" "http://127.0.0.1:$GW${PATHS[$t]}"; done
 done
-OUT=bench/results/$(date -u +%Y-%m-%dT%H%M%SZ)-traffic; mkdir -p "$OUT"; cp "$WORK/raw.txt" "$OUT/"
-med() { awk -v t="$1" -v c="$2" '$1==t {print $c}' "$WORK/raw.txt" | median; }
-{
-  echo "| route | req/s | CPU µs/req | CPU vs plain |"
-  echo "|---|---:|---:|---:|"
-  for t in "${TARGETS[@]}"; do
-    echo "| $t | $(med "$t" 2) | $(med "$t" 3) | $(awk -v a="$(med "$t" 3)" -v b="$(med plain 3)" 'BEGIN {printf "%.3f", a/b}')× |"
-  done
-} | tee "$OUT/table.md"
+save_results traffic
+cpu_table route plain "${TARGETS[@]}"
