@@ -36,6 +36,7 @@ struct Metrics {
     ejections: IntCounterVec,
     connections_open: prometheus::IntGauge,
     mirror: IntCounterVec,
+    retry_budget_exhausted: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -169,6 +170,11 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
              flight, body_too_large: sent without the body)",
             &["route", "result"],
         ),
+        retry_budget_exhausted: counter(
+            "apigateway_retry_budget_exhausted_total",
+            "Retries not made because the service's retry budget was spent, by service",
+            &["service"],
+        ),
         registry: r,
     }
 });
@@ -284,6 +290,11 @@ pub fn connection_closed(reason: &'static str) {
 /// Tracks the open client connections (+1 on accept, -1 on close).
 pub fn connections_open(delta: i64) {
     METRICS.connections_open.add(delta);
+}
+
+/// The counter of retries a service's budget refused.
+pub fn retry_budget_exhausted(service: &str) -> IntCounter {
+    METRICS.retry_budget_exhausted.with_label_values(&[service])
 }
 
 /// A route's mirror counters, by result, resolved once when the route is compiled.

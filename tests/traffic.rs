@@ -288,3 +288,50 @@ async fn a_hanging_mirror_changes_nothing_for_clients_and_extra_copies_are_dropp
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_spent_retry_budget_stops_a_retry_storm() {
+    let live = EchoServer::start("live", "127.0.0.1:0").await.unwrap();
+    let admin = free_port();
+    // Round robin over a dead and a live backend, the breaker off: every other request needs
+    // a retry. The budget allows 2 a second and no share of the traffic.
+    let gw = Gateway::start(&format!(
+        "admin: {{listen: '127.0.0.1:{admin}'}}\n\
+         services:\n  pair:\n    backends: ['{}', '{}']\n    retries: 1\n\
+         \x20   passive_health: {{failures: 0}}\n\
+         \x20   retry_budget: {{ratio: 0.0, min_per_second: 2}}\n\
+         routes:\n  - {{path: /, service: pair}}\n",
+        dead_addr(),
+        live.addr
+    ));
+    let c = client();
+    let (mut ok, mut failed) = (0, 0);
+    let started = std::time::Instant::now();
+    for _ in 0..40 {
+        let (status, _, _) = send(c.get(gw.url("/x"))).await;
+        match status {
+            200 => ok += 1,
+            502 => failed += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // Each second of the run grants 2 retries; the other dead-first requests fail fast.
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(failed > 0, "no retry was refused: {ok} ok");
+    assert!(
+        ok >= 20,
+        "the live backend answered its half: {ok} ok, {failed} failed"
+    );
+    let granted = 40 - failed - 20;
+    assert!(
+        granted <= 2 * seconds as usize,
+        "{granted} retries in {seconds} s"
+    );
+    let m = metrics_text(admin).await;
+    assert!(
+        m.contains(&format!(
+            "apigateway_retry_budget_exhausted_total{{service=\"pair\"}} {failed}"
+        )),
+        "{failed} refused: {m}"
+    );
+}

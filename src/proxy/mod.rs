@@ -272,7 +272,7 @@ impl ProxyHttp for Gateway {
         ctx.trace.end_attempt(Err(e.etype().as_str()));
         if let Some(pool) = ctx.pool() {
             ctx.attempts.record(pool, Attempt::Failed);
-            e.set_retry(ctx.attempts.retry_after_connect_failure(pool.retries));
+            e.set_retry(ctx.attempts.retry_after_connect_failure(pool));
         }
         e
     }
@@ -308,6 +308,10 @@ impl ProxyHttp for Gateway {
             Retry::No => e.set_retry(false),
             Retry::Yes => e.set_retry(true),
             Retry::IfReused => e.retry.decide_reuse(client_reused),
+        }
+        // Pingora's own decision stands unless it is a retry the budget cannot pay for.
+        if e.retry.retry() && !pool.retry_budget.try_retry() {
+            e.set_retry(false);
         }
         e
     }

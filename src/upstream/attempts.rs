@@ -53,7 +53,10 @@ impl Attempts {
         key: &[u8],
         upgrades: bool,
     ) -> Result<HttpPeer, GatewayError> {
-        self.started.get_or_insert_with(Instant::now);
+        if self.started.is_none() {
+            self.started = Some(Instant::now());
+            pool.retry_budget.note_request();
+        }
         match pool.select(key, &self.tried) {
             Some(backend) => {
                 let peer = pool.peer(&backend, upgrades);
@@ -89,13 +92,14 @@ impl Attempts {
         );
     }
 
-    /// A connect failure is always safe to retry (nothing was sent), within the budget.
-    pub fn retry_after_connect_failure(&self, retries: usize) -> bool {
-        self.tried.len() <= retries
+    /// A connect failure is always safe to retry (nothing was sent), within `retries` and
+    /// the service's retry budget.
+    pub fn retry_after_connect_failure(&self, pool: &ServicePool) -> bool {
+        self.tried.len() <= pool.retries && pool.retry_budget.try_retry()
     }
 
     /// After connecting, only idempotent requests whose body can be replayed are retried,
-    /// within the budget; a request the gateway refused is never retried. A backend that broke
+    /// within `retries` (the caller then asks the service's retry budget); a request the gateway refused is never retried. A backend that broke
     /// the connection before answering sends an idempotent request to another backend (as
     /// nginx's `proxy_next_upstream error`), but a timeout does not: a slow service would get
     /// the load twice.
@@ -173,7 +177,7 @@ mod tests {
         let p = pool(&["127.0.0.1:1", "127.0.0.1:2"], 1);
         let mut a = Attempts::default();
         a.pick(&p, b"", false).unwrap();
-        assert!(a.retry_after_connect_failure(1));
+        assert!(a.retry_after_connect_failure(&p));
         assert_eq!(a.retry_after_failure(1, failure()), Retry::Yes);
         let timeout = Failure {
             timeout: true,
@@ -197,7 +201,7 @@ mod tests {
             assert_eq!(a.retry_after_failure(1, no), Retry::No, "{no:?}");
         }
         a.pick(&p, b"", false).unwrap();
-        assert!(!a.retry_after_connect_failure(1));
+        assert!(!a.retry_after_connect_failure(&p));
         assert_eq!(a.retry_after_failure(1, failure()), Retry::No);
     }
 

@@ -6,6 +6,7 @@
 
 mod attempts;
 pub mod breaker;
+pub mod budget;
 pub mod tls;
 
 pub use attempts::{Attempts, Failure, Retry};
@@ -54,6 +55,9 @@ pub struct ServiceConfig {
     /// The circuit breaker fed by real requests (on by default: 5 failures, 10 s cooldown).
     #[serde(default)]
     pub passive_health: breaker::PassiveHealthConfig,
+    /// Retries within 20 % of recent requests plus 10 a second, by default.
+    #[serde(default)]
+    pub retry_budget: budget::RetryBudgetConfig,
 }
 
 fn default_retries() -> usize {
@@ -189,6 +193,8 @@ pub struct ServicePool {
     /// answer (breaker and retry exclusions permitting), so the balancer is not consulted.
     only: Option<Backend>,
     breakers: Option<breaker::Breakers>,
+    /// How many retries the service's recent traffic allows.
+    pub retry_budget: budget::RetryBudget,
 }
 
 /// The host part of a backend as written in the config: the default SNI for TLS backends.
@@ -310,6 +316,11 @@ impl ServicePool {
             backend_count,
             only,
             breakers,
+            retry_budget: budget::RetryBudget::compile(
+                &cfg.retry_budget,
+                &format!("{key}.retry_budget"),
+                name,
+            )?,
         })
     }
 
