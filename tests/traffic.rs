@@ -335,3 +335,21 @@ async fn a_spent_retry_budget_stops_a_retry_storm() {
         "{failed} refused: {m}"
     );
 }
+
+#[tokio::test]
+async fn the_total_deadline_cuts_an_attempts_read_timeout() {
+    let slow = EchoServer::start("slow", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&format!(
+        "services:\n  slow:\n    backends: ['{}']\n    timeouts: {{read: 10s, total: 400ms}}\n\
+         routes:\n  - {{path: /, service: slow}}\n",
+        slow.addr
+    ));
+    let started = std::time::Instant::now();
+    let (status, _, body) = send(client().get(gw.url("/x?sleep_ms=5000"))).await;
+    assert_eq!(status, 504, "{body}");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(350) && took < std::time::Duration::from_secs(3),
+        "{took:?}: the 400 ms deadline, not the 10 s read timeout"
+    );
+}

@@ -53,13 +53,22 @@ impl Attempts {
         key: &[u8],
         upgrades: bool,
     ) -> Result<HttpPeer, GatewayError> {
-        if self.started.is_none() {
-            self.started = Some(Instant::now());
+        let started = *self.started.get_or_insert_with(|| {
             pool.retry_budget.note_request();
+            Instant::now()
+        });
+        let left = pool
+            .total_timeout
+            .map(|t| t.saturating_sub(started.elapsed()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Err(GatewayError::UpstreamTimeout);
         }
         match pool.select(key, &self.tried) {
             Some(backend) => {
-                let peer = pool.peer(&backend, upgrades);
+                let mut peer = pool.peer(&backend, upgrades);
+                if let Some(left) = left {
+                    cut_timeouts(&mut peer, left);
+                }
                 self.tried.push(backend.addr);
                 Ok(peer)
             }
@@ -121,6 +130,18 @@ impl Attempts {
     /// From picking the first backend to the response header, once it arrived.
     pub fn upstream_time(&self) -> Option<Duration> {
         self.upstream_time
+    }
+}
+
+/// Cuts an attempt's connect and read timeouts to what is left of the request's deadline.
+fn cut_timeouts(peer: &mut HttpPeer, left: Duration) {
+    let o = &mut peer.options;
+    for t in [
+        &mut o.connection_timeout,
+        &mut o.total_connection_timeout,
+        &mut o.read_timeout,
+    ] {
+        *t = Some(t.map_or(left, |t| t.min(left)));
     }
 }
 

@@ -104,6 +104,11 @@ pub struct Timeouts {
     /// keep-alive default so we never reuse a socket the upstream is about to close.
     #[serde(deserialize_with = "de_duration")]
     pub idle: Duration,
+    /// Deadline for the response header across every attempt of a request: no retry starts
+    /// after it, and each attempt's connect and read timeouts are cut to what is left of it.
+    /// None by default (each attempt has its own `connect` and `read`).
+    #[serde(deserialize_with = "crate::de::de_opt_duration")]
+    pub total: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -113,6 +118,7 @@ impl Default for Timeouts {
             read: Duration::from_secs(30),
             write: Duration::from_secs(30),
             idle: Duration::from_secs(4),
+            total: None,
         }
     }
 }
@@ -195,6 +201,8 @@ pub struct ServicePool {
     breakers: Option<breaker::Breakers>,
     /// How many retries the service's recent traffic allows.
     pub retry_budget: budget::RetryBudget,
+    /// `timeouts.total`: the deadline across a request's attempts.
+    pub total_timeout: Option<Duration>,
 }
 
 /// The host part of a backend as written in the config: the default SNI for TLS backends.
@@ -316,6 +324,7 @@ impl ServicePool {
             backend_count,
             only,
             breakers,
+            total_timeout: cfg.timeouts.total,
             retry_budget: budget::RetryBudget::compile(
                 &cfg.retry_budget,
                 &format!("{key}.retry_budget"),
