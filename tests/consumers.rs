@@ -1,86 +1,9 @@
-//! Consumers and network lists through the real gateway (issue #17): IP allow/deny lists on
-//! the client address as `trusted_proxies` resolves it, API keys, Basic credentials, consumer
-//! identity upstream, per-consumer limits and quotas.
+//! Consumers through the real gateway (issue #17): API keys, Basic credentials, consumer
+//! identity upstream, per-consumer limits and quotas. (IP lists: `tests/ip_restriction.rs`.)
 
 mod common;
 use common::*;
 use serde_json::Value;
-
-/// A gateway with one echo upstream and `routes` (YAML list items) under `extra` sections.
-async fn gateway(extra: &str, routes: &str) -> (EchoServer, Gateway) {
-    let up = EchoServer::start("up", "127.0.0.1:0").await.unwrap();
-    let gw = Gateway::start(&format!(
-        "services:\n  up: {{backends: ['{}']}}\n{extra}routes:\n{routes}",
-        up.addr
-    ));
-    (up, gw)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ip_lists_refuse_before_routing_and_authentication() {
-    let (_up, gw) = gateway(
-        "trusted_proxies: ['127.0.0.2']\n\
-         ip_restriction: {deny: ['127.0.0.3']}\n\
-         auth:\n  keys: [{alg: HS256, secret: ip-list-secret-0123456789-abcdefghij}]\n",
-        "  - {path: /open, service: up}\n\
-         \x20 - {path: /internal, service: up, auth: required, ip_restriction: {allow: ['10.0.0.0/8', '2001:db8::/32'], deny: ['10.66.0.0/16', '2001:db8:bad::/48']}}\n",
-    )
-    .await;
-    // Top level: refused on a routed path and on an unknown one alike, as JSON.
-    let denied = client_from("127.0.0.3");
-    for path in ["/open", "/nowhere"] {
-        let (status, headers, body) = send(denied.get(gw.url(path))).await;
-        assert_eq!(status, 403, "{path}");
-        assert_eq!(body["error"], "Forbidden");
-        assert_eq!(headers["content-type"], "application/json");
-        assert!(headers.get("www-authenticate").is_none());
-    }
-    assert_eq!(send(client().get(gw.url("/open"))).await.0, 200);
-
-    // Route list: loopback is outside it, and that is decided before the missing token.
-    let (status, _, body) = send(client().get(gw.url("/internal"))).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("Forbidden")));
-
-    // Behind the trusted proxy, the forwarded address decides (IPv4 and IPv6, deny wins).
-    let proxy = client_from("127.0.0.2");
-    let via = |xff: &str| {
-        proxy
-            .get(gw.url("/internal"))
-            .header("x-forwarded-for", xff)
-    };
-    for (xff, expected) in [
-        ("10.1.2.3", 401),
-        ("10.66.0.9", 403),
-        ("192.0.2.1", 403),
-        ("2001:db8::5", 401),
-        ("2001:db8:bad::5", 403),
-        ("2001:db9::5", 403),
-    ] {
-        assert_eq!(send(via(xff)).await.0, expected, "X-Forwarded-For {xff}");
-    }
-    // An untrusted peer cannot claim an allowed address.
-    let spoof = client()
-        .get(gw.url("/internal"))
-        .header("x-forwarded-for", "10.1.2.3");
-    let (status, _, body): (u16, _, Value) = send(spoof).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("Forbidden")));
-}
-
-#[test]
-fn bad_network_entries_are_config_errors_naming_the_key() {
-    let (ok, out, _) = check_config(
-        "listen: ['127.0.0.1:0']\nservices: {up: {backends: ['127.0.0.1:1']}}\n\
-         routes:\n  - {path: /a, service: up, ip_restriction: {allow: ['10.0.0.0/8', '300.1.1.1']}}\n",
-    );
-    assert!(!ok);
-    assert!(out.contains("routes[0].ip_restriction.allow[1]"), "{out}");
-    let (ok, out, _) = check_config(
-        "listen: ['127.0.0.1:0']\nservices: {up: {backends: ['127.0.0.1:1']}}\nip_restriction: {deny: ['fe80::/129']}\n\
-         routes:\n  - {path: /a, service: up}\n",
-    );
-    assert!(!ok);
-    assert!(out.contains("ip_restriction.deny[0]"), "{out}");
-}
 
 const SECRET: &str = "consumer-test-secret-0123456789-abcdefgh";
 
@@ -120,7 +43,7 @@ fn header<'a>(body: &'a Value, name: &str) -> Option<&'a str> {
 async fn api_keys_identify_consumers_and_never_reach_the_upstream() {
     let (k1, h1) = minted_key();
     let (k2, h2) = minted_key();
-    let (_up, gw) = gateway(
+    let (_up, gw) = echo_gateway(
         &format!(
             "consumer_auth:\n  api_key: {{headers: [apikey, X-API-Key], query: api_key}}\n\
              consumers:\n\
@@ -195,7 +118,7 @@ async fn api_keys_identify_consumers_and_never_reach_the_upstream() {
 async fn basic_credentials_are_checked_once_per_pair_and_challenge_on_refusal() {
     let admin_port = free_port();
     let tricky = "pa:ss wörd";
-    let (_up, gw) = gateway(
+    let (_up, gw) = echo_gateway(
         &format!(
             "admin: {{listen: '127.0.0.1:{admin_port}'}}\n\
              consumer_auth: {{basic: {{realm: Staff}}}}\n\
@@ -250,7 +173,7 @@ async fn basic_credentials_are_checked_once_per_pair_and_challenge_on_refusal() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_accept_their_listed_methods_and_tokens_map_to_consumers() {
     let (key, hash) = minted_key();
-    let (_up, gw) = gateway(
+    let (_up, gw) = echo_gateway(
         &format!(
             "auth:\n  keys: [{{kid: k, alg: HS256, secret: {SECRET}}}]\n  consumer_claim: sub\n\
              consumers:\n\
@@ -370,7 +293,7 @@ fn header_values(h: &reqwest::header::HeaderMap, name: &str) -> Vec<String> {
 async fn consumers_have_their_own_limits_and_a_quota_counts_only_admitted_requests() {
     let (ka, ha) = minted_key();
     let (kb, hb) = minted_key();
-    let (_up, gw) = gateway(
+    let (_up, gw) = echo_gateway(
         &format!(
             "rate_limits:\n  policies:\n    per_consumer: {{requests: 1, period: 60s, key: consumer}}\n    tight: {{requests: 2, period: 60s, key: consumer}}\n\
              consumers:\n\
@@ -517,7 +440,7 @@ async fn reloading_the_consumers_file_adds_and_revokes_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_keys_and_passwords_count_in_the_invalid_credential_throttle() {
     let (key, hash) = minted_key();
-    let (_up, gw) = gateway(
+    let (_up, gw) = echo_gateway(
         &format!(
             "consumer_auth: {{invalid_credential_limit: {{failures: 2, period: 60s}}}}\n\
              consumers:\n  - {{id: app, api_keys: [{{hash: '{hash}'}}], basic: {{username: app, password_hash: '{}'}}}}\n",

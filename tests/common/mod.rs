@@ -29,6 +29,16 @@ pub fn hs256_token(secret: &str, mut claims: serde_json::Value) -> String {
     .expect("HS256 signing cannot fail")
 }
 
+/// A gateway with one echo upstream and `routes` (YAML list items) under `extra` sections.
+pub async fn echo_gateway(extra: &str, routes: &str) -> (EchoServer, Gateway) {
+    let up = EchoServer::start("up", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&format!(
+        "services:\n  up: {{backends: ['{}']}}\n{extra}routes:\n{routes}",
+        up.addr
+    ));
+    (up, gw)
+}
+
 /// A loopback port that was free a moment ago (the OS picks it, then we release it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
