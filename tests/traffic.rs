@@ -353,3 +353,48 @@ async fn the_total_deadline_cuts_an_attempts_read_timeout() {
         "{took:?}: the 400 ms deadline, not the 10 s read timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_sends_most_of_a_concurrent_load_to_the_faster_backend() {
+    let fast = EchoServer::start("fast", "127.0.0.1:0").await.unwrap();
+    let slow = EchoServer::start("slow", "127.0.0.1:0").await.unwrap();
+    slow.set_delay_ms(150);
+    let gw = Gateway::start(&format!(
+        "services:\n  pair:\n    backends: ['{}', '{}']\n    load_balancing: least_request\n\
+         routes:\n  - {{path: /, service: pair}}\n",
+        fast.addr, slow.addr
+    ));
+    // 200 requests, 10 at a time: round robin would send 100 to each; with the slow one
+    // holding its requests 150 ms, least-request draws it only when both draws land on it.
+    let counts = services_answering_concurrently(&gw, 200, 10).await;
+    let to_fast = counts.get("fast").copied().unwrap_or(0);
+    assert!(to_fast >= 150, "{counts:?}");
+    assert!(
+        counts.get("slow").copied().unwrap_or(0) > 0,
+        "the slow one still gets some: {counts:?}"
+    );
+}
+
+/// Sends `n` GETs, `concurrency` in flight at a time (a new one as soon as one ends), and
+/// counts the answering services.
+async fn services_answering_concurrently(
+    gw: &Gateway,
+    n: usize,
+    concurrency: usize,
+) -> HashMap<String, usize> {
+    use futures::StreamExt;
+    let c = client();
+    let answers: Vec<_> = futures::stream::iter(0..n)
+        .map(|_| send(c.get(gw.url("/x"))))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut counts = HashMap::new();
+    for (status, _, body) in answers {
+        assert_eq!(status, 200, "{body}");
+        *counts
+            .entry(body["service"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    counts
+}

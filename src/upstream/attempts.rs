@@ -17,6 +17,8 @@ pub struct Attempts {
     started: Option<Instant>,
     /// From picking the first backend to the response header.
     upstream_time: Option<Duration>,
+    /// The current attempt's place in its backend's in-flight count (`least_request`).
+    hold: super::least_request::Hold,
 }
 
 /// What the proxy knows about a failure after the request reached a backend.
@@ -69,6 +71,7 @@ impl Attempts {
                 if let Some(left) = left {
                     cut_timeouts(&mut peer, left);
                 }
+                self.hold.take(pool.outstanding_counter(&backend.addr));
                 self.tried.push(backend.addr);
                 Ok(peer)
             }

@@ -7,6 +7,7 @@
 mod attempts;
 pub mod breaker;
 pub mod budget;
+mod least_request;
 pub mod tls;
 
 pub use attempts::{Attempts, Failure, Retry};
@@ -86,6 +87,8 @@ pub enum LoadBalancing {
     #[default]
     RoundRobin,
     ConsistentHash,
+    /// The power of two choices on requests in flight, weights respected.
+    LeastRequest,
 }
 
 /// Upstream timeouts. Pingora's defaults are all "none", which lets a stuck upstream hold a
@@ -203,6 +206,8 @@ pub struct ServicePool {
     pub retry_budget: budget::RetryBudget,
     /// `timeouts.total`: the deadline across a request's attempts.
     pub total_timeout: Option<Duration>,
+    /// Requests in flight per backend, for `least_request`.
+    outstanding: Option<least_request::Outstanding>,
 }
 
 /// The host part of a backend as written in the config: the default SNI for TLS backends.
@@ -276,8 +281,8 @@ impl ServicePool {
             set.iter().map(|b: &Backend| b.addr.clone()),
         );
         let hash_key = match (cfg.load_balancing, cfg.hash_key.as_deref()) {
-            (LoadBalancing::RoundRobin, None) => None,
-            (LoadBalancing::RoundRobin, Some(_)) => {
+            (LoadBalancing::RoundRobin | LoadBalancing::LeastRequest, None) => None,
+            (LoadBalancing::RoundRobin | LoadBalancing::LeastRequest, Some(_)) => {
                 return Err(Invalid::new(
                     format!("{key}.hash_key"),
                     "only meaningful with load_balancing: consistent_hash",
@@ -293,6 +298,8 @@ impl ServicePool {
             .as_ref()
             .map(|t| tls::PeerTls::compile(t, base, &format!("{key}.tls")))
             .transpose()?;
+        let outstanding = (cfg.load_balancing == LoadBalancing::LeastRequest)
+            .then(|| least_request::Outstanding::new(set.iter()));
         let mut backends = Backends::new(Static::new(set));
         if let Some(hc) = &cfg.health_check {
             validate_health_check(hc, key)?;
@@ -302,7 +309,9 @@ impl ServicePool {
             );
         }
         let balancer = match cfg.load_balancing {
-            LoadBalancing::RoundRobin => Balancer::RoundRobin(load(backends, key)?),
+            LoadBalancing::RoundRobin | LoadBalancing::LeastRequest => {
+                Balancer::RoundRobin(load(backends, key)?)
+            }
             LoadBalancing::ConsistentHash => Balancer::Consistent(load(backends, key)?),
         };
         Ok(ServicePool {
@@ -325,6 +334,7 @@ impl ServicePool {
             only,
             breakers,
             total_timeout: cfg.timeouts.total,
+            outstanding,
             retry_budget: budget::RetryBudget::compile(
                 &cfg.retry_budget,
                 &format!("{key}.retry_budget"),
@@ -354,11 +364,22 @@ impl ServicePool {
             // the balancer's per-request hashing of the backend.
             return admitted(&only.addr).then(|| only.clone());
         }
+        if let (Some(outstanding), Balancer::RoundRobin(lb)) = (&self.outstanding, &self.balancer) {
+            return outstanding.pick(lb.backends(), admitted);
+        }
         let accept = |b: &Backend, healthy: bool| healthy && admitted(&b.addr);
         match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
             Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
         }
+    }
+
+    /// The in-flight counter of a backend, when the service balances on it.
+    pub fn outstanding_counter(
+        &self,
+        addr: &SocketAddr,
+    ) -> Option<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
+        self.outstanding.as_ref()?.counter(addr)
     }
 
     /// Feeds one attempt's outcome to the backend's circuit breaker.

@@ -22,6 +22,8 @@ struct State {
     name: String,
     healthy: AtomicBool,
     requests: AtomicUsize,
+    /// Milliseconds every answer waits (a slow backend).
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A running echo upstream; stops accepting when dropped.
@@ -50,6 +52,7 @@ impl EchoServer {
             name: name.to_string(),
             healthy: AtomicBool::new(true),
             requests: AtomicUsize::new(0),
+            delay_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let accept_state = state.clone();
         let task = tokio::spawn(async move {
@@ -89,6 +92,12 @@ impl EchoServer {
         self.state.healthy.store(healthy, Ordering::SeqCst);
     }
 
+    /// Makes every later answer wait `ms` milliseconds.
+    #[allow(dead_code)]
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// Requests served so far, health checks excluded.
     #[allow(dead_code)]
     pub fn requests(&self) -> usize {
@@ -112,6 +121,10 @@ async fn handle(
         return Ok(json(status, format!("{{\"healthy\":{ok}}}")));
     }
     state.requests.fetch_add(1, Ordering::SeqCst);
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let query = req.uri().query().unwrap_or("").to_string();
     if let Some(ms) = query
         .split('&')

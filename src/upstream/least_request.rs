@@ -1,0 +1,154 @@
+//! `load_balancing: least_request`: the power of two choices on outstanding requests. Two
+//! healthy backends are drawn at random (in proportion to their weights) and the one with
+//! fewer requests in flight per unit of weight gets the request, as Envoy's default balancer.
+//!
+//! Pingora's balancers choose by hash or by turn; none reads a live load, so the counts are
+//! kept here: one counter per backend, taken by a request's attempt and given back by it.
+
+use pingora::lb::{Backend, Backends};
+use pingora::protocols::l4::socket::SocketAddr;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Requests in flight, per backend.
+pub struct Outstanding {
+    counts: HashMap<SocketAddr, Arc<AtomicUsize>>,
+}
+
+impl Outstanding {
+    pub fn new<'a>(backends: impl Iterator<Item = &'a Backend>) -> Self {
+        Outstanding {
+            counts: backends
+                .map(|b| (b.addr.clone(), Arc::new(AtomicUsize::new(0))))
+                .collect(),
+        }
+    }
+
+    /// The counter of `addr`, for an attempt to hold while it runs.
+    pub fn counter(&self, addr: &SocketAddr) -> Option<Arc<AtomicUsize>> {
+        self.counts.get(addr).cloned()
+    }
+
+    /// Picks between two weighted random healthy backends that `admitted` accepts.
+    pub fn pick(
+        &self,
+        backends: &Backends,
+        admitted: impl Fn(&SocketAddr) -> bool,
+    ) -> Option<Backend> {
+        let all = backends.get_backend();
+        let candidates: Vec<&Backend> = all
+            .iter()
+            .filter(|b| backends.ready(b) && admitted(&b.addr))
+            .collect();
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0].clone()),
+            _ => {
+                // Two distinct backends: drawing the same one twice would hand it the request
+                // with no comparison (a quarter of the requests between two backends).
+                let first = draw(&candidates, None);
+                let second = draw(&candidates, Some(first));
+                let lighter = if self.load_of(second) < self.load_of(first) {
+                    second
+                } else {
+                    first
+                };
+                Some(lighter.clone())
+            }
+        }
+    }
+
+    /// In-flight requests per unit of weight, as a fraction kept exact in integers.
+    fn load_of(&self, b: &Backend) -> u128 {
+        let n = self
+            .counts
+            .get(&b.addr)
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        // Compared across backends: scale by a common multiple of the weights' range.
+        (n as u128 * 1_000_000) / b.weight.max(1) as u128
+    }
+}
+
+/// A backend drawn in proportion to its weight, other than `except`.
+fn draw<'a>(candidates: &[&'a Backend], except: Option<&Backend>) -> &'a Backend {
+    let eligible = || {
+        candidates
+            .iter()
+            .copied()
+            .filter(move |b| except.is_none_or(|e| e.addr != b.addr))
+    };
+    let total: u64 = eligible().map(|b| b.weight as u64).sum();
+    let mut point = fastrand::u64(..total.max(1));
+    for b in eligible() {
+        if point < b.weight as u64 {
+            return b;
+        }
+        point -= b.weight as u64;
+    }
+    eligible().next_back().unwrap_or(candidates[0])
+}
+
+/// An attempt's hold on its backend's counter: taken when the backend is picked, given back
+/// when the attempt ends (the next attempt, or the request's end, whatever happened).
+#[derive(Default)]
+pub struct Hold(Option<Arc<AtomicUsize>>);
+
+impl Hold {
+    pub fn take(&mut self, counter: Option<Arc<AtomicUsize>>) {
+        self.release();
+        if let Some(c) = &counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.0 = counter;
+    }
+
+    fn release(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_follow_the_weights_and_never_repeat_the_excluded_backend() {
+        let light = Backend::new_with_weight("127.0.0.1:1", 1).unwrap();
+        let heavy = Backend::new_with_weight("127.0.0.1:2", 3).unwrap();
+        let candidates = [&light, &heavy];
+        let heavy_draws = (0..4000)
+            .filter(|_| draw(&candidates, None).addr == heavy.addr)
+            .count();
+        // 3/4 of 4,000 is 3,000; five standard deviations (~137) either side.
+        assert!((2863..=3137).contains(&heavy_draws), "{heavy_draws}");
+        assert!((0..100).all(|_| draw(&candidates, Some(&heavy)).addr == light.addr));
+    }
+
+    #[test]
+    fn a_hold_gives_its_count_back_when_replaced_or_dropped() {
+        let counter = Arc::new(AtomicUsize::new(0));
+        let other = Arc::new(AtomicUsize::new(0));
+        let mut hold = Hold::default();
+        hold.take(Some(counter.clone()));
+        assert_eq!(counter.load(Ordering::Relaxed), 1);
+        hold.take(Some(other.clone()));
+        assert_eq!(
+            (
+                counter.load(Ordering::Relaxed),
+                other.load(Ordering::Relaxed)
+            ),
+            (0, 1)
+        );
+        drop(hold);
+        assert_eq!(other.load(Ordering::Relaxed), 0);
+    }
+}
