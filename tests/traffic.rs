@@ -398,3 +398,22 @@ async fn services_answering_concurrently(
     }
     counts
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ewma_moves_away_from_a_backend_that_turns_slow() {
+    let a = EchoServer::start("a", "127.0.0.1:0").await.unwrap();
+    let b = EchoServer::start("b", "127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(&format!(
+        "services:\n  pair:\n    backends: ['{}', '{}']\n    load_balancing: ewma\n\
+         routes:\n  - {{path: /, service: pair}}\n",
+        a.addr, b.addr
+    ));
+    // Round robin would send each 10 of every 20; the balancer learns from one slow answer.
+    a.set_delay_ms(60);
+    let first = services_answering_concurrently(&gw, 20, 1).await;
+    assert!(first.get("b").copied().unwrap_or(0) >= 17, "{first:?}");
+    a.set_delay_ms(0);
+    b.set_delay_ms(60);
+    let second = services_answering_concurrently(&gw, 20, 1).await;
+    assert!(second.get("a").copied().unwrap_or(0) >= 16, "{second:?}");
+}

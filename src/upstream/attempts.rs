@@ -19,6 +19,8 @@ pub struct Attempts {
     upstream_time: Option<Duration>,
     /// The current attempt's place in its backend's in-flight count (`least_request`).
     hold: super::least_request::Hold,
+    /// When the current attempt's backend was picked.
+    attempt_started: Option<Instant>,
 }
 
 /// What the proxy knows about a failure after the request reached a backend.
@@ -72,6 +74,9 @@ impl Attempts {
                     cut_timeouts(&mut peer, left);
                 }
                 self.hold.take(pool.outstanding_counter(&backend.addr));
+                if pool.tracks_latency() {
+                    self.attempt_started = Some(Instant::now());
+                }
                 self.tried.push(backend.addr);
                 Ok(peer)
             }
@@ -93,6 +98,9 @@ impl Attempts {
     /// whether the answer counts as a failure (502, 503, 504).
     pub fn on_response_header(&mut self, pool: &ServicePool, status: u16) {
         self.upstream_time = self.started.map(|t| t.elapsed());
+        if let (Some(addr), Some(t)) = (self.tried.last(), self.attempt_started) {
+            pool.observe_latency(addr, t.elapsed());
+        }
         let overloaded = matches!(status, 502..=504);
         self.record(
             pool,

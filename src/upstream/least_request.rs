@@ -1,4 +1,5 @@
-//! `load_balancing: least_request`: the power of two choices on outstanding requests. Two
+//! `load_balancing: least_request` (and `ewma`): the power of two choices on outstanding
+//! requests (weighted by recent latency for `ewma`). Two
 //! healthy backends are drawn at random (in proportion to their weights) and the one with
 //! fewer requests in flight per unit of weight gets the request, as Envoy's default balancer.
 //!
@@ -9,19 +10,83 @@ use pingora::lb::{Backend, Backends};
 use pingora::protocols::l4::socket::SocketAddr;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
-/// Requests in flight, per backend.
+/// Requests in flight, per backend, and for `ewma` their recent latency.
 pub struct Outstanding {
     counts: HashMap<SocketAddr, Arc<AtomicUsize>>,
+    latency: Option<HashMap<SocketAddr, Ewma>>,
+}
+
+/// A backend's moving average of response-header latency (peak-sensitive), decaying towards
+/// zero while it gets no requests, so a backend that was slow is tried again after a while.
+#[derive(Default)]
+struct Ewma {
+    /// Microseconds.
+    average: AtomicU64,
+    /// Microseconds since [`EPOCH`] of the last sample.
+    updated: AtomicU64,
+}
+
+/// How fast an idle backend's average fades: after this long it is a third of what it was.
+const DECAY_SECONDS: f64 = 10.0;
+/// Weight of a new sample in the average.
+const ALPHA: f64 = 0.3;
+
+static EPOCH: once_cell::sync::Lazy<Instant> = once_cell::sync::Lazy::new(Instant::now);
+
+fn now_us() -> u64 {
+    EPOCH.elapsed().as_micros() as u64
+}
+
+impl Ewma {
+    fn observe(&self, sample_us: u64) {
+        let old = self.current();
+        let sample = sample_us as f64;
+        // Peak EWMA: a slower answer counts at once, faster ones are averaged in, so a backend
+        // that turns slow is avoided after one slow answer.
+        let new = if sample >= old {
+            sample
+        } else {
+            old + ALPHA * (sample - old)
+        };
+        self.average.store(new as u64, Ordering::Relaxed);
+        self.updated.store(now_us(), Ordering::Relaxed);
+    }
+
+    /// The average, decayed for the time since its last sample.
+    fn current(&self) -> f64 {
+        let average = self.average.load(Ordering::Relaxed) as f64;
+        let idle = now_us().saturating_sub(self.updated.load(Ordering::Relaxed)) as f64 / 1e6;
+        average * (-idle / DECAY_SECONDS).exp()
+    }
 }
 
 impl Outstanding {
-    pub fn new<'a>(backends: impl Iterator<Item = &'a Backend>) -> Self {
+    /// Counters for `backends`; with `ewma`, latency averages too.
+    pub fn new<'a>(backends: impl Iterator<Item = &'a Backend> + Clone, ewma: bool) -> Self {
         Outstanding {
             counts: backends
+                .clone()
                 .map(|b| (b.addr.clone(), Arc::new(AtomicUsize::new(0))))
                 .collect(),
+            latency: ewma.then(|| {
+                backends
+                    .map(|b| (b.addr.clone(), Ewma::default()))
+                    .collect()
+            }),
+        }
+    }
+
+    pub fn tracks_latency(&self) -> bool {
+        self.latency.is_some()
+    }
+
+    /// Feeds an attempt's time to its response header to the backend's average (`ewma`).
+    pub fn observe(&self, addr: &SocketAddr, took: std::time::Duration) {
+        if let Some(e) = self.latency.as_ref().and_then(|l| l.get(addr)) {
+            e.observe(took.as_micros() as u64);
         }
     }
 
@@ -59,14 +124,18 @@ impl Outstanding {
         }
     }
 
-    /// In-flight requests per unit of weight, as a fraction kept exact in integers.
-    fn load_of(&self, b: &Backend) -> u128 {
+    /// The cost of sending one more request to `b`: its requests in flight per unit of
+    /// weight, and with `ewma` (in flight + 1) times its recent latency per unit of weight.
+    fn load_of(&self, b: &Backend) -> f64 {
         let n = self
             .counts
             .get(&b.addr)
-            .map_or(0, |c| c.load(Ordering::Relaxed));
-        // Compared across backends: scale by a common multiple of the weights' range.
-        (n as u128 * 1_000_000) / b.weight.max(1) as u128
+            .map_or(0, |c| c.load(Ordering::Relaxed)) as f64;
+        let weight = b.weight.max(1) as f64;
+        match self.latency.as_ref().and_then(|l| l.get(&b.addr)) {
+            Some(e) => (n + 1.0) * (e.current() + 1.0) / weight,
+            None => n / weight,
+        }
     }
 }
 

@@ -89,6 +89,8 @@ pub enum LoadBalancing {
     ConsistentHash,
     /// The power of two choices on requests in flight, weights respected.
     LeastRequest,
+    /// The same draw, comparing requests in flight times recent latency (peak-EWMA style).
+    Ewma,
 }
 
 /// Upstream timeouts. Pingora's defaults are all "none", which lets a stuck upstream hold a
@@ -281,8 +283,14 @@ impl ServicePool {
             set.iter().map(|b: &Backend| b.addr.clone()),
         );
         let hash_key = match (cfg.load_balancing, cfg.hash_key.as_deref()) {
-            (LoadBalancing::RoundRobin | LoadBalancing::LeastRequest, None) => None,
-            (LoadBalancing::RoundRobin | LoadBalancing::LeastRequest, Some(_)) => {
+            (
+                LoadBalancing::RoundRobin | LoadBalancing::LeastRequest | LoadBalancing::Ewma,
+                None,
+            ) => None,
+            (
+                LoadBalancing::RoundRobin | LoadBalancing::LeastRequest | LoadBalancing::Ewma,
+                Some(_),
+            ) => {
                 return Err(Invalid::new(
                     format!("{key}.hash_key"),
                     "only meaningful with load_balancing: consistent_hash",
@@ -298,8 +306,11 @@ impl ServicePool {
             .as_ref()
             .map(|t| tls::PeerTls::compile(t, base, &format!("{key}.tls")))
             .transpose()?;
-        let outstanding = (cfg.load_balancing == LoadBalancing::LeastRequest)
-            .then(|| least_request::Outstanding::new(set.iter()));
+        let outstanding = match cfg.load_balancing {
+            LoadBalancing::LeastRequest => Some(least_request::Outstanding::new(set.iter(), false)),
+            LoadBalancing::Ewma => Some(least_request::Outstanding::new(set.iter(), true)),
+            _ => None,
+        };
         let mut backends = Backends::new(Static::new(set));
         if let Some(hc) = &cfg.health_check {
             validate_health_check(hc, key)?;
@@ -309,7 +320,7 @@ impl ServicePool {
             );
         }
         let balancer = match cfg.load_balancing {
-            LoadBalancing::RoundRobin | LoadBalancing::LeastRequest => {
+            LoadBalancing::RoundRobin | LoadBalancing::LeastRequest | LoadBalancing::Ewma => {
                 Balancer::RoundRobin(load(backends, key)?)
             }
             LoadBalancing::ConsistentHash => Balancer::Consistent(load(backends, key)?),
@@ -380,6 +391,20 @@ impl ServicePool {
         addr: &SocketAddr,
     ) -> Option<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
         self.outstanding.as_ref()?.counter(addr)
+    }
+
+    /// Whether the balancer wants attempt latencies (`ewma`).
+    pub fn tracks_latency(&self) -> bool {
+        self.outstanding
+            .as_ref()
+            .is_some_and(|o| o.tracks_latency())
+    }
+
+    /// Feeds an attempt's time to its response header to the `ewma` balancer.
+    pub fn observe_latency(&self, addr: &SocketAddr, took: Duration) {
+        if let Some(o) = &self.outstanding {
+            o.observe(addr, took);
+        }
     }
 
     /// Feeds one attempt's outcome to the backend's circuit breaker.
