@@ -234,15 +234,7 @@ impl Auth {
 
     fn token_in_cookie<'a>(&self, req: &'a RequestHeader) -> Option<Cow<'a, str>> {
         let name = self.sources.cookie.as_deref()?;
-        req.headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| {
-                let (k, v) = pair.trim().split_once('=')?;
-                (k == name).then(|| Cow::Borrowed(v.trim_matches('"')))
-            })
+        crate::edge::request_cookie(req, name).map(Cow::Borrowed)
     }
 
     fn token_in_query<'a>(&self, req: &'a RequestHeader) -> Option<Cow<'a, str>> {

@@ -304,6 +304,19 @@ fn decode_unreserved(raw: &str) -> Result<String, &'static str> {
     Ok(out)
 }
 
+/// The first value of cookie `name` in the request's `Cookie` headers (RFC 6265 pairs, quotes
+/// around the value dropped): the token source and the traffic split's conditions read it.
+pub fn request_cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
 /// The query without any `name=…` (or bare `name`) parameter: credentials carried in the query
 /// (a token, an API key) are not forwarded. Borrowed when there is none to remove.
 pub fn without_query_param<'a>(query: Cow<'a, str>, name: &str) -> Cow<'a, str> {

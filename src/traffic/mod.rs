@@ -173,7 +173,9 @@ impl Split {
             Sticky::User => inputs.identity?.subject.clone(),
             Sticky::Consumer => Some(inputs.identity?.consumer.as_ref()?.id.to_string()),
             Sticky::ClientIp => inputs.client_ip.map(|ip| ip.to_string()),
-            Sticky::Cookie(name) => variant::cookie(inputs.req, name).map(str::to_string),
+            Sticky::Cookie(name) => {
+                crate::edge::request_cookie(inputs.req, name).map(str::to_string)
+            }
             Sticky::Header(name) => inputs
                 .req
                 .headers

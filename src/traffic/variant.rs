@@ -1,6 +1,7 @@
 //! Compiled request conditions of a forced variant: header, cookie and query-parameter values.
 
 use super::config::{ValueMatchConfig, VariantConfig};
+use crate::edge::request_cookie;
 use crate::invalid::Invalid;
 use http::HeaderName;
 use pingora::http::RequestHeader;
@@ -102,24 +103,12 @@ impl Variant {
         }) && self
             .cookies
             .iter()
-            .all(|(name, m)| cookie(req, name).is_some_and(|v| m.matches(v)))
+            .all(|(name, m)| request_cookie(req, name).is_some_and(|v| m.matches(v)))
             && self
                 .query
                 .iter()
                 .all(|(name, m)| query_param(req, name).is_some_and(|v| m.matches(&v)))
     }
-}
-
-/// The first value of cookie `name` in the request's `Cookie` headers (RFC 6265 pairs).
-pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim_matches('"'))
 }
 
 /// The first value of query parameter `name`, `+` and percent escapes decoded (form
