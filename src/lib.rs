@@ -3,7 +3,7 @@
 //! The crate is a house of layers; imports only point down (`tests/layers.rs` checks it):
 //!
 //! - base: [`de`], [`invalid`], [`identity`], [`template`], [`errors`], [`header_set`],
-//!   [`metrics`], [`password`], [`throttle`] — small shared types that import nothing above them;
+//!   [`metrics`], [`password`], [`share`], [`throttle`] — small shared types that import nothing above them;
 //! - capabilities: [`router`], [`upstream`], [`auth`], [`consumer`], [`rate_limit`], [`transform`], [`edge`],
 //!   [`aggregate`], [`access_log`], [`tls`], [`trace`], [`traffic`] — each owns its config struct, its compiled form
 //!   and its per-request stage state;
@@ -21,6 +21,7 @@ pub mod identity;
 pub mod invalid;
 pub mod metrics;
 pub mod password;
+pub mod share;
 pub mod template;
 pub mod throttle;
 

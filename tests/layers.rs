@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "header_set",
             "metrics",
             "password",
+            "share",
             "throttle",
         ],
     ),

@@ -2,6 +2,7 @@
 
 use crate::de::de_duration;
 use crate::invalid::Invalid;
+use crate::share::Share;
 use http::HeaderName;
 use serde::Deserialize;
 use std::time::Duration;
@@ -80,9 +81,9 @@ impl Default for OtlpConfig {
 #[derive(Debug, Clone)]
 pub struct Tracing {
     pub trust_incoming: bool,
-    /// New traces whose id's low 64 bits fall under this are sampled (like OpenTelemetry's
+    /// New traces whose id's low 64 bits fall in this share are sampled (like OpenTelemetry's
     /// trace-id ratio sampler, so every hop deciding on the same id agrees).
-    pub sample_below: u64,
+    pub sample: Share,
     pub response_header: Option<HeaderName>,
     pub record_subject: bool,
     pub export: ExportSettings,
@@ -107,12 +108,7 @@ impl Tracing {
         if !cfg.enabled {
             return Ok(None);
         }
-        if !(0.0..=1.0).contains(&cfg.sampling_ratio) {
-            return Err(Invalid::new(
-                "tracing.sampling_ratio",
-                format!("{} is not between 0 and 1", cfg.sampling_ratio),
-            ));
-        }
+        let sample = Share::compile(cfg.sampling_ratio, "tracing.sampling_ratio")?;
         let o = &cfg.otlp;
         if o.protocol != "http/protobuf" {
             return Err(Invalid::new(
@@ -159,7 +155,7 @@ impl Tracing {
             .transpose()?;
         Ok(Some(Tracing {
             trust_incoming: cfg.trust_incoming,
-            sample_below: ratio_threshold(cfg.sampling_ratio),
+            sample,
             response_header,
             record_subject: cfg.record_subject,
             export: ExportSettings {
@@ -172,13 +168,5 @@ impl Tracing {
                 max_retries: o.max_retries,
             },
         }))
-    }
-}
-
-fn ratio_threshold(ratio: f64) -> u64 {
-    if ratio >= 1.0 {
-        u64::MAX
-    } else {
-        (ratio * u64::MAX as f64) as u64
     }
 }

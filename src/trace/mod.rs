@@ -261,11 +261,7 @@ impl Tracing {
     /// The ratio sampler's decision for a new trace.
     fn samples(&self, id: &TraceId) -> bool {
         let low = u64::from_be_bytes(id[8..].try_into().expect("8 bytes"));
-        match self.sample_below {
-            0 => false,
-            u64::MAX => true,
-            t => low < t,
-        }
+        self.sample.admits(low)
     }
 }
 

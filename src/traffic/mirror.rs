@@ -8,6 +8,7 @@
 use super::config::MirrorConfig;
 use crate::invalid::Invalid;
 use crate::metrics::MirrorMetrics;
+use crate::share::Share;
 use crate::upstream::ServicePool;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -27,8 +28,8 @@ static CONNECTOR: once_cell::sync::Lazy<Connector> =
 #[derive(Debug)]
 pub struct Mirror {
     pub service: usize,
-    /// Copy a request when a random `u64` falls under this.
-    sample_below: u64,
+    /// The share of requests copied.
+    sample: Share,
     pub max_body: usize,
     slots: Arc<Semaphore>,
     route: Arc<str>,
@@ -69,12 +70,7 @@ impl Mirror {
         route: &str,
     ) -> Result<Self, Invalid> {
         let service = find(&cfg.service).map_err(|r| Invalid::new(format!("{key}.service"), r))?;
-        if !(0.0..=1.0).contains(&cfg.sample_ratio) {
-            return Err(Invalid::new(
-                format!("{key}.sample_ratio"),
-                format!("{} is not between 0 and 1", cfg.sample_ratio),
-            ));
-        }
+        let sample = Share::compile(cfg.sample_ratio, &format!("{key}.sample_ratio"))?;
         if cfg.max_in_flight == 0 {
             return Err(Invalid::new(
                 format!("{key}.max_in_flight"),
@@ -83,7 +79,7 @@ impl Mirror {
         }
         Ok(Mirror {
             service,
-            sample_below: (cfg.sample_ratio * u64::MAX as f64) as u64,
+            sample,
             max_body: cfg.max_body_bytes,
             slots: Arc::new(Semaphore::new(cfg.max_in_flight)),
             route: Arc::from(route),
@@ -93,11 +89,7 @@ impl Mirror {
 
     /// Whether this request is copied (the sample).
     pub fn samples(&self) -> bool {
-        match self.sample_below {
-            0 => false,
-            u64::MAX => true,
-            t => fastrand::u64(..) < t,
-        }
+        self.sample.sample()
     }
 
     /// Sends `copy` to the mirror service in the background, or drops it (counted) when the

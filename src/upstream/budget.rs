@@ -58,14 +58,9 @@ pub struct RetryBudget {
 impl RetryBudget {
     /// Compiles `cfg` (errors at `key`) for service `service`.
     pub fn compile(cfg: &RetryBudgetConfig, key: &str, service: &str) -> Result<Self, Invalid> {
-        if !(0.0..=1.0).contains(&cfg.ratio) {
-            return Err(Invalid::new(
-                format!("{key}.ratio"),
-                format!("{} is not between 0 and 1", cfg.ratio),
-            ));
-        }
+        let ratio = crate::share::check_ratio(cfg.ratio, &format!("{key}.ratio"))?;
         Ok(RetryBudget {
-            ratio_milli: (cfg.ratio * 1000.0).round() as u64,
+            ratio_milli: (ratio * 1000.0).round() as u64,
             min_per_second: cfg.min_per_second,
             window: AtomicU64::new(current_window()),
             requests: AtomicU64::new(0),
