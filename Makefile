@@ -1,6 +1,6 @@
 # apigateway — the two commands a fresh machine needs are `make run` and `make test`.
 # Both install what is missing (cmake for Pingora's zlib-ng, redis-server for the shared
-# rate-limit tests; the Rust toolchain must exist).
+# rate-limit tests, dnsmasq for the DNS discovery tests; the Rust toolchain must exist).
 
 CARGO   ?= cargo
 CONFIG  ?= conf/gateway.yaml
@@ -60,6 +60,7 @@ deps:
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	command -v make >/dev/null 2>&1 || missing="$$missing make"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

@@ -83,6 +83,13 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
+        // A name that does not resolve is not an error (the service starts with none of its
+        // addresses and keeps trying), but a config check must say so.
+        for pool in snapshot.services() {
+            for w in pool.unresolved() {
+                println!("apigateway: warning: {w}");
+            }
+        }
         println!(
             "apigateway: configuration {} is valid ({} routes, {} services)",
             cli.conf.display(),

@@ -37,6 +37,8 @@ struct Metrics {
     connections_open: prometheus::IntGauge,
     mirror: IntCounterVec,
     retry_budget_exhausted: IntCounterVec,
+    dns_resolutions: IntCounterVec,
+    discovered: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -175,6 +177,16 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "Retries not made because the service's retry budget was spent, by service",
             &["service"],
         ),
+        dns_resolutions: counter(
+            "apigateway_dns_resolutions_total",
+            "DNS resolutions of dns: backends, by service and outcome (changed, unchanged, failed)",
+            &["service", "outcome"],
+        ),
+        discovered: gauge(
+            "apigateway_backends",
+            "Backends a service with dns: backends has now (fixed ones included)",
+            &["service"],
+        ),
         registry: r,
     }
 });
@@ -254,6 +266,27 @@ pub fn backend_health(service: &str, backend: &str, healthy: bool) {
         .backend_up
         .with_label_values(&[service, backend])
         .set(i64::from(healthy));
+}
+
+/// Forgets the health of a backend DNS no longer lists.
+pub fn backend_forgotten(service: &str, backend: &str) {
+    let _ = METRICS.backend_up.remove_label_values(&[service, backend]);
+}
+
+/// Counts one resolution of a service's DNS name.
+pub fn dns_resolution(service: &str, outcome: &'static str) {
+    METRICS
+        .dns_resolutions
+        .with_label_values(&[service, outcome])
+        .inc();
+}
+
+/// Publishes how many backends a service with DNS discovery has.
+pub fn discovered_backends(service: &str, count: usize) {
+    METRICS
+        .discovered
+        .with_label_values(&[service])
+        .set(count as i64);
 }
 
 /// Counts a backend taken out of rotation by its circuit breaker.

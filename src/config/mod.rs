@@ -44,6 +44,9 @@ pub struct GatewayConfig {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Named upstream services.
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Name servers and interval for `dns:` backends.
+    #[serde(default)]
+    pub resolver: crate::upstream::dns::ResolverConfig,
     /// Ordered route list (priority is by specificity, see `router`).
     pub routes: Vec<RouteConfig>,
     /// JWT verification, identity headers and the login endpoint.

@@ -1,5 +1,5 @@
 //! Background services that keep long-lived state of the live snapshot fresh: active health
-//! checks, JWKS refresh, and the rate limiter's idle-key sweep. They read the snapshot at each
+//! checks and DNS discovery, JWKS refresh, and the rate limiter's idle-key sweep. They read the snapshot at each
 //! tick, so a reload changes what they work on without restarting them.
 
 use crate::snapshot::SharedSnapshot;
@@ -10,32 +10,57 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Background service running every service's health check on its own interval, against
-/// whatever snapshot is current at each tick.
+/// Background service keeping every service's members fresh: the active health check and
+/// the re-resolution of `dns:` backends, each on its own interval, against whatever snapshot is
+/// current at each tick.
 pub struct HealthChecker {
     pub snapshot: SharedSnapshot,
+}
+
+/// The periodic jobs a pool can have.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum PoolJob {
+    HealthCheck,
+    Discovery,
 }
 
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut due: HashMap<String, Instant> = HashMap::new();
+        let mut due: HashMap<(String, PoolJob), Instant> = HashMap::new();
         loop {
             let snapshot = self.snapshot.load_full();
             let now = Instant::now();
             let mut checks = Vec::new();
+            let mut refreshes = Vec::new();
             let mut next = now + Duration::from_secs(1);
             for pool in snapshot.services() {
-                let Some(interval) = pool.health_interval() else {
-                    continue;
-                };
-                let when = due.entry(pool.name.clone()).or_insert(now);
-                if *when <= now {
-                    *when = now + interval;
-                    checks.push(pool.run_health_check());
+                let jobs = [
+                    (PoolJob::HealthCheck, pool.health_interval()),
+                    (PoolJob::Discovery, pool.discovery_interval()),
+                ];
+                for (job, interval) in jobs {
+                    let Some(interval) = interval else {
+                        continue;
+                    };
+                    // Names were resolved when the pool was built: the first refresh waits.
+                    let first = match job {
+                        PoolJob::HealthCheck => now,
+                        PoolJob::Discovery => now + interval,
+                    };
+                    let when = due.entry((pool.name.clone(), job)).or_insert(first);
+                    if *when <= now {
+                        *when = now + interval;
+                        match job {
+                            PoolJob::HealthCheck => checks.push(pool.run_health_check()),
+                            PoolJob::Discovery => refreshes.push(pool.refresh_discovery()),
+                        }
+                    }
+                    next = next.min(*when);
                 }
-                next = next.min(*when);
             }
+            // Discovery first, so a round's health checks see the members it found.
+            futures::future::join_all(refreshes).await;
             futures::future::join_all(checks).await;
             crate::metrics::health_checked();
             let sleep = next.saturating_duration_since(Instant::now());

@@ -99,7 +99,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> Result<Self, Invalid> {
         let listeners = Listeners::compile(&cfg.listen, cfg.tls.as_ref(), base)?;
-        let services = Services::compile(&cfg.services, base, previous.map(|p| &p.services))?;
+        let services = Services::compile(cfg, base, previous.map(|p| &p.services))?;
         let consumers = ConsumerSection::compile(cfg, base, previous.map(|p| &p.consumers))?;
         let auth = AuthSection::compile(
             cfg.auth.as_ref(),

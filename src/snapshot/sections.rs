@@ -2,10 +2,12 @@
 //! owns the fingerprint that decides whether a reload may keep what the previous snapshot built.
 
 use crate::auth::{Auth, AuthConfig};
+use crate::config::GatewayConfig;
 use crate::invalid::Invalid;
 use crate::tls::{CertStore, TlsConfig};
-use crate::upstream::{ServiceConfig, ServicePool};
-use std::collections::{BTreeMap, HashMap};
+use crate::upstream::dns::Resolver;
+use crate::upstream::{BackendConfig, ServicePool};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -67,10 +69,12 @@ pub struct Services {
 impl Services {
     /// Compiles `services:`, reusing the pools of `previous` whose fingerprint is unchanged.
     pub fn compile(
-        cfg: &BTreeMap<String, ServiceConfig>,
+        gateway: &GatewayConfig,
         base: &Path,
         previous: Option<&Services>,
     ) -> Result<Self, Invalid> {
+        let cfg = &gateway.services;
+        let resolver = Arc::new(Resolver::compile(&gateway.resolver)?);
         let mut out = Services {
             pools: Vec::with_capacity(cfg.len()),
             index: HashMap::with_capacity(cfg.len()),
@@ -83,7 +87,13 @@ impl Services {
                 .tls
                 .as_ref()
                 .map(|t| files_digest(t.referenced_files().map(|f| base.join(f))));
-            let fingerprint = format!("{name}|{svc:?}|{tls_files:?}");
+            // A service following DNS is rebuilt when the resolver settings change.
+            let resolver_cfg = svc
+                .backends
+                .iter()
+                .any(|b| matches!(b, BackendConfig::Dns { .. }))
+                .then_some(&gateway.resolver);
+            let fingerprint = format!("{name}|{svc:?}|{tls_files:?}|{resolver_cfg:?}");
             let kept = previous.and_then(|p| {
                 let i = p.fingerprints.iter().position(|f| *f == fingerprint)?;
                 Some(p.pools[i].clone())
@@ -95,6 +105,7 @@ impl Services {
                     svc,
                     &format!("services.{name}"),
                     base,
+                    &resolver,
                 )?),
             };
             out.index.insert(name.clone(), out.pools.len());

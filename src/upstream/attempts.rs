@@ -4,6 +4,7 @@
 use super::ServicePool;
 use super::breaker::Attempt;
 use crate::errors::GatewayError;
+use pingora::lb::Backend;
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::upstreams::peer::HttpPeer;
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ pub struct Attempts {
     hold: super::least_request::Hold,
     /// When the current attempt's backend was picked.
     attempt_started: Option<Instant>,
+    /// The current attempt's backend (its breaker and load take the outcome).
+    current: Option<Backend>,
 }
 
 /// What the proxy knows about a failure after the request reached a backend.
@@ -73,11 +76,12 @@ impl Attempts {
                 if let Some(left) = left {
                     cut_timeouts(&mut peer, left);
                 }
-                self.hold.take(pool.outstanding_counter(&backend.addr));
+                self.hold.take(pool.outstanding_counter(&backend));
                 if pool.tracks_latency() {
                     self.attempt_started = Some(Instant::now());
                 }
-                self.tried.push(backend.addr);
+                self.tried.push(backend.addr.clone());
+                self.current = Some(backend);
                 Ok(peer)
             }
             None if self.tried.is_empty() => Err(GatewayError::NoHealthyBackend {
@@ -89,8 +93,8 @@ impl Attempts {
 
     /// Reports the outcome of the attempt on the backend tried last to its circuit breaker.
     pub fn record(&self, pool: &ServicePool, outcome: Attempt) {
-        if let Some(addr) = self.tried.last() {
-            pool.record_attempt(addr, outcome);
+        if let Some(b) = &self.current {
+            pool.record_attempt(b, outcome);
         }
     }
 
@@ -98,8 +102,8 @@ impl Attempts {
     /// whether the answer counts as a failure (502, 503, 504).
     pub fn on_response_header(&mut self, pool: &ServicePool, status: u16) {
         self.upstream_time = self.started.map(|t| t.elapsed());
-        if let (Some(addr), Some(t)) = (self.tried.last(), self.attempt_started) {
-            pool.observe_latency(addr, t.elapsed());
+        if let (Some(b), Some(t)) = (&self.current, self.attempt_started) {
+            pool.observe_latency(b, t.elapsed());
         }
         let overloaded = matches!(status, 502..=504);
         self.record(
@@ -165,7 +169,14 @@ mod tests {
         let list: Vec<String> = backends.iter().map(|b| format!("'{b}'")).collect();
         let yaml = format!("backends: [{}]\nretries: {retries}\n", list.join(", "));
         let cfg: ServiceConfig = serde_yaml::from_str(&yaml).unwrap();
-        ServicePool::compile("svc", &cfg, "services.svc", std::path::Path::new(".")).unwrap()
+        ServicePool::compile(
+            "svc",
+            &cfg,
+            "services.svc",
+            std::path::Path::new("."),
+            &Default::default(),
+        )
+        .unwrap()
     }
 
     fn failure() -> Failure {
@@ -241,8 +252,14 @@ mod tests {
     fn open_breakers_leave_no_backend_and_name_the_service() {
         let yaml = "backends: ['127.0.0.1:1']\npassive_health: {failures: 1, cooldown: 60s}\n";
         let cfg: ServiceConfig = serde_yaml::from_str(yaml).unwrap();
-        let p =
-            ServicePool::compile("svc", &cfg, "services.svc", std::path::Path::new(".")).unwrap();
+        let p = ServicePool::compile(
+            "svc",
+            &cfg,
+            "services.svc",
+            std::path::Path::new("."),
+            &Default::default(),
+        )
+        .unwrap();
         let mut a = Attempts::default();
         a.pick(&p, b"", false).unwrap();
         a.on_response_header(&p, 503);

@@ -7,7 +7,6 @@
 //! are independent. Pingora's load balancer has no passive checks, hence this file.
 
 use crate::de::de_duration;
-use pingora::protocols::l4::socket::SocketAddr;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,18 +31,18 @@ impl Default for PassiveHealthConfig {
     }
 }
 
-/// One backend's breaker.
-struct Breaker {
-    addr: SocketAddr,
+/// One backend's breaker state; it travels with the backend (see `member.rs`), so a backend
+/// that DNS discovery keeps across refreshes keeps its state.
+#[derive(Default)]
+pub struct Breaker {
     consecutive_failures: AtomicU32,
-    /// Milliseconds since `Breakers::epoch` before which the backend is not selected; 0 when
-    /// closed. Once passed, the first request to claim it (compare-exchange) is the probe.
+    /// Milliseconds since `BreakerPolicy::epoch` before which the backend is not selected; 0
+    /// when closed. Once passed, the first request to claim it (compare-exchange) is the probe.
     retry_at_ms: AtomicU64,
 }
 
-/// The breakers of one service's backends.
-pub struct Breakers {
-    breakers: Vec<Breaker>,
+/// A service's breaker settings, applied to each backend's [`Breaker`].
+pub struct BreakerPolicy {
     threshold: u32,
     cooldown_ms: u64,
     epoch: Instant,
@@ -56,20 +55,10 @@ pub enum Attempt {
     Failed,
 }
 
-impl Breakers {
+impl BreakerPolicy {
     /// `None` when passive health is off.
-    pub fn new(
-        cfg: &PassiveHealthConfig,
-        backends: impl Iterator<Item = SocketAddr>,
-    ) -> Option<Self> {
-        (cfg.failures > 0).then(|| Breakers {
-            breakers: backends
-                .map(|addr| Breaker {
-                    addr,
-                    consecutive_failures: AtomicU32::new(0),
-                    retry_at_ms: AtomicU64::new(0),
-                })
-                .collect(),
+    pub fn compile(cfg: &PassiveHealthConfig) -> Option<Self> {
+        (cfg.failures > 0).then(|| BreakerPolicy {
             threshold: cfg.failures,
             cooldown_ms: cfg.cooldown.as_millis().max(1) as u64,
             epoch: Instant::now(),
@@ -81,16 +70,10 @@ impl Breakers {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    fn find(&self, addr: &SocketAddr) -> Option<&Breaker> {
-        self.breakers.iter().find(|b| b.addr == *addr)
-    }
-
-    /// Whether a request may go to `addr` now. Claims the half-open probe when the cooldown
-    /// has passed, so only one request probes at a time (the next after another cooldown).
-    pub fn admits(&self, addr: &SocketAddr) -> bool {
-        let Some(b) = self.find(addr) else {
-            return true;
-        };
+    /// Whether a request may go to the backend of `b` now. Claims the half-open probe when the
+    /// cooldown has passed, so only one request probes at a time (the next after another
+    /// cooldown).
+    pub fn admits(&self, b: &Breaker) -> bool {
         let retry_at = b.retry_at_ms.load(Ordering::Acquire);
         if retry_at == 0 {
             return true;
@@ -108,10 +91,7 @@ impl Breakers {
     }
 
     /// Records an attempt's outcome; returns true when this opened the breaker.
-    pub fn record(&self, addr: &SocketAddr, outcome: Attempt) -> bool {
-        let Some(b) = self.find(addr) else {
-            return false;
-        };
+    pub fn record(&self, b: &Breaker, outcome: Attempt) -> bool {
         match outcome {
             // The common case writes nothing, so healthy traffic shares no dirty cache line.
             Attempt::Succeeded if b.consecutive_failures.load(Ordering::Acquire) == 0 => false,
@@ -138,42 +118,39 @@ impl Breakers {
 mod tests {
     use super::*;
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::Inet(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
-    }
-
-    fn breakers(failures: u32, cooldown: Duration) -> Breakers {
-        let cfg = PassiveHealthConfig { failures, cooldown };
-        Breakers::new(&cfg, [addr(1), addr(2)].into_iter()).unwrap()
+    fn policy(failures: u32, cooldown: Duration) -> BreakerPolicy {
+        BreakerPolicy::compile(&PassiveHealthConfig { failures, cooldown }).unwrap()
     }
 
     #[test]
     fn opens_after_consecutive_failures_only() {
-        let b = breakers(3, Duration::from_secs(60));
-        b.record(&addr(1), Attempt::Failed);
-        b.record(&addr(1), Attempt::Failed);
-        b.record(&addr(1), Attempt::Succeeded);
-        b.record(&addr(1), Attempt::Failed);
-        b.record(&addr(1), Attempt::Failed);
-        assert!(b.admits(&addr(1)), "a success in between resets the count");
-        assert!(b.record(&addr(1), Attempt::Failed));
-        assert!(!b.admits(&addr(1)));
-        assert!(b.admits(&addr(2)), "other backends are unaffected");
+        let p = policy(3, Duration::from_secs(60));
+        let (one, two) = (Breaker::default(), Breaker::default());
+        p.record(&one, Attempt::Failed);
+        p.record(&one, Attempt::Failed);
+        p.record(&one, Attempt::Succeeded);
+        p.record(&one, Attempt::Failed);
+        p.record(&one, Attempt::Failed);
+        assert!(p.admits(&one), "a success in between resets the count");
+        assert!(p.record(&one, Attempt::Failed));
+        assert!(!p.admits(&one));
+        assert!(p.admits(&two), "other backends are unaffected");
     }
 
     #[test]
     fn half_open_lets_one_probe_through_then_closes_or_reopens() {
-        let b = breakers(1, Duration::from_millis(1));
-        b.record(&addr(1), Attempt::Failed);
+        let p = policy(1, Duration::from_millis(1));
+        let b = Breaker::default();
+        p.record(&b, Attempt::Failed);
         std::thread::sleep(Duration::from_millis(3));
-        assert!(b.admits(&addr(1)), "the probe");
-        assert!(!b.admits(&addr(1)), "only one probe per cooldown");
-        b.record(&addr(1), Attempt::Failed);
-        assert!(!b.admits(&addr(1)), "a failed probe reopens");
+        assert!(p.admits(&b), "the probe");
+        assert!(!p.admits(&b), "only one probe per cooldown");
+        p.record(&b, Attempt::Failed);
+        assert!(!p.admits(&b), "a failed probe reopens");
         std::thread::sleep(Duration::from_millis(3));
-        assert!(b.admits(&addr(1)));
-        b.record(&addr(1), Attempt::Succeeded);
-        assert!(b.admits(&addr(1)) && b.admits(&addr(1)), "closed again");
+        assert!(p.admits(&b));
+        p.record(&b, Attempt::Succeeded);
+        assert!(p.admits(&b) && p.admits(&b), "closed again");
     }
 
     #[test]
@@ -182,6 +159,6 @@ mod tests {
             failures: 0,
             ..Default::default()
         };
-        assert!(Breakers::new(&cfg, std::iter::empty()).is_none());
+        assert!(BreakerPolicy::compile(&cfg).is_none());
     }
 }

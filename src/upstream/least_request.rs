@@ -6,17 +6,39 @@
 //! Pingora's balancers choose by hash or by turn; none reads a live load, so the counts are
 //! kept here: one counter per backend, taken by a request's attempt and given back by it.
 
+use super::member;
 use pingora::lb::{Backend, Backends};
-use pingora::protocols::l4::socket::SocketAddr;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-/// Requests in flight, per backend, and for `ewma` their recent latency.
-pub struct Outstanding {
-    counts: HashMap<SocketAddr, Arc<AtomicUsize>>,
-    latency: Option<HashMap<SocketAddr, Ewma>>,
+/// What `least_request` and `ewma` compare between the two drawn backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Requests in flight per unit of weight.
+    InFlight,
+    /// (Requests in flight + 1) times recent latency, per unit of weight.
+    InFlightTimesLatency,
+}
+
+/// One backend's load: requests in flight and recent latency. It travels with the backend
+/// (see `member.rs`), so counts survive DNS refreshes that keep the address.
+#[derive(Default)]
+pub struct Load {
+    in_flight: Arc<AtomicUsize>,
+    latency: Ewma,
+}
+
+impl Load {
+    /// The in-flight counter, for an attempt to hold while it runs.
+    pub fn counter(&self) -> Arc<AtomicUsize> {
+        self.in_flight.clone()
+    }
+
+    /// Feeds an attempt's time to its response header to the backend's average (`ewma`).
+    pub fn observe(&self, took: std::time::Duration) {
+        self.latency.observe(took.as_micros() as u64);
+    }
 }
 
 /// A backend's moving average of response-header latency (peak-sensitive), decaying towards
@@ -63,48 +85,13 @@ impl Ewma {
     }
 }
 
-impl Outstanding {
-    /// Counters for `backends`; with `ewma`, latency averages too.
-    pub fn new<'a>(backends: impl Iterator<Item = &'a Backend> + Clone, ewma: bool) -> Self {
-        Outstanding {
-            counts: backends
-                .clone()
-                .map(|b| (b.addr.clone(), Arc::new(AtomicUsize::new(0))))
-                .collect(),
-            latency: ewma.then(|| {
-                backends
-                    .map(|b| (b.addr.clone(), Ewma::default()))
-                    .collect()
-            }),
-        }
-    }
-
-    pub fn tracks_latency(&self) -> bool {
-        self.latency.is_some()
-    }
-
-    /// Feeds an attempt's time to its response header to the backend's average (`ewma`).
-    pub fn observe(&self, addr: &SocketAddr, took: std::time::Duration) {
-        if let Some(e) = self.latency.as_ref().and_then(|l| l.get(addr)) {
-            e.observe(took.as_micros() as u64);
-        }
-    }
-
-    /// The counter of `addr`, for an attempt to hold while it runs.
-    pub fn counter(&self, addr: &SocketAddr) -> Option<Arc<AtomicUsize>> {
-        self.counts.get(addr).cloned()
-    }
-
+impl Measure {
     /// Picks between two weighted random healthy backends that `admitted` accepts.
-    pub fn pick(
-        &self,
-        backends: &Backends,
-        admitted: impl Fn(&SocketAddr) -> bool,
-    ) -> Option<Backend> {
+    pub fn pick(self, backends: &Backends, admitted: impl Fn(&Backend) -> bool) -> Option<Backend> {
         let all = backends.get_backend();
         let candidates: Vec<&Backend> = all
             .iter()
-            .filter(|b| backends.ready(b) && admitted(&b.addr))
+            .filter(|b| backends.ready(b) && admitted(b))
             .collect();
         match candidates.len() {
             0 => None,
@@ -114,7 +101,7 @@ impl Outstanding {
                 // with no comparison (a quarter of the requests between two backends).
                 let first = draw(&candidates, None);
                 let second = draw(&candidates, Some(first));
-                let lighter = if self.load_of(second) < self.load_of(first) {
+                let lighter = if self.cost(second) < self.cost(first) {
                     second
                 } else {
                     first
@@ -124,17 +111,14 @@ impl Outstanding {
         }
     }
 
-    /// The cost of sending one more request to `b`: its requests in flight per unit of
-    /// weight, and with `ewma` (in flight + 1) times its recent latency per unit of weight.
-    fn load_of(&self, b: &Backend) -> f64 {
-        let n = self
-            .counts
-            .get(&b.addr)
-            .map_or(0, |c| c.load(Ordering::Relaxed)) as f64;
+    /// The cost of sending one more request to `b`.
+    fn cost(self, b: &Backend) -> f64 {
+        let load = &member::of(b).load;
+        let n = load.in_flight.load(Ordering::Relaxed) as f64;
         let weight = b.weight.max(1) as f64;
-        match self.latency.as_ref().and_then(|l| l.get(&b.addr)) {
-            Some(e) => (n + 1.0) * (e.current() + 1.0) / weight,
-            None => n / weight,
+        match self {
+            Measure::InFlight => n / weight,
+            Measure::InFlightTimesLatency => (n + 1.0) * (load.latency.current() + 1.0) / weight,
         }
     }
 }

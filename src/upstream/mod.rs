@@ -1,13 +1,16 @@
-//! Upstream services: backend pools with load balancing, peer options and active health checks.
+//! Upstream services: backend pools with load balancing, peer options, active health checks and
+//! DNS discovery.
 //!
 //! Each `services:` entry compiles into a [`ServicePool`] wrapping a Pingora `LoadBalancer`.
-//! Health checks are driven by one [`HealthChecker`] background service that walks the *current*
-//! snapshot, so pools created by a later config reload are checked too.
+//! Health checks and DNS refreshes are driven by one `HealthChecker` background service that
+//! walks the *current* snapshot, so pools created by a later config reload are kept fresh too.
 
 mod attempts;
 pub mod breaker;
 pub mod budget;
+pub mod dns;
 mod least_request;
+mod member;
 pub mod tls;
 
 pub use attempts::{Attempts, Failure, Retry};
@@ -15,22 +18,21 @@ pub use attempts::{Attempts, Failure, Retry};
 use crate::de::de_duration;
 use crate::invalid::Invalid;
 use pingora::http::RequestHeader;
-use pingora::lb::discovery::Static;
+use pingora::lb::discovery::{ServiceDiscovery, Static};
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy, PeerOptions};
 use serde::Deserialize;
-use std::collections::BTreeSet;
-use std::net::ToSocketAddrs;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One entry of `services:` as written in the YAML file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// `host:port` strings or `{addr, weight}` maps; at least one.
+    /// `host:port` strings, `{addr, weight}` or `{dns, weight}` maps; at least one.
     pub backends: Vec<BackendConfig>,
     /// `round_robin` (default, weighted) or `consistent_hash` (ketama).
     #[serde(default)]
@@ -65,13 +67,20 @@ fn default_retries() -> usize {
     1
 }
 
-/// A backend address, optionally weighted.
+/// A backend address, optionally weighted, or a name to follow in DNS.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum BackendConfig {
     Addr(String),
     Weighted {
         addr: String,
+        #[serde(default = "default_weight")]
+        weight: usize,
+    },
+    /// `name:port`, resolved (A and AAAA) at load and every `resolver.interval`; each address
+    /// found is a backend of this weight.
+    Dns {
+        dns: String,
         #[serde(default = "default_weight")]
         weight: usize,
     },
@@ -199,22 +208,21 @@ pub struct ServicePool {
     /// Time from picking a backend to its response header.
     pub upstream_latency: prometheus::Histogram,
     health_interval: Option<Duration>,
-    backend_count: usize,
-    /// The backend of a one-backend service without an active health check: always the
-    /// answer (breaker and retry exclusions permitting), so the balancer is not consulted.
+    /// The backend of a one-backend service without an active health check or DNS: always
+    /// the answer (breaker and retry exclusions permitting), so the balancer is not consulted.
     only: Option<Backend>,
-    breakers: Option<breaker::Breakers>,
+    breakers: Option<breaker::BreakerPolicy>,
     /// How many retries the service's recent traffic allows.
     pub retry_budget: budget::RetryBudget,
     /// `timeouts.total`: the deadline across a request's attempts.
     pub total_timeout: Option<Duration>,
-    /// Requests in flight per backend, for `least_request`.
-    outstanding: Option<least_request::Outstanding>,
+    /// What `least_request` and `ewma` compare; `None` for the other balancers.
+    measure: Option<least_request::Measure>,
+    /// The DNS names of the service and what they resolved to, when it has `dns:` backends.
+    discovered: Option<Arc<dns::Discovered>>,
+    /// Warnings of names that did not resolve when the service was built.
+    unresolved: Vec<String>,
 }
-
-/// The host part of a backend as written in the config: the default SNI for TLS backends.
-#[derive(Clone)]
-struct BackendHost(Box<str>);
 
 /// How many backends selection may skip over (unhealthy or already tried) before giving up.
 const MAX_SELECT_ITERATIONS: usize = 256;
@@ -227,61 +235,18 @@ impl ServicePool {
         cfg: &ServiceConfig,
         key: &str,
         base: &std::path::Path,
+        resolver: &Arc<dns::Resolver>,
     ) -> Result<Self, Invalid> {
-        if cfg.backends.is_empty() {
-            return Err(Invalid::new(
-                format!("{key}.backends"),
-                "at least one backend is required",
-            ));
-        }
-        let mut set = BTreeSet::new();
-        for (i, b) in cfg.backends.iter().enumerate() {
-            let (addr, weight) = match b {
-                BackendConfig::Addr(a) => (a.as_str(), 1),
-                BackendConfig::Weighted { addr, weight } => (addr.as_str(), *weight),
-            };
-            let bkey = format!("{key}.backends[{i}]");
-            if weight == 0 {
-                return Err(Invalid::new(format!("{bkey}.weight"), "must be at least 1"));
-            }
-            // Resolve once at load time: Pingora would otherwise resolve with blocking DNS (and
-            // panic on failure) when building a peer on the request path.
-            let resolved = addr
-                .to_socket_addrs()
-                .map_err(|e| {
-                    Invalid::new(
-                        bkey.clone(),
-                        format!("cannot resolve {addr:?} as host:port: {e}"),
-                    )
-                })?
-                .next()
-                .ok_or_else(|| {
-                    Invalid::new(bkey.clone(), format!("{addr:?} resolves to no address"))
-                })?;
-            let mut backend = Backend {
-                addr: SocketAddr::Inet(resolved),
-                weight,
-                ext: Default::default(),
-            };
-            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            backend.ext.insert(BackendHost(host.into()));
-            if !set.insert(backend) {
-                return Err(Invalid::new(
-                    bkey.clone(),
-                    format!("duplicate backend {addr:?}"),
-                ));
-            }
-        }
-        let backend_count = set.len();
-        let only = match (backend_count, &cfg.health_check) {
-            (1, None) => set.iter().next().cloned(),
+        let membership = member::Membership::compile(cfg, key)?;
+        let only = match (
+            membership.fixed.len(),
+            &cfg.health_check,
+            membership.names.len(),
+        ) {
+            (1, None, 0) => membership.fixed.iter().next().cloned(),
             _ => None,
         };
-        let breakers = breaker::Breakers::new(
-            &cfg.passive_health,
-            set.iter().map(|b: &Backend| b.addr.clone()),
-        );
+        let breakers = breaker::BreakerPolicy::compile(&cfg.passive_health);
         let hash_key = match (cfg.load_balancing, cfg.hash_key.as_deref()) {
             (
                 LoadBalancing::RoundRobin | LoadBalancing::LeastRequest | LoadBalancing::Ewma,
@@ -306,12 +271,25 @@ impl ServicePool {
             .as_ref()
             .map(|t| tls::PeerTls::compile(t, base, &format!("{key}.tls")))
             .transpose()?;
-        let outstanding = match cfg.load_balancing {
-            LoadBalancing::LeastRequest => Some(least_request::Outstanding::new(set.iter(), false)),
-            LoadBalancing::Ewma => Some(least_request::Outstanding::new(set.iter(), true)),
+        let measure = match cfg.load_balancing {
+            LoadBalancing::LeastRequest => Some(least_request::Measure::InFlight),
+            LoadBalancing::Ewma => Some(least_request::Measure::InFlightTimesLatency),
             _ => None,
         };
-        let mut backends = Backends::new(Static::new(set));
+        let (discovery, discovered, unresolved): (Box<dyn ServiceDiscovery + Send + Sync>, _, _) =
+            if membership.names.is_empty() {
+                (Static::new(membership.fixed), None, Vec::new())
+            } else {
+                let (d, warnings) = dns::Discovered::new(
+                    name,
+                    membership.fixed,
+                    membership.names,
+                    resolver.clone(),
+                );
+                let d = Arc::new(d);
+                (Box::new(dns::Discovery(d.clone())), Some(d), warnings)
+            };
+        let mut backends = Backends::new(discovery);
         if let Some(hc) = &cfg.health_check {
             validate_health_check(hc, key)?;
             backends.set_health_check(
@@ -341,11 +319,12 @@ impl ServicePool {
             tls,
             upstream_latency: crate::metrics::upstream_histogram(name),
             health_interval: cfg.health_check.as_ref().map(|h| h.interval),
-            backend_count,
             only,
             breakers,
             total_timeout: cfg.timeouts.total,
-            outstanding,
+            measure,
+            discovered,
+            unresolved,
             retry_budget: budget::RetryBudget::compile(
                 &cfg.retry_budget,
                 &format!("{key}.retry_budget"),
@@ -359,26 +338,25 @@ impl ServicePool {
         self.hash_key.as_ref()
     }
 
-    /// Number of configured backends.
-    pub fn backend_count(&self) -> usize {
-        self.backend_count
-    }
-
     /// Picks a healthy backend not in `exclude` (addresses already tried for this request)
     /// whose circuit breaker admits a request.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Backend> {
-        let admitted = |addr: &SocketAddr| {
-            !exclude.contains(addr) && self.breakers.as_ref().is_none_or(|br| br.admits(addr))
+        let admitted = |b: &Backend| {
+            !exclude.contains(&b.addr)
+                && self
+                    .breakers
+                    .as_ref()
+                    .is_none_or(|br| br.admits(&member::of(b).breaker))
         };
         if let Some(only) = &self.only {
             // Without health checks Pingora counts every backend healthy: same answer, without
             // the balancer's per-request hashing of the backend.
-            return admitted(&only.addr).then(|| only.clone());
+            return admitted(only).then(|| only.clone());
         }
-        if let (Some(outstanding), Balancer::RoundRobin(lb)) = (&self.outstanding, &self.balancer) {
-            return outstanding.pick(lb.backends(), admitted);
+        if let (Some(measure), Balancer::RoundRobin(lb)) = (self.measure, &self.balancer) {
+            return measure.pick(lb.backends(), admitted);
         }
-        let accept = |b: &Backend, healthy: bool| healthy && admitted(&b.addr);
+        let accept = |b: &Backend, healthy: bool| healthy && admitted(b);
         match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
             Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
@@ -386,37 +364,31 @@ impl ServicePool {
     }
 
     /// The in-flight counter of a backend, when the service balances on it.
-    pub fn outstanding_counter(
-        &self,
-        addr: &SocketAddr,
-    ) -> Option<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
-        self.outstanding.as_ref()?.counter(addr)
+    pub fn outstanding_counter(&self, b: &Backend) -> Option<Arc<std::sync::atomic::AtomicUsize>> {
+        self.measure.map(|_| member::of(b).load.counter())
     }
 
     /// Whether the balancer wants attempt latencies (`ewma`).
     pub fn tracks_latency(&self) -> bool {
-        self.outstanding
-            .as_ref()
-            .is_some_and(|o| o.tracks_latency())
+        self.measure == Some(least_request::Measure::InFlightTimesLatency)
     }
 
     /// Feeds an attempt's time to its response header to the `ewma` balancer.
-    pub fn observe_latency(&self, addr: &SocketAddr, took: Duration) {
-        if let Some(o) = &self.outstanding {
-            o.observe(addr, took);
-        }
+    pub fn observe_latency(&self, b: &Backend, took: Duration) {
+        member::of(b).load.observe(took);
     }
 
     /// Feeds one attempt's outcome to the backend's circuit breaker.
-    pub fn record_attempt(&self, addr: &SocketAddr, outcome: breaker::Attempt) {
+    pub fn record_attempt(&self, b: &Backend, outcome: breaker::Attempt) {
         if let Some(breakers) = &self.breakers
-            && breakers.record(addr, outcome)
+            && breakers.record(&member::of(b).breaker, outcome)
         {
             log::warn!(
-                "service {}: backend {addr} failed repeatedly, taken out of rotation (passive health)",
-                self.name
+                "service {}: backend {} failed repeatedly, taken out of rotation (passive health)",
+                self.name,
+                b.addr
             );
-            crate::metrics::backend_ejected(&self.name, &addr.to_string());
+            crate::metrics::backend_ejected(&self.name, &b.addr.to_string());
         }
     }
 
@@ -435,10 +407,7 @@ impl ServicePool {
             options.http_upstream_request_policy = HttpUpstreamRequestPolicy::standard();
         }
         match &self.tls {
-            Some(tls) => {
-                let host = backend.ext.get::<BackendHost>().map_or("", |h| &h.0);
-                tls.peer(addr, host, options)
-            }
+            Some(tls) => tls.peer(addr, &member::of(backend).host, options),
             None => {
                 let mut peer = HttpPeer::new(addr, false, String::new());
                 peer.options = options;
@@ -454,14 +423,49 @@ impl ServicePool {
 
     /// Runs one round of the active health check and publishes each backend's state.
     pub async fn run_health_check(&self) {
-        let backends = match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.backends(),
-            Balancer::Consistent(lb) => lb.backends(),
-        };
+        let backends = self.backends();
         backends.run_health_check(true).await;
         for b in backends.get_backend().iter() {
             crate::metrics::backend_health(&self.name, &b.addr.to_string(), backends.ready(b));
         }
+    }
+
+    fn backends(&self) -> &Backends {
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Consistent(lb) => lb.backends(),
+        }
+    }
+
+    /// How often the service's DNS names are resolved again, if it has any.
+    pub fn discovery_interval(&self) -> Option<Duration> {
+        self.discovered.as_ref().map(|d| d.interval())
+    }
+
+    /// Resolves the service's DNS names again and hands the balancer the new members.
+    pub async fn refresh_discovery(&self) {
+        let Some(discovered) = &self.discovered else {
+            return;
+        };
+        discovered.refresh().await;
+        let before = self.backends().get_backend();
+        let updated = match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.update().await,
+            Balancer::Consistent(lb) => lb.update().await,
+        };
+        if let Err(e) = updated {
+            log::warn!("service {}: cannot update backends: {e}", self.name);
+        }
+        let after = self.backends().get_backend();
+        for gone in before.difference(&after) {
+            crate::metrics::backend_forgotten(&self.name, &gone.addr.to_string());
+        }
+        crate::metrics::discovered_backends(&self.name, after.len());
+    }
+
+    /// Warnings of DNS names that did not resolve when the service was built.
+    pub fn unresolved(&self) -> &[String] {
+        &self.unresolved
     }
 }
 

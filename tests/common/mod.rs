@@ -1,6 +1,7 @@
 //! Test harness: real upstreams, the real gateway binary, and an HTTP client.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod echo;
 pub mod otlp;
 pub mod pki;
