@@ -47,7 +47,7 @@ async fn a_split_shares_by_weight_forces_variants_and_drains_weight_zero() {
          routes:\n\
          \x20 - path: /catalog\n    name: catalog\n    split:\n\
          \x20     - {{service: stable, weight: 80}}\n\
-         \x20     - {{service: canary, weight: 20, match: {{headers: {{x-canary: always}}}}}}\n\
+         \x20     - {{service: canary, weight: 20, when: {{headers: {{x-canary: always}}}}}}\n\
          \x20 - path: /drained\n    split: [{{service: stable, weight: 1}}, {{service: canary, weight: 0}}]\n",
         stable.addr, canary.addr
     ));
@@ -95,6 +95,39 @@ async fn a_sticky_split_keeps_each_user_on_one_side() {
     assert_eq!(sides.len(), 2, "users land on both sides: {sides:?}");
 }
 
+#[tokio::test]
+async fn a_route_with_conditions_takes_its_requests_before_the_same_path_without() {
+    let stable = EchoServer::start("stable", "127.0.0.1:0").await.unwrap();
+    let beta = EchoServer::start("beta", "127.0.0.1:0").await.unwrap();
+    // The conditional route comes second in the file and still wins when its conditions hold.
+    let gw = Gateway::start(&format!(
+        "services:\n  stable: {{backends: ['{}']}}\n  beta: {{backends: ['{}']}}\n\
+         routes:\n\
+         \x20 - {{path: /shop, service: stable}}\n\
+         \x20 - path: /shop\n    service: beta\n\
+         \x20   when: {{cookies: {{tier: {{prefix: beta}}}}, query: {{v: {{regex: '^2'}}}}}}\n\
+         \x20 - {{path: /labs, service: beta, when: {{headers: {{x-labs: 'on'}}}}}}\n",
+        stable.addr, beta.addr
+    ));
+    let both = [("cookie", "a=1; tier=beta-7")];
+    let seen = services_answering(&gw, "/shop/x?v=2.1", &both, 20).await;
+    assert_eq!(seen.get("beta"), Some(&20), "{seen:?}");
+    let seen = services_answering(&gw, "/shop/x?v=1", &both, 20).await;
+    assert_eq!(
+        seen.get("stable"),
+        Some(&20),
+        "every condition must hold: {seen:?}"
+    );
+    let seen = services_answering(&gw, "/shop/x?v=2", &[], 20).await;
+    assert_eq!(seen.get("stable"), Some(&20), "{seen:?}");
+    let c = client();
+    let (status, _, body) = send(c.get(gw.url("/labs")).header("x-labs", "on")).await;
+    assert_eq!((status, body["service"].as_str()), (200, Some("beta")));
+    let (status, _, body) = send(c.get(gw.url("/labs"))).await;
+    assert_eq!(status, 404, "no route without the header: {body}");
+    assert_eq!(body["error"], "Route not found");
+}
+
 #[test]
 fn bad_splits_are_config_errors_naming_the_key() {
     for (split, expected) in [
@@ -107,8 +140,8 @@ fn bad_splits_are_config_errors_naming_the_key() {
             "routes[0].split[0].service: unknown service \"ghost\"",
         ),
         (
-            "split: [{service: a, weight: 1, match: {query: {v: {regex: '(['}}}}]",
-            "routes[0].split[0].match.query.v.regex: bad regex",
+            "split: [{service: a, weight: 1, when: {query: {v: {regex: '(['}}}}]",
+            "routes[0].split[0].when.query.v.regex: bad regex",
         ),
         (
             "service: a\n    sticky: user",

@@ -34,6 +34,10 @@ pub struct RouteConfig {
     /// Fan out to several services and merge their JSON instead of proxying.
     #[serde(default)]
     pub aggregate: Option<AggregateConfig>,
+    /// Request headers, cookies or query parameters the route requires: it matches only
+    /// requests that have them (a route for testers beside the one for everyone).
+    #[serde(default, rename = "when")]
+    pub conditions: Option<crate::traffic::VariantConfig>,
     /// Weighted split between services (canary, blue/green), instead of `service`.
     #[serde(default)]
     pub split: Option<Vec<crate::traffic::SplitEntryConfig>>,
@@ -110,6 +114,7 @@ impl RouteConfig {
             strip_prefix: self.strip_prefix,
             rewrite: self.rewrite.as_deref(),
             claims: self.auth != AuthMode::None,
+            conditional: self.conditions.is_some(),
         }
     }
 }

@@ -239,11 +239,14 @@ fn match_route(
         req.uri.host(),
     );
     path.with_segments(|segments| {
-        snapshot.routes.match_request(&RequestView {
-            segments,
-            trailing_slash: path.trailing_slash,
-            host: &host,
-            method,
-        })
+        snapshot.routes.match_request(
+            &RequestView {
+                segments,
+                trailing_slash: path.trailing_slash,
+                host: &host,
+                method,
+            },
+            |target| target.conditions.as_ref().is_none_or(|c| c.matches(req)),
+        )
     })
 }

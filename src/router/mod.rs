@@ -7,7 +7,9 @@
 //!
 //! Priority, independent of file order: at each path segment a literal beats a `:param`, which
 //! beats a prefix/wildcard tail; a route ending exactly at the path beats a prefix ending there;
-//! among routes with the same pattern, one with a `host` beats one without, then file order.
+//! among routes with the same pattern, one with a `host` beats one without, then one with
+//! request conditions (`match:`) beats one without, then file order. A route whose host,
+//! methods or conditions reject the request is passed over for the next candidate.
 
 mod pattern;
 mod rewrite;
@@ -67,6 +69,9 @@ pub struct RouteSpec<'a> {
     pub rewrite: Option<&'a str>,
     /// Whether the route can have a verified identity, so its rewrite may use claims.
     pub claims: bool,
+    /// The route has request conditions (`match:`); the predicate given to
+    /// [`RouteTable::match_request`] decides whether they hold.
+    pub conditional: bool,
 }
 
 /// The result of a successful match, kept in the request context.
@@ -174,12 +179,15 @@ impl<S> RouteTable<S> {
         self.nodes.len() - 1
     }
 
-    /// Host-specific routes first, then file order; stable so ties keep file order.
+    /// Host-specific routes first, then routes with conditions, then file order.
     fn sort_candidates(&mut self) {
         let routes = &self.routes;
         for node in &mut self.nodes {
             for list in [&mut node.exact, &mut node.prefix] {
-                list.sort_by_key(|&id| (routes[id].matcher.host.is_none(), id));
+                list.sort_by_key(|&id| {
+                    let m = &routes[id].matcher;
+                    (m.host.is_none(), !m.conditional, id)
+                });
             }
         }
     }
@@ -190,7 +198,12 @@ impl<S> RouteTable<S> {
     }
 
     /// Finds the route for a request, or the error to answer with (404, or 405 with `Allow`).
-    pub fn match_request(&self, req: &RequestView<'_>) -> Result<RouteMatch, GatewayError> {
+    /// `conditions_hold` is asked about routes with conditions once path, host and method fit.
+    pub fn match_request(
+        &self,
+        req: &RequestView<'_>,
+        conditions_hold: impl Fn(&S) -> bool,
+    ) -> Result<RouteMatch, GatewayError> {
         let mut allow: Vec<Method> = Vec::new();
         let mut found = None;
         self.walk(0, req.segments, &mut |id| {
@@ -198,6 +211,10 @@ impl<S> RouteTable<S> {
             if let Some(host) = &route.matcher.host
                 && !host.matches(req.host)
             {
+                return false;
+            }
+            // Before methods: a route whose conditions reject the request is not in `Allow`.
+            if route.matcher.conditional && !conditions_hold(&route.target) {
                 return false;
             }
             match &route.matcher.methods {
@@ -316,8 +333,9 @@ fn join_path(segments: &[&str], trailing_slash: bool) -> String {
 }
 
 fn compile_route<S>(index: usize, spec: &RouteSpec<'_>, target: S) -> Result<Route<S>, Invalid> {
-    let matcher = Matcher::compile(spec.path, spec.match_kind, spec.methods, spec.host)
+    let mut matcher = Matcher::compile(spec.path, spec.match_kind, spec.methods, spec.host)
         .map_err(|(key, reason)| Invalid::new(key, reason))?;
+    matcher.conditional = spec.conditional;
     let params = param_names(spec.path);
     let scope = TemplateScope {
         params: &params,

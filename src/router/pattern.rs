@@ -41,6 +41,8 @@ pub(super) struct Matcher {
     pub(super) tail: Tail,
     pub(super) methods: Option<Vec<Method>>,
     pub(super) host: Option<HostFilter>,
+    /// The route has request conditions (`match:`), checked by the caller's predicate.
+    pub(super) conditional: bool,
 }
 
 impl Matcher {
@@ -68,6 +70,7 @@ impl Matcher {
             tail,
             methods: parse_methods(methods).map_err(|r| ("methods", r))?,
             host: host.map(parse_host).transpose().map_err(|r| ("host", r))?,
+            conditional: false,
         })
     }
 
@@ -106,7 +109,10 @@ pub(super) fn shadows(a: &Matcher, b: &Matcher) -> bool {
         (Some(_), None) => false,
         (Some(am), Some(bm)) => bm.iter().all(|m| am.contains(m)),
     };
-    same_shape && same_host && methods_covered
+    // A route with conditions is tried before the same pattern without, and two with
+    // conditions may ask for different things: neither hides the other.
+    let unconditional = !a.conditional && !b.conditional;
+    same_shape && same_host && methods_covered && unconditional
 }
 
 /// Names of a pattern's parameters and named wildcard, in order (empty if it does not parse;

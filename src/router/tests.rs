@@ -38,6 +38,7 @@ fn specs(routes: &[R]) -> Vec<RouteSpec<'_>> {
             strip_prefix: r.strip_prefix,
             rewrite: r.rewrite.as_deref(),
             claims: false,
+            conditional: r.service.ends_with("-if-canary"),
         })
         .collect()
 }
@@ -58,12 +59,17 @@ fn find(
 ) -> Result<(String, String), GatewayError> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = Method::from_bytes(method.as_bytes()).unwrap();
-    let m = t.match_request(&RequestView {
-        segments: &segs,
-        trailing_slash: path.len() > 1 && path.ends_with('/'),
-        host,
-        method: &method,
-    })?;
+    // A test's conditional route (service `*-if-canary`) takes requests to hosts starting
+    // with `canary`.
+    let m = t.match_request(
+        &RequestView {
+            segments: &segs,
+            trailing_slash: path.len() > 1 && path.ends_with('/'),
+            host,
+            method: &method,
+        },
+        |_| host.starts_with("canary"),
+    )?;
     let mut m = m;
     t.render_rewrite(&mut m, None, "rid", None).unwrap();
     Ok((t.routes()[m.route].target.clone(), m.upstream_path))
@@ -289,16 +295,20 @@ fn rewrites_use_the_one_template_language() {
         strip_prefix: true,
         rewrite: Some("/store/{claim.tenant}/{bucket}/{request_id}/{rest}"),
         claims: true,
+        conditional: false,
     }];
     let t = RouteTable::compile(&specs, |_| Ok(())).unwrap();
     let segs = ["files", "b1", "x", "y.txt"];
     let mut m = t
-        .match_request(&RequestView {
-            segments: &segs,
-            trailing_slash: false,
-            host: "h",
-            method: &Method::GET,
-        })
+        .match_request(
+            &RequestView {
+                segments: &segs,
+                trailing_slash: false,
+                host: "h",
+                method: &Method::GET,
+            },
+            |_| true,
+        )
         .unwrap();
     assert!(
         m.params
@@ -315,4 +325,36 @@ fn rewrites_use_the_one_template_language() {
     }];
     let err = RouteTable::compile(&no_claims, |_| Ok(())).err().unwrap();
     assert_eq!(err.key, "routes[0].rewrite");
+}
+
+#[test]
+fn a_route_with_conditions_is_tried_before_the_same_pattern_without_whatever_the_file_order() {
+    let mut post_only = route("/api/catalog", "post-if-canary");
+    post_only.methods = vec!["POST".into()];
+    let t = table(&[
+        route("/api/catalog", "stable"),
+        route("/api/catalog", "v2-if-canary"),
+        post_only,
+    ]);
+    let service = |host: &str| find(&t, "GET", host, "/api/catalog").map(|(s, _)| s);
+    assert_eq!(service("canary.example").unwrap(), "v2-if-canary");
+    assert_eq!(service("www.example").unwrap(), "stable");
+    // Conditions that fail leave no trace: the only route is the conditional one → 404.
+    let only = table(&[route("/beta", "beta-if-canary")]);
+    assert!(matches!(
+        find(&only, "GET", "www", "/beta"),
+        Err(GatewayError::RouteNotFound)
+    ));
+    // A conditional route's methods count only when its conditions hold.
+    let mut post = route("/beta", "beta-if-canary");
+    post.methods = vec!["POST".into()];
+    let only_post = table(&[post]);
+    assert!(matches!(
+        find(&only_post, "GET", "www", "/beta"),
+        Err(GatewayError::RouteNotFound)
+    ));
+    assert!(matches!(
+        find(&only_post, "GET", "canary", "/beta"),
+        Err(GatewayError::MethodNotAllowed { .. })
+    ));
 }

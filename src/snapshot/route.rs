@@ -13,13 +13,15 @@ use crate::metrics::RouteMetrics;
 use crate::rate_limit::Limiter;
 use crate::router::{RouteSpec, RouteTable, param_names};
 use crate::template::TemplateScope;
-use crate::traffic::{Mirror, Split};
+use crate::traffic::{Mirror, Split, Variant};
 use crate::transform::RouteTransforms;
 use std::sync::Arc;
 
 /// What a route leads to: its service (or fan-out) and its policies.
 #[derive(Debug)]
 pub struct RouteTarget {
+    /// The route's `match:` conditions, which the router asks about.
+    pub conditions: Option<Variant>,
     /// Index into the snapshot's services, for proxy routes to one service.
     pub service: Option<usize>,
     /// The weighted split, for proxy routes to several services.
@@ -105,6 +107,11 @@ fn compile_target(
         None => None,
     };
     Ok(RouteTarget {
+        conditions: route
+            .conditions
+            .as_ref()
+            .map(|c| Variant::compile(c, "when"))
+            .transpose()?,
         service,
         split,
         mirror,

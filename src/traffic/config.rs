@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-/// One side of a weighted split: `{service: orders-v2, weight: 10, match: {...}}`.
+/// One side of a weighted split: `{service: orders-v2, weight: 10, when: {...}}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitEntryConfig {
@@ -12,7 +12,7 @@ pub struct SplitEntryConfig {
     /// Share of the unmatched traffic, relative to the other entries; 0 drains the entry.
     pub weight: u32,
     /// Requests matching this always go to this entry (a forced variant, e.g. for testers).
-    #[serde(default, rename = "match")]
+    #[serde(default, rename = "when")]
     pub variant: Option<VariantConfig>,
 }
 

@@ -125,7 +125,7 @@ impl Split {
                 variant: e
                     .variant
                     .as_ref()
-                    .map(|v| Variant::compile(v, &format!("{k}.match")))
+                    .map(|v| Variant::compile(v, &format!("{k}.when")))
                     .transpose()?,
                 metrics: RouteMetrics::new(route_name, &e.service),
             });
@@ -147,7 +147,7 @@ impl Split {
         &self.entries
     }
 
-    /// Chooses the entry for a request: the first entry whose `match` holds; else by weight,
+    /// Chooses the entry for a request: the first entry whose `when` holds; else by weight,
     /// at a point fixed by the sticky key when the request has one, random otherwise.
     pub fn choose(&self, inputs: &SplitInputs<'_>) -> usize {
         if let Some(i) = self

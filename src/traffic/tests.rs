@@ -56,7 +56,7 @@ fn weights_share_the_traffic_and_zero_drains() {
 #[test]
 fn a_matching_variant_wins_over_the_weights() {
     let s = split(
-        "[{service: a, weight: 1}, {service: b, weight: 0, match: {headers: {x-canary: always}}}]",
+        "[{service: a, weight: 1}, {service: b, weight: 0, when: {headers: {x-canary: always}}}]",
         None,
     );
     assert_eq!(
@@ -65,7 +65,7 @@ fn a_matching_variant_wins_over_the_weights() {
     );
     assert_eq!(choose(&s, &request("/", &[("x-canary", "never")]), None), 0);
     let rules = split(
-        "[{service: a, weight: 1}, {service: b, weight: 0, match: {cookies: {tier: {prefix: beta}}, query: {v: {regex: '^2(\\.\\d+)?$'}}}}]",
+        "[{service: a, weight: 1}, {service: b, weight: 0, when: {cookies: {tier: {prefix: beta}}, query: {v: {regex: '^2(\\.\\d+)?$'}}}}]",
         None,
     );
     let beta = [("cookie", "a=1; tier=beta-7")];
@@ -114,17 +114,17 @@ fn bad_splits_name_their_key() {
     );
     assert!(
         error(
-            "[{service: a, weight: 1, match: {headers: {x: {regex: '('}}}}]",
+            "[{service: a, weight: 1, when: {headers: {x: {regex: '('}}}}]",
             None
         )
-        .starts_with("split[0].match.headers.x.regex: bad regex")
+        .starts_with("split[0].when.headers.x.regex: bad regex")
     );
     assert!(
         error(
-            "[{service: a, weight: 1, match: {headers: {x: {prefix: p, exact: e}}}}]",
+            "[{service: a, weight: 1, when: {headers: {x: {prefix: p, exact: e}}}}]",
             None
         )
-        .starts_with("split[0].match.headers.x: set exactly one")
+        .starts_with("split[0].when.headers.x: set exactly one")
     );
     assert!(
         error("[{service: a, weight: 1}]", Some("session"))
