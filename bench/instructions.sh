@@ -12,7 +12,10 @@
 # Targets: bare (examples/bare_proxy.rs: empty ProxyHttp, prefix stripped), and the gateway's
 # plain route (no auth, security headers off), hs256 (auth: required), full (HS256 + role +
 # per-user rate limit + security headers), aggregate (3 sub-calls merged), transform (request
-# and response header transforms).
+# and response header transforms). Also, when named in TARGETS: mirrored (the plain route
+# mirroring every request to a second service on the same upstream), agg1 and agg2 (aggregates
+# of one and two calls: their difference is what one more upstream exchange costs the gateway,
+# the yardstick for mirrored − plain).
 # Usage: bench/instructions.sh [GATEWAY_BINARY [BARE_BINARY]]   (env: REQUESTS=1000, TARGETS)
 # Default binaries: target/release/apigateway and target/release/examples/bare_proxy (built).
 set -euo pipefail
@@ -47,12 +50,21 @@ routes:
         - {key: a, service: users, path: /a}
         - {key: b, service: users, path: /b}
         - {key: c, service: users, path: /c}
+  - path: /api/agg1
+    aggregate: {calls: [{key: a, service: users, path: /a}]}
+  - path: /api/agg2
+    aggregate: {calls: [{key: a, service: users, path: /a}, {key: b, service: users, path: /b}]}
+  - path: /api/mirrored
+    service: users
+    security_headers: {enabled: false}
+    mirror: {service: shadow, sample_ratio: 1.0, max_in_flight: 1000}
   - path: /api/hdr
     service: users
     request: {headers: {set: {x-trace: '{request_id}'}}}
     response: {headers: {set: {x-served-by: gateway}}}
 YAML
 
+sed -i "/^  users:/a\\  shadow: {backends: ['127.0.0.1:$UP']}" "$WORK/gw.yaml"
 TOKEN=$(token HS256 "$SECRET")
 
 CG=(valgrind --tool=callgrind --instr-atstart=no --dump-instr=no)
@@ -67,7 +79,9 @@ wait_port "$BARE"; wait_port "$GW"
 
 declare -A URL=( [bare]="http://127.0.0.1:$BARE/api/users/42" [plain]="http://127.0.0.1:$GW/api/users/42"
                  [hs256]="http://127.0.0.1:$GW/api/secure/42" [full]="http://127.0.0.1:$GW/api/full/42"
-                 [aggregate]="http://127.0.0.1:$GW/api/agg" [transform]="http://127.0.0.1:$GW/api/hdr/42" )
+                 [aggregate]="http://127.0.0.1:$GW/api/agg" [transform]="http://127.0.0.1:$GW/api/hdr/42"
+                 [mirrored]="http://127.0.0.1:$GW/api/mirrored/42" [agg1]="http://127.0.0.1:$GW/api/agg1"
+                 [agg2]="http://127.0.0.1:$GW/api/agg2" )
 declare -A HDR=( [hs256]="Authorization: Bearer $TOKEN" [full]="Authorization: Bearer $TOKEN" )
 
 load() { # URL HEADER N

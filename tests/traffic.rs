@@ -442,11 +442,12 @@ async fn ewma_moves_away_from_a_backend_that_turns_slow() {
         a.addr, b.addr
     ));
     // Round robin would send each 10 of every 20; the balancer learns from one slow answer.
-    a.set_delay_ms(60);
+    // Slow is 300 ms: far above a fast answer even when parallel tests starve the machine.
+    a.set_delay_ms(300);
     let first = services_answering_concurrently(&gw, 20, 1).await;
     assert!(first.get("b").copied().unwrap_or(0) >= 17, "{first:?}");
     a.set_delay_ms(0);
-    b.set_delay_ms(60);
+    b.set_delay_ms(300);
     let second = services_answering_concurrently(&gw, 20, 1).await;
     assert!(second.get("a").copied().unwrap_or(0) >= 16, "{second:?}");
 }

@@ -170,9 +170,9 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Enforces the body size and deadline on streamed bodies and rewrites a JSON request body
-    /// once it is complete. Runs after the upstream got the headers, so refusals here close
-    /// the upstream connection with an incomplete body.
+    /// Enforces the body size and deadline on streamed bodies, rewrites a JSON request body
+    /// once it is complete, and then sends the mirror copy. Runs after the upstream got the
+    /// headers, so refusals here close the upstream connection with an incomplete body.
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -189,6 +189,9 @@ impl ProxyHttp for Gateway {
         match checked {
             Ok(()) => {
                 report::copy_body_for_mirror(ctx, body.as_deref());
+                if end_of_stream {
+                    report::send_mirror(ctx);
+                }
                 Ok(())
             }
             Err(err) => {
@@ -244,6 +247,21 @@ impl ProxyHttp for Gateway {
         close_if_draining(session);
         ctx.exchange
             .on_response_header(session.req_header(), upstream_response)
+    }
+
+    /// The upstream's body has ended: the attempt no longer counts as in flight on its
+    /// backend (`least_request`), though the client may still be receiving it.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            ctx.attempts.on_response_end();
+        }
+        Ok(None)
     }
 
     /// Rewrites a collected JSON response body at its end.
@@ -351,7 +369,6 @@ impl ProxyHttp for Gateway {
         report::record_metrics(ctx, &outcome);
         report::write_access_log(session, e, ctx, &outcome);
         report::finish_trace(session, ctx, &outcome);
-        report::send_mirror(ctx);
     }
 
     /// How Pingora names the request in its error-log lines: with the request id and, when

@@ -127,7 +127,10 @@ pub(super) fn copy_body_for_mirror(ctx: &mut RequestCtx, chunk: Option<&[u8]>) {
     }
 }
 
-/// Sends the request's mirror copy, when it is in the route's sample and was forwarded.
+/// Sends the request's mirror copy, when it is in the route's sample and was forwarded, as
+/// soon as its body is complete: beside the upstream exchange (as Envoy's shadow does), so the
+/// two exchanges share the thread's wake-ups. A request whose body never completes is not
+/// mirrored.
 pub(super) fn send_mirror(ctx: &mut RequestCtx) {
     let Some(copy) = ctx.destination.mirror.take() else {
         return;

@@ -98,6 +98,13 @@ impl Attempts {
         }
     }
 
+    /// The upstream's response ended: its backend's in-flight count is given back now rather
+    /// than when the request's context is dropped, after the client already has the answer
+    /// and may have sent its next request.
+    pub fn on_response_end(&mut self) {
+        self.hold.take(None);
+    }
+
     /// The upstream's response header arrived: records the time and tells the breaker
     /// whether the answer counts as a failure (502, 503, 504).
     pub fn on_response_header(&mut self, pool: &ServicePool, status: u16) {
