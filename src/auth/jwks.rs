@@ -1,7 +1,6 @@
 //! JWKS key sets from a file or a URL: cached, refreshed on a TTL, refreshed early (at most once
 //! per interval, single-flight) when a token names an unknown `kid`, and kept on fetch errors.
 
-use super::jwt::VerifyKey;
 use crate::de::de_duration;
 use crate::invalid::Invalid;
 use arc_swap::ArcSwap;
@@ -52,6 +51,13 @@ const MAX_JWKS_BYTES: usize = 1 << 20;
 enum Location {
     File(PathBuf),
     Url(String),
+}
+
+/// One verification key, pinned to one algorithm.
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub alg: Algorithm,
+    pub key: DecodingKey,
 }
 
 /// A live JWKS key set.

@@ -5,13 +5,13 @@
 //! lifetime, and a cache so asymmetric verification is paid once per token.
 
 use super::IdentityHeader;
-use super::jwks::JwksSource;
+use super::jwks::{JwksSource, VerifyKey};
 use crate::consumer::Consumers;
 use crate::identity::{ClaimPath, Identity, strings_at};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
@@ -55,13 +55,6 @@ impl fmt::Display for TokenError {
             TokenError::BadClaimValue(c) => write!(f, "claim {c} cannot be sent as a header"),
         }
     }
-}
-
-/// One verification key, pinned to one algorithm.
-pub struct VerifyKey {
-    pub kid: Option<String>,
-    pub alg: Algorithm,
-    pub key: DecodingKey,
 }
 
 /// The claim rules shared by every key.
@@ -363,7 +356,7 @@ impl<'de> Deserialize<'de> for StrictClaims {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{EncodingKey, Header, encode};
+    use jsonwebtoken::{DecodingKey, EncodingKey, Header, encode};
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 

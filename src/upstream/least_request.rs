@@ -6,7 +6,6 @@
 //! Pingora's balancers choose by hash or by turn; none reads a live load, so the counts are
 //! kept here: one counter per backend, taken by a request's attempt and given back by it.
 
-use super::member;
 use pingora::lb::{Backend, Backends};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -86,8 +85,14 @@ impl Ewma {
 }
 
 impl Measure {
-    /// Picks between two weighted random healthy backends that `admitted` accepts.
-    pub fn pick(self, backends: &Backends, admitted: impl Fn(&Backend) -> bool) -> Option<Backend> {
+    /// Picks between two weighted random healthy backends that `admitted` accepts, comparing
+    /// their loads (`load_of` finds a backend's).
+    pub fn pick(
+        self,
+        backends: &Backends,
+        admitted: impl Fn(&Backend) -> bool,
+        load_of: impl Fn(&Backend) -> &Load,
+    ) -> Option<Backend> {
         let all = backends.get_backend();
         let candidates: Vec<&Backend> = all
             .iter()
@@ -101,19 +106,19 @@ impl Measure {
                 // with no comparison (a quarter of the requests between two backends).
                 let first = draw(&candidates, None);
                 let second = draw(&candidates, Some(first));
-                let lighter = if self.cost(second) < self.cost(first) {
-                    second
-                } else {
-                    first
-                };
+                let lighter =
+                    if self.cost(second, load_of(second)) < self.cost(first, load_of(first)) {
+                        second
+                    } else {
+                        first
+                    };
                 Some(lighter.clone())
             }
         }
     }
 
-    /// The cost of sending one more request to `b`.
-    fn cost(self, b: &Backend) -> f64 {
-        let load = &member::of(b).load;
+    /// The cost of sending one more request to `b`, whose load is `load`.
+    fn cost(self, b: &Backend, load: &Load) -> f64 {
         let n = load.in_flight.load(Ordering::Relaxed) as f64;
         let weight = b.weight.max(1) as f64;
         match self {

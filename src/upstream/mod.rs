@@ -11,6 +11,7 @@ pub mod budget;
 pub mod dns;
 mod least_request;
 mod member;
+mod membership;
 pub mod tls;
 
 pub use attempts::{Attempts, Failure, Retry};
@@ -237,7 +238,7 @@ impl ServicePool {
         base: &std::path::Path,
         resolver: &Arc<dns::Resolver>,
     ) -> Result<Self, Invalid> {
-        let membership = member::Membership::compile(cfg, key)?;
+        let membership = membership::Membership::compile(cfg, key)?;
         let only = match (
             membership.fixed.len(),
             &cfg.health_check,
@@ -354,7 +355,7 @@ impl ServicePool {
             return admitted(only).then(|| only.clone());
         }
         if let (Some(measure), Balancer::RoundRobin(lb)) = (self.measure, &self.balancer) {
-            return measure.pick(lb.backends(), admitted);
+            return measure.pick(lb.backends(), admitted, |b| &member::of(b).load);
         }
         let accept = |b: &Backend, healthy: bool| healthy && admitted(b);
         match &self.balancer {
