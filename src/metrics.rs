@@ -39,6 +39,7 @@ struct Metrics {
     retry_budget_exhausted: IntCounterVec,
     dns_resolutions: IntCounterVec,
     discovered: IntGaugeVec,
+    compressed: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -187,6 +188,11 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "Backends a service with dns: backends has now (fixed ones included)",
             &["service"],
         ),
+        compressed: counter(
+            "apigateway_compressed_responses_total",
+            "Responses the gateway compressed, by content coding",
+            &["encoding"],
+        ),
         registry: r,
     }
 });
@@ -266,6 +272,11 @@ pub fn backend_health(service: &str, backend: &str, healthy: bool) {
         .backend_up
         .with_label_values(&[service, backend])
         .set(i64::from(healthy));
+}
+
+/// Counts a response compressed with `encoding`.
+pub fn compressed(encoding: &'static str) {
+    METRICS.compressed.with_label_values(&[encoding]).inc();
 }
 
 /// Forgets the health of a backend DNS no longer lists.

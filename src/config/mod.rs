@@ -73,6 +73,9 @@ pub struct GatewayConfig {
     /// CORS for every route that does not set its own.
     #[serde(default)]
     pub cors: Option<crate::edge::cors::CorsConfig>,
+    /// Response compression for every route that does not set its own.
+    #[serde(default)]
+    pub compression: Option<crate::compression::CompressionConfig>,
     /// Client networks admitted and refused on every route (checked before routes' own lists).
     #[serde(default)]
     pub ip_restriction: Option<crate::edge::ip_access::IpRestrictionConfig>,

@@ -84,6 +84,9 @@ pub struct RouteConfig {
     /// CORS policy replacing the top-level `cors:` for this route.
     #[serde(default)]
     pub cors: Option<CorsConfig>,
+    /// Response compression replacing the top-level `compression:` for this route.
+    #[serde(default)]
+    pub compression: Option<crate::compression::CompressionConfig>,
     /// Security headers merged over the top-level `security_headers:`.
     #[serde(default)]
     pub security_headers: Option<SecurityHeadersConfig>,

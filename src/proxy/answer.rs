@@ -22,6 +22,19 @@ pub(super) fn decorate(ctx: &RequestCtx, h: &mut ResponseHeader) {
         .on_response(ctx.snapshot.as_ref().and_then(|s| s.tracing.as_ref()), h);
 }
 
+/// Decides whether the proxied response is compressed (the route's compression stage), once
+/// the transforms have shaped its header.
+pub(super) fn choose_encoding(session: &Session, h: &mut ResponseHeader, ctx: &mut RequestCtx) {
+    // The snapshot and route fields, not `ctx.target()`: `ctx.encoding` is set meanwhile.
+    let target = super::ctx::target_of(&ctx.snapshot, &ctx.route);
+    let Some(compression) = target.and_then(|t| t.compression.as_deref()) else {
+        return;
+    };
+    let req = session.req_header();
+    let http11 = req.version == http::Version::HTTP_11;
+    ctx.encoding = compression.on_response_header(req, h, http11);
+}
+
 /// While the process drains (graceful upgrade or shutdown), answers carry `Connection: close`,
 /// so clients reconnect (to the new process) instead of reusing a connection that is about to
 /// be dropped between two requests.

@@ -33,6 +33,8 @@ pub struct RequestCtx {
     pub(super) exchange: Exchange,
     /// Backends tried, timings and retry rules (upstream stage).
     pub(super) attempts: Attempts,
+    /// The response body's encoder, when it is compressed (compression stage).
+    pub(super) encoding: crate::compression::ResponseEncoding,
     /// Trace ids, the server span's start and the attempts' client spans (trace stage).
     pub(super) trace: crate::trace::RequestTrace,
     /// A gateway-level error decided in an earlier phase, rendered by `fail_to_proxy`.

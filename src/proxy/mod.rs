@@ -235,8 +235,9 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Adds the request id, rate-limit headers, security headers and CORS, then applies the
-    /// response transforms (headers, and arming the JSON body rewrite).
+    /// Adds the request id, rate-limit headers, security headers and CORS, applies the
+    /// response transforms (headers, and arming the JSON body rewrite), then decides on
+    /// compression.
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -246,7 +247,9 @@ impl ProxyHttp for Gateway {
         decorate(ctx, upstream_response);
         close_if_draining(session);
         ctx.exchange
-            .on_response_header(session.req_header(), upstream_response)
+            .on_response_header(session.req_header(), upstream_response)?;
+        answer::choose_encoding(session, upstream_response, ctx);
+        Ok(())
     }
 
     /// The upstream's body has ended: the attempt no longer counts as in flight on its
@@ -264,7 +267,7 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    /// Rewrites a collected JSON response body at its end.
+    /// Rewrites a collected JSON response body at its end, then compresses what is sent.
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -274,6 +277,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         let vars = ctx::vars_of(&ctx.route, &ctx.identity, &ctx.inbound);
         ctx.exchange.on_response_body(body, end_of_stream, &vars);
+        ctx.encoding.on_body(body, end_of_stream);
         Ok(None)
     }
 

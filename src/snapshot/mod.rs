@@ -11,6 +11,7 @@ mod route;
 pub mod sections;
 
 use crate::auth::Auth;
+use crate::compression::Compression;
 use crate::config::{AdminConfig, ClientConfig, ConfigError, GatewayConfig, ServerSettings};
 use crate::edge::cors::Cors;
 use crate::edge::headers::SecurityHeaders;
@@ -144,6 +145,13 @@ impl Snapshot {
             None,
             "security_headers",
         )?);
+        let compression = cfg
+            .compression
+            .as_ref()
+            .map(|c| Compression::compile(c, "compression"))
+            .transpose()?
+            .flatten()
+            .map(Arc::new);
         let routes = route::compile_routes(&route::RouteInputs {
             cfg,
             services: &services,
@@ -152,6 +160,7 @@ impl Snapshot {
             limiter: rate_limiter.as_ref(),
             cors: &cors,
             security: &security,
+            compression: &compression,
         })?;
         let snapshot = Snapshot {
             routes,

@@ -4,6 +4,7 @@
 use super::sections::Services;
 use crate::aggregate::Aggregate;
 use crate::auth::{AuthMethod, AuthMode, RoutePolicy};
+use crate::compression::Compression;
 use crate::config::{GatewayConfig, RouteConfig};
 use crate::edge::cors::Cors;
 use crate::edge::headers::SecurityHeaders;
@@ -37,6 +38,8 @@ pub struct RouteTarget {
     pub ip_restriction: Option<IpRestriction>,
     /// The route's CORS policy (its own, or the top-level one), if any.
     pub cors: Option<Arc<Cors>>,
+    /// The route's response compression (its own, or the top-level one), if any.
+    pub compression: Option<Arc<Compression>>,
     /// Security headers after merging the route's block over the top-level one.
     pub security: Arc<SecurityHeaders>,
     /// Request/response transforms, if configured.
@@ -57,6 +60,7 @@ pub(super) struct RouteInputs<'a> {
     pub consumers: Option<&'a crate::consumer::Consumers>,
     pub limiter: Option<&'a Limiter>,
     pub cors: &'a Option<Arc<Cors>>,
+    pub compression: &'a Option<Arc<Compression>>,
     pub security: &'a Arc<SecurityHeaders>,
 }
 
@@ -125,6 +129,10 @@ fn compile_target(
         cors: match &route.cors {
             Some(c) => Cors::compile(c, "cors")?.map(Arc::new),
             None => inputs.cors.clone(),
+        },
+        compression: match &route.compression {
+            Some(c) => Compression::compile(c, "compression")?.map(Arc::new),
+            None => inputs.compression.clone(),
         },
         security: match &route.security_headers {
             Some(own) => Arc::new(SecurityHeaders::compile(
