@@ -16,10 +16,51 @@ const BROTLI_WINDOW_BITS: u32 = 19;
 const BROTLI_MIN_WINDOW_BITS: u32 = 10;
 const BROTLI_BUFFER: usize = 4096;
 
+type ZstdContext = zstd::stream::raw::Encoder<'static>;
+type ZstdWriter = zstd::stream::zio::Writer<Vec<u8>, ZstdContext>;
+
+/// Contexts of finished zstd answers kept per thread for the next: making and dropping one
+/// (about 200 KB of tables to allocate and clear) costs more than compressing a 10 KB body.
+const ZSTD_SPARE_MAX: usize = 8;
+
+thread_local! {
+    static ZSTD_SPARE: std::cell::RefCell<Vec<ZstdContext>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A zstd writer at `level`, told the body's `length` when known, on a spare context if the
+/// thread has one.
+fn zstd_writer(level: u32, length: Option<u64>) -> std::io::Result<ZstdWriter> {
+    use zstd::stream::raw::{CParameter, Operation};
+    let mut context = match ZSTD_SPARE.with(|s| s.borrow_mut().pop()) {
+        Some(mut spare) => {
+            spare.reinit()?;
+            spare
+        }
+        None => ZstdContext::new(level as i32)?,
+    };
+    context.set_parameter(CParameter::CompressionLevel(level as i32))?;
+    context.set_pledged_src_size(length)?;
+    Ok(ZstdWriter::new(Vec::new(), context))
+}
+
+/// Finishes a zstd body and hands its context back to the thread's spares.
+fn zstd_finish(mut w: ZstdWriter) -> std::io::Result<Vec<u8>> {
+    w.finish()?;
+    let (out, context) = w.into_inner();
+    ZSTD_SPARE.with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.len() < ZSTD_SPARE_MAX {
+            spare.push(context);
+        }
+    });
+    Ok(out)
+}
+
 enum Encoder {
     Pingora(Box<dyn Encode + Send + Sync>),
     /// `None` once finished.
-    Zstd(Option<Box<zstd::stream::write::Encoder<'static, Vec<u8>>>>),
+    Zstd(Option<Box<ZstdWriter>>),
     /// `None` once finished.
     Brotli(Option<Box<brotli::CompressorWriter<Vec<u8>>>>),
 }
@@ -29,13 +70,9 @@ impl Encoder {
     fn new(coding: Coding, level: u32, length: Option<u64>) -> Option<Self> {
         match coding {
             Coding::Gzip => Algorithm::Gzip.compressor(level).map(Encoder::Pingora),
-            Coding::Zstd => {
-                let mut e = zstd::stream::write::Encoder::new(Vec::new(), level as i32).ok()?;
-                if length.is_some() {
-                    e.set_pledged_src_size(length).ok()?;
-                }
-                Some(Encoder::Zstd(Some(Box::new(e))))
-            }
+            Coding::Zstd => zstd_writer(level, length)
+                .ok()
+                .map(|w| Encoder::Zstd(Some(Box::new(w)))),
             Coding::Brotli => {
                 // The smallest window holding the whole body (brotli's floor is 2^10).
                 let bits = length.map_or(BROTLI_WINDOW_BITS, |n| {
@@ -58,9 +95,9 @@ impl Encoder {
                 w.write_all(input).map_err(|e| e.to_string())?;
                 if end {
                     let w = slot.take().ok_or("zstd stream already finished")?;
-                    return w.finish().map(Bytes::from).map_err(|e| e.to_string());
+                    return zstd_finish(*w).map(Bytes::from).map_err(|e| e.to_string());
                 }
-                Ok(std::mem::take(w.get_mut()).into())
+                Ok(std::mem::take(w.writer_mut()).into())
             }
             Encoder::Brotli(slot) => {
                 let w = slot.as_mut().ok_or("brotli stream already finished")?;

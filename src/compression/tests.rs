@@ -199,3 +199,35 @@ fn the_body_streams_through_the_encoder() {
         .unwrap();
     assert_eq!(plain, text);
 }
+
+#[test]
+fn a_reused_zstd_context_starts_each_body_afresh() {
+    let c = compression("{algorithms: [zstd], min_size: 0}");
+    // Known then unknown length, on one thread: the second runs on the first's context.
+    for (i, length) in [Some("3000"), None, Some("50")].into_iter().enumerate() {
+        let text = format!("{{\"n\": {i}, \"pad\": \"{}\"}}", "x".repeat(3000));
+        let text = match length {
+            Some(n) => text[..n.parse::<usize>().unwrap()].to_string(),
+            None => text,
+        };
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(n) = length {
+            headers.push(("content-length", n));
+        }
+        let mut resp = response(200, &headers);
+        let mut enc = c.on_response_header(&request("GET", Some("zstd")), &mut resp, true);
+        assert!(enc.is_active());
+        let (a, b) = text.as_bytes().split_at(text.len() / 2);
+        let mut out = Vec::new();
+        for (part, end) in [(a, false), (b, true)] {
+            let mut body = Some(Bytes::copy_from_slice(part));
+            enc.on_body(&mut body, end);
+            out.extend_from_slice(body.as_deref().unwrap_or_default());
+        }
+        assert_eq!(
+            zstd::decode_all(&out[..]).unwrap(),
+            text.as_bytes(),
+            "body {i}"
+        );
+    }
+}
