@@ -1,4 +1,5 @@
-//! Streaming body encoders: Pingora's for gzip, the `zstd` and `brotli` crates' for zstd and br.
+//! Streaming body encoders: gzip on a reused deflate state (`gzip.rs`), the `zstd` and
+//! `brotli` crates' for zstd and br.
 //!
 //! Pingora 0.9's brotli `Compressor` only flushes at the end of the body and never writes the
 //! stream's last block, so strict decoders reject what it produces; here the writer is
@@ -8,7 +9,6 @@
 
 use super::Coding;
 use bytes::Bytes;
-use pingora::protocols::http::compression::{Algorithm, Encode};
 use std::io::Write;
 
 /// brotli's largest window (2^19 bytes, as Pingora uses) and internal buffer.
@@ -58,7 +58,7 @@ fn zstd_finish(mut w: ZstdWriter) -> std::io::Result<Vec<u8>> {
 }
 
 enum Encoder {
-    Pingora(Box<dyn Encode + Send + Sync>),
+    Gzip(Box<super::gzip::GzipStream>),
     /// `None` once finished.
     Zstd(Option<Box<ZstdWriter>>),
     /// `None` once finished.
@@ -69,7 +69,7 @@ impl Encoder {
     /// `length`: the body's, when the upstream said.
     fn new(coding: Coding, level: u32, length: Option<u64>) -> Option<Self> {
         match coding {
-            Coding::Gzip => Algorithm::Gzip.compressor(level).map(Encoder::Pingora),
+            Coding::Gzip => Some(Encoder::Gzip(Box::new(super::gzip::GzipStream::new(level)))),
             Coding::Zstd => zstd_writer(level, length)
                 .ok()
                 .map(|w| Encoder::Zstd(Some(Box::new(w)))),
@@ -89,7 +89,7 @@ impl Encoder {
     /// What `input` (and, at the `end`, the rest) compresses to so far.
     fn encode(&mut self, input: &[u8], end: bool) -> Result<Bytes, String> {
         match self {
-            Encoder::Pingora(e) => e.encode(input, end).map_err(|e| e.to_string()),
+            Encoder::Gzip(g) => g.encode(input, end).map(Bytes::from),
             Encoder::Zstd(slot) => {
                 let w = slot.as_mut().ok_or("zstd stream already finished")?;
                 w.write_all(input).map_err(|e| e.to_string())?;

@@ -3,10 +3,11 @@
 //!
 //! Pingora's compression module applies one decision rule we cannot configure (first listed
 //! coding, no q-values, its own type list and a 20-byte floor, no `no-transform`), so the
-//! decision and the header changes are made here; Pingora's streaming gzip and zstd encoders
-//! and the `brotli` crate's (see `encoder.rs`) compress the body, each at its own level.
+//! decision and the header changes are made here; flate2's deflate, the zstd and the brotli
+//! crates (see `encoder.rs`) compress the body, each at its own level.
 
 mod encoder;
+mod gzip;
 mod negotiate;
 #[cfg(test)]
 mod tests;
