@@ -199,14 +199,15 @@ impl Compression {
         if !self.eligible(req, resp) {
             return ResponseEncoding::default();
         }
-        // From here the answer depends on Accept-Encoding, whatever this request gets.
-        add_vary(resp);
         let small = content_length(resp).is_some_and(|n| n < self.min_size);
-        // Only a client that refuses identity gets a small body compressed: look for that
-        // before parsing the header (the common case for small API answers).
+        // Only a client that refuses identity gets a small body compressed. For the others a
+        // small answer is left as it is, without `Vary` (as nginx's `gzip_min_length`): one
+        // more header costs small API answers a header-map regrowth each.
         if small && !may_refuse_identity(req) {
             return ResponseEncoding::default();
         }
+        // From here the answer depends on Accept-Encoding, whatever this request gets.
+        add_vary(resp);
         let Some(accepted) = Accepted::parse(
             req.headers
                 .get_all(ACCEPT_ENCODING)
@@ -330,7 +331,8 @@ fn add_vary(resp: &mut ResponseHeader) {
         })
     });
     if !present {
-        let _ = resp.append_header(VARY, HeaderValue::from_static("Accept-Encoding"));
+        // A `&'static str` name: Pingora copies a `HeaderName` it has no title case for.
+        let _ = resp.append_header("Vary", HeaderValue::from_static("Accept-Encoding"));
     }
 }
 
@@ -349,7 +351,7 @@ fn set_encoded_headers(resp: &mut ResponseHeader, coding: Coding, http11: bool) 
         let bytes = etag.as_bytes();
         if bytes.starts_with(b"\"") {
             if let Ok(weak) = HeaderValue::from_bytes(&[b"W/", bytes].concat()) {
-                let _ = resp.insert_header(ETAG, weak);
+                let _ = resp.insert_header("ETag", weak);
             }
         } else if !bytes.starts_with(b"W/") {
             resp.remove_header(&ETAG);
