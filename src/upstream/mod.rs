@@ -9,18 +9,18 @@ mod attempts;
 pub mod breaker;
 pub mod budget;
 pub mod dns;
+mod health;
 mod least_request;
 mod member;
 mod membership;
 pub mod tls;
 
 pub use attempts::{Attempts, Failure, Retry};
+pub use health::{HealthCheckConfig, HealthCheckKind};
 
 use crate::de::de_duration;
 use crate::invalid::Invalid;
-use pingora::http::RequestHeader;
 use pingora::lb::discovery::{ServiceDiscovery, Static};
-use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr;
@@ -138,48 +138,6 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum HealthCheckKind {
-    #[default]
-    Tcp,
-    Http,
-}
-
-/// Active health check settings for one service.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthCheckConfig {
-    #[serde(rename = "type")]
-    pub kind: HealthCheckKind,
-    /// Path requested by `http` checks; a 200 answer means healthy.
-    pub path: String,
-    /// Host header sent by `http` checks.
-    pub host: String,
-    #[serde(deserialize_with = "de_duration")]
-    pub interval: Duration,
-    #[serde(deserialize_with = "de_duration")]
-    pub timeout: Duration,
-    /// Consecutive successes that bring an unhealthy backend back.
-    pub healthy_threshold: usize,
-    /// Consecutive failures that take a backend out.
-    pub unhealthy_threshold: usize,
-}
-
-impl Default for HealthCheckConfig {
-    fn default() -> Self {
-        HealthCheckConfig {
-            kind: HealthCheckKind::Tcp,
-            path: "/health".into(),
-            host: "localhost".into(),
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(1),
-            healthy_threshold: 2,
-            unhealthy_threshold: 2,
-        }
-    }
-}
-
 /// What the consistent-hash key is taken from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
@@ -292,9 +250,9 @@ impl ServicePool {
             };
         let mut backends = Backends::new(discovery);
         if let Some(hc) = &cfg.health_check {
-            validate_health_check(hc, key)?;
+            health::validate_health_check(hc, key)?;
             backends.set_health_check(
-                build_health_check(hc, tls.as_ref())
+                health::build_health_check(hc, tls.as_ref())
                     .map_err(|e| e.within(&format!("{key}.health_check")))?,
             );
         }
@@ -504,59 +462,6 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
             )),
         },
     }
-}
-
-fn validate_health_check(hc: &HealthCheckConfig, key: &str) -> Result<(), Invalid> {
-    let key = format!("{key}.health_check");
-    if hc.interval < Duration::from_millis(10) {
-        return Err(Invalid::new(
-            format!("{key}.interval"),
-            "must be at least 10ms",
-        ));
-    }
-    if hc.timeout.is_zero() {
-        return Err(Invalid::new(format!("{key}.timeout"), "must be positive"));
-    }
-    if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-        return Err(Invalid::new(key.clone(), "thresholds must be at least 1"));
-    }
-    if hc.kind == HealthCheckKind::Http && !hc.path.starts_with('/') {
-        return Err(Invalid::new(format!("{key}.path"), "must start with `/`"));
-    }
-    Ok(())
-}
-
-/// `http` checks of a TLS service speak TLS with the service's settings (SNI defaults to
-/// `health_check.host` there, since one check template serves every backend).
-fn build_health_check(
-    hc: &HealthCheckConfig,
-    tls: Option<&tls::PeerTls>,
-) -> Result<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>, Invalid> {
-    Ok(match hc.kind {
-        HealthCheckKind::Tcp => {
-            let mut check = TcpHealthCheck::new();
-            check.consecutive_success = hc.healthy_threshold;
-            check.consecutive_failure = hc.unhealthy_threshold;
-            check.peer_template.options.connection_timeout = Some(hc.timeout);
-            check
-        }
-        HealthCheckKind::Http => {
-            let mut check = HttpHealthCheck::new(&hc.host, tls.is_some());
-            if let Some(tls) = tls {
-                tls.configure(&mut check.peer_template, &hc.host);
-            }
-            check.consecutive_success = hc.healthy_threshold;
-            check.consecutive_failure = hc.unhealthy_threshold;
-            check.peer_template.options.connection_timeout = Some(hc.timeout);
-            check.peer_template.options.read_timeout = Some(hc.timeout);
-            let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
-                .map_err(|e| Invalid::new("path", e.to_string()))?;
-            req.insert_header("host", &hc.host)
-                .map_err(|e| Invalid::new("host", e.to_string()))?;
-            check.req = req;
-            Box::new(check)
-        }
-    })
 }
 
 /// Options of a service's peers; upgrades are denied here and allowed per request in
