@@ -14,6 +14,9 @@ fn gateway(origin: &Origin) -> Gateway {
          routes:\n\
          \x20 - {{path: /plain, service: origin, compression: {{enabled: false}}}}\n\
          \x20 - {{path: /gzip, service: origin, compression: {{algorithms: [gzip], level: {{gzip: 1}}, min_size: 10}}}}\n\
+         \x20 - path: /agg\n    aggregate:\n      calls:\n\
+         \x20       - {{key: a, service: origin, path: '/data?size=4000'}}\n\
+         \x20       - {{key: b, service: origin, path: '/data?size=3000'}}\n\
          \x20 - {{path: /, service: origin}}\n",
         origin.addr
     ))
@@ -183,4 +186,30 @@ async fn a_large_body_is_compressed_as_it_streams() {
         received.extend_from_slice(&chunk);
     }
     assert_eq!(decode("gzip", &received), json_body(size));
+}
+
+#[tokio::test]
+async fn an_aggregate_answer_is_compressed_whole_with_its_length() {
+    let origin = Origin::start().await;
+    let gw = gateway(&origin);
+    let (status, h, plain) = get(&gw, "/agg", None).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&plain));
+    assert!(h.get("content-encoding").is_none());
+    assert!(
+        plain.len() > 4000,
+        "{}",
+        String::from_utf8_lossy(&plain[..plain.len().min(300)])
+    );
+    let (status, h, body) = get(&gw, "/agg", Some("gzip")).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "content-encoding"), Some("gzip"));
+    assert_eq!(header(&h, "vary"), Some("Accept-Encoding"));
+    assert_eq!(
+        header(&h, "content-length"),
+        Some(body.len().to_string().as_str())
+    );
+    assert!(h.get("transfer-encoding").is_none(), "whole: not chunked");
+    let decoded: serde_json::Value = serde_json::from_slice(&decode("gzip", &body)).unwrap();
+    let expected: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(decoded, expected);
 }

@@ -77,8 +77,32 @@ pub(super) async fn respond_json(
     }
     decorate(ctx, &mut header);
     ctx.exchange.on_gateway_answer(&mut header);
+    let body = compress_whole(session, ctx, &mut header, body);
     write(session, header, body).await?;
     Ok(true)
+}
+
+/// Compresses a gateway-written answer under the route's compression settings. The body is
+/// whole already, so it keeps a `Content-Length` instead of being chunked.
+fn compress_whole(
+    session: &Session,
+    ctx: &RequestCtx,
+    header: &mut ResponseHeader,
+    body: Bytes,
+) -> Bytes {
+    let Some(compression) = ctx.target().and_then(|t| t.compression.as_deref()) else {
+        return body;
+    };
+    let mut encoding = compression.on_response_header(session.req_header(), header, false);
+    if !encoding.is_active() {
+        return body;
+    }
+    let mut out = Some(body);
+    encoding.on_body(&mut out, true);
+    let out = out.unwrap_or_default();
+    // A header value from a number is always valid.
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, out.len().to_string());
+    out
 }
 
 /// Writes a complete response (no body for HEAD).
