@@ -84,6 +84,12 @@ rate_limits:
 YAML
 }
 
+# add_service NAME: a second service on the same upstream ($UP), beside gateway_head's
+# `users`, in $WORK/gw.yaml.
+add_service() {
+  sed -i "/^  users:/a\\  $1: {backends: ['127.0.0.1:$UP']}" "$WORK/gw.yaml"
+}
+
 # wrk_cpu NAME PID URL [HEADER]: one `wrk -t1` run (CONNECTIONS, DURATION) against URL; appends
 # "NAME req/s CPU-µs-per-request" to $WORK/raw.txt, where CPU is the user + system time of
 # process PID (all its threads) over the run divided by the requests completed, and prints

@@ -64,7 +64,7 @@ routes:
     response: {headers: {set: {x-served-by: gateway}}}
 YAML
 
-sed -i "/^  users:/a\\  shadow: {backends: ['127.0.0.1:$UP']}" "$WORK/gw.yaml"
+add_service shadow
 TOKEN=$(token HS256 "$SECRET")
 
 CG=(valgrind --tool=callgrind --instr-atstart=no --dump-instr=no)

@@ -32,8 +32,7 @@ routes:
   - path: /api/agg2
     aggregate: {calls: [{key: a, service: users, path: /a}, {key: b, service: canary, path: /b}]}
 YAML
-# A second service on the same upstream, beside gateway_head's `users`.
-sed -i "/^  users:/a\\  canary: {backends: ['127.0.0.1:$UP']}" "$WORK/gw.yaml"
+add_service canary
 RUST_LOG=warn "$BIN" -c "$WORK/gw.yaml" 2>"$WORK/gw.log" & PIDS+=($!); PID=$!
 wait_port "$GW"
 declare -A PATHS=([plain]=/api/users/42 [split]=/api/split/42 [sticky]=/api/sticky/42

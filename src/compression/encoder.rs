@@ -19,11 +19,8 @@ const BROTLI_BUFFER: usize = 4096;
 type ZstdContext = zstd::stream::raw::Encoder<'static>;
 type ZstdWriter = zstd::stream::zio::Writer<Vec<u8>, ZstdContext>;
 
-/// Contexts of finished zstd answers kept per thread for the next: making and dropping one
-/// (about 200 KB of tables to allocate and clear) costs more than compressing a 10 KB body.
-const ZSTD_SPARE_MAX: usize = 8;
-
 thread_local! {
+    /// Contexts of this thread's finished zstd answers (see `spare.rs`).
     static ZSTD_SPARE: std::cell::RefCell<Vec<ZstdContext>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -32,7 +29,7 @@ thread_local! {
 /// thread has one.
 fn zstd_writer(level: u32, length: Option<u64>) -> std::io::Result<ZstdWriter> {
     use zstd::stream::raw::{CParameter, Operation};
-    let mut context = match ZSTD_SPARE.with(|s| s.borrow_mut().pop()) {
+    let mut context = match super::spare::take(&ZSTD_SPARE, |_| true) {
         Some(mut spare) => {
             spare.reinit()?;
             spare
@@ -48,12 +45,7 @@ fn zstd_writer(level: u32, length: Option<u64>) -> std::io::Result<ZstdWriter> {
 fn zstd_finish(mut w: ZstdWriter) -> std::io::Result<Vec<u8>> {
     w.finish()?;
     let (out, context) = w.into_inner();
-    ZSTD_SPARE.with(|s| {
-        let mut spare = s.borrow_mut();
-        if spare.len() < ZSTD_SPARE_MAX {
-            spare.push(context);
-        }
-    });
+    super::spare::give_back(&ZSTD_SPARE, context);
     Ok(out)
 }
 

@@ -5,15 +5,14 @@
 //! A raw `Compress` can be reset; the gzip framing around it (RFC 1952: a 10-byte header, then
 //! CRC-32 and length) is written here.
 
+use super::spare;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use std::cell::RefCell;
 
 /// RFC 1952 header: magic, deflate, no flags, no time, no extra flags, OS unknown.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-/// Spare deflate states per thread, with their level.
-const SPARE_MAX: usize = 8;
-
 thread_local! {
+    /// Spare deflate states of this thread, with their level.
     static SPARE: RefCell<Vec<(u32, Compress)>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -26,11 +25,7 @@ pub struct GzipStream {
 
 impl GzipStream {
     pub fn new(level: u32) -> Self {
-        let spare = SPARE.with(|s| {
-            let mut s = s.borrow_mut();
-            let i = s.iter().position(|(l, _)| *l == level)?;
-            Some(s.swap_remove(i))
-        });
+        let spare = spare::take(&SPARE, |(l, _)| *l == level);
         GzipStream {
             deflate: Some(
                 spare.unwrap_or_else(|| (level, Compress::new(Compression::new(level), false))),
@@ -82,12 +77,7 @@ impl GzipStream {
     fn give_back(&mut self) {
         if let Some((level, mut deflate)) = self.deflate.take() {
             deflate.reset();
-            SPARE.with(|s| {
-                let mut s = s.borrow_mut();
-                if s.len() < SPARE_MAX {
-                    s.push((level, deflate));
-                }
-            });
+            spare::give_back(&SPARE, (level, deflate));
         }
     }
 }

@@ -9,11 +9,13 @@
 mod encoder;
 mod gzip;
 mod negotiate;
+mod spare;
 #[cfg(test)]
 mod tests;
 
 pub use encoder::ResponseEncoding;
 
+use crate::edge::declared_length;
 use crate::invalid::Invalid;
 use http::header::{
     ACCEPT_ENCODING, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
@@ -196,10 +198,11 @@ impl Compression {
         resp: &mut ResponseHeader,
         http11: bool,
     ) -> ResponseEncoding {
-        if !self.eligible(req, resp) {
+        let length = declared_length(&resp.headers);
+        if !self.eligible(req, resp, length) {
             return ResponseEncoding::default();
         }
-        let small = content_length(resp).is_some_and(|n| n < self.min_size);
+        let small = length.is_some_and(|n| n < self.min_size);
         // Only a client that refuses identity gets a small body compressed. For the others a
         // small answer is left as it is, without `Vary` (as nginx's `gzip_min_length`): one
         // more header costs small API answers a header-map regrowth each.
@@ -223,7 +226,6 @@ impl Compression {
         if accepted.identity && small {
             return ResponseEncoding::default();
         }
-        let length = content_length(resp);
         let encoding = ResponseEncoding::new(coding, self.levels[coding as usize], length);
         if encoding.is_active() {
             set_encoded_headers(resp, coding, http11);
@@ -233,7 +235,8 @@ impl Compression {
     }
 
     /// Whether the response may be compressed at all, before looking at `Accept-Encoding`.
-    fn eligible(&self, req: &RequestHeader, resp: &ResponseHeader) -> bool {
+    /// `length`: the response's declared `Content-Length`.
+    fn eligible(&self, req: &RequestHeader, resp: &ResponseHeader, length: Option<u64>) -> bool {
         let status = resp.status.as_u16();
         req.method != Method::HEAD
             && !req.headers.contains_key(RANGE)
@@ -242,7 +245,7 @@ impl Compression {
                 .headers
                 .get(CONTENT_ENCODING)
                 .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
-            && content_length(resp) != Some(0)
+            && length != Some(0)
             && !no_transform(resp)
             && resp
                 .headers
@@ -298,16 +301,6 @@ fn may_refuse_identity(req: &RequestHeader) -> bool {
         let b = v.as_bytes();
         b.contains(&b'*') || b.windows(8).any(|w| w.eq_ignore_ascii_case(b"identity"))
     })
-}
-
-fn content_length(resp: &ResponseHeader) -> Option<u64> {
-    resp.headers
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// `Cache-Control: no-transform` (RFC 9111 §5.2.2.6): intermediaries must not change the body.

@@ -80,12 +80,6 @@ impl Resolver {
         })
     }
 
-    /// Not a method: `Default` serves tests and callers without a `resolver:` section.
-    fn defaults() -> Self {
-        Resolver::compile(&ResolverConfig::default())
-            .expect("the default resolver settings are valid")
-    }
-
     /// The addresses `host` has now (A and AAAA). A fresh hickory resolver per round: the
     /// interval is the refresh policy, and a system configuration is read anew each time.
     async fn lookup(&self, host: &str) -> Result<BTreeSet<IpAddr>, String> {
@@ -114,9 +108,11 @@ impl Resolver {
     }
 }
 
+/// For tests and callers without a `resolver:` section.
 impl Default for Resolver {
     fn default() -> Self {
-        Resolver::defaults()
+        Resolver::compile(&ResolverConfig::default())
+            .expect("the default resolver settings are valid")
     }
 }
 
@@ -161,16 +157,20 @@ impl DnsName {
         self.host == other.host && self.port == other.port
     }
 
+    /// The last good backends (a panic elsewhere while holding them leaves them usable).
+    fn last(&self) -> std::sync::MutexGuard<'_, Vec<Backend>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn addresses(&self) -> Vec<SocketAddr> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.iter().filter_map(|b| b.as_inet().copied()).collect()
+        inet(&self.last())
     }
 
     /// Takes a new answer; returns the addresses before it when they changed. Addresses that
     /// stay keep their backend (and with it breaker and load state).
     fn take(&self, ips: &BTreeSet<IpAddr>) -> Option<Vec<SocketAddr>> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let before: Vec<SocketAddr> = last.iter().filter_map(|b| b.as_inet().copied()).collect();
+        let mut last = self.last();
+        let before = inet(&last);
         let now: Vec<SocketAddr> = ips
             .iter()
             .map(|ip| SocketAddr::new(*ip, self.port))
@@ -191,6 +191,14 @@ impl DnsName {
             .collect();
         Some(before)
     }
+}
+
+/// The addresses of `backends` (all inet: DNS answers are IP addresses).
+fn inet(backends: &[Backend]) -> Vec<SocketAddr> {
+    backends
+        .iter()
+        .filter_map(|b| b.as_inet().copied())
+        .collect()
 }
 
 /// The members of a service with `dns:` backends: fixed ones plus each name's last good set.
@@ -292,8 +300,7 @@ impl Discovered {
     pub fn members(&self) -> BTreeSet<Backend> {
         let mut all = self.fixed.clone();
         for n in &self.names {
-            let last = n.last.lock().unwrap_or_else(|p| p.into_inner());
-            all.extend(last.iter().cloned());
+            all.extend(n.last().iter().cloned());
         }
         all
     }
