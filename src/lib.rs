@@ -28,6 +28,7 @@ pub mod throttle;
 pub mod access_log;
 pub mod aggregate;
 pub mod auth;
+pub mod cache;
 pub mod compression;
 pub mod consumer;
 pub mod edge;

@@ -151,12 +151,12 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
     if let Some(addr) = admin_listen {
         let mut admin = pingora::services::listening::Service::new(
             "admin".to_string(),
-            pingora::apps::http_app::HttpServer::new_app(AdminApp),
+            pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone())),
         );
         admin.add_tcp(&addr.to_string());
         admin.threads = Some(1);
         server.add_service(admin);
-        log::info!("admin endpoints (/metrics, /healthz, /readyz) on {addr}");
+        log::info!("admin endpoints (/metrics, /healthz, /readyz, DELETE /cache) on {addr}");
     }
     server.add_service(background_service(
         "config reload",

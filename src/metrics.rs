@@ -40,6 +40,11 @@ struct Metrics {
     dns_resolutions: IntCounterVec,
     discovered: IntGaugeVec,
     compressed: IntCounterVec,
+    cache_requests: IntCounterVec,
+    cache_evictions: IntCounter,
+    cache_lock_waits: IntCounter,
+    cache_bytes: prometheus::IntGauge,
+    cache_entries: prometheus::IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -193,6 +198,43 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "Responses the gateway compressed, by content coding",
             &["encoding"],
         ),
+        cache_requests: counter(
+            "apigateway_cache_requests_total",
+            "Requests on cached routes, by cache status (hit, miss, expired, stale, revalidated, bypass)",
+            &["status"],
+        ),
+        cache_evictions: register(
+            &r,
+            IntCounter::new(
+                "apigateway_cache_evictions_total",
+                "Cache entries evicted to stay within cache.max_bytes",
+            )
+            .expect("valid metric"),
+        ),
+        cache_lock_waits: register(
+            &r,
+            IntCounter::new(
+                "apigateway_cache_lock_waits_total",
+                "Cache misses that waited for another request filling the same key",
+            )
+            .expect("valid metric"),
+        ),
+        cache_bytes: register(
+            &r,
+            prometheus::IntGauge::new(
+                "apigateway_cache_bytes",
+                "Bytes the response cache holds (bodies, headers and per-entry overhead)",
+            )
+            .expect("valid metric"),
+        ),
+        cache_entries: register(
+            &r,
+            prometheus::IntGauge::new(
+                "apigateway_cache_entries",
+                "Entries the response cache holds",
+            )
+            .expect("valid metric"),
+        ),
         registry: r,
     }
 });
@@ -277,6 +319,35 @@ pub fn backend_health(service: &str, backend: &str, healthy: bool) {
 /// Counts a response compressed with `encoding`.
 pub fn compressed(encoding: &'static str) {
     METRICS.compressed.with_label_values(&[encoding]).inc();
+}
+
+/// Counts a request on a cached route by how the cache answered (`HIT`, `MISS`, ...).
+pub fn cache_outcome(status: &'static str) {
+    let label = match status {
+        "HIT" => "hit",
+        "MISS" => "miss",
+        "EXPIRED" => "expired",
+        "STALE" => "stale",
+        "REVALIDATED" => "revalidated",
+        _ => "bypass",
+    };
+    METRICS.cache_requests.with_label_values(&[label]).inc();
+}
+
+/// Counts an entry evicted for space.
+pub fn cache_evicted() {
+    METRICS.cache_evictions.inc();
+}
+
+/// Counts a miss that waited on the cache lock.
+pub fn cache_lock_wait() {
+    METRICS.cache_lock_waits.inc();
+}
+
+/// Adjusts the bytes and entries the cache holds.
+pub fn cache_stored(bytes: i64, entries: i64) {
+    METRICS.cache_bytes.add(bytes);
+    METRICS.cache_entries.add(entries);
 }
 
 /// Forgets the health of a backend DNS no longer lists.

@@ -29,6 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "access_log",
             "aggregate",
             "auth",
+            "cache",
             "compression",
             "consumer",
             "edge",

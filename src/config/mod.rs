@@ -76,6 +76,9 @@ pub struct GatewayConfig {
     /// Response compression for every route that does not set its own.
     #[serde(default)]
     pub compression: Option<crate::compression::CompressionConfig>,
+    /// The response cache's store (size, object size, variants, lock timeout, status header).
+    #[serde(default)]
+    pub cache: Option<crate::cache::CacheStoreConfig>,
     /// Client networks admitted and refused on every route (checked before routes' own lists).
     #[serde(default)]
     pub ip_restriction: Option<crate::edge::ip_access::IpRestrictionConfig>,

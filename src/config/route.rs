@@ -87,6 +87,9 @@ pub struct RouteConfig {
     /// Response compression replacing the top-level `compression:` for this route.
     #[serde(default)]
     pub compression: Option<crate::compression::CompressionConfig>,
+    /// Responses of this route are stored in the response cache and served from it.
+    #[serde(default)]
+    pub cache: Option<crate::cache::CacheConfig>,
     /// Security headers merged over the top-level `security_headers:`.
     #[serde(default)]
     pub security_headers: Option<SecurityHeadersConfig>,

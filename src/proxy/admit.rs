@@ -1,6 +1,7 @@
 //! `request_filter`'s stage list: everything decided before proxying, in order.
 
 use super::ctx::RequestCtx;
+use crate::cache::CacheUse;
 use crate::edge::{self, NormalizedPath, cors};
 use crate::errors::GatewayError;
 use crate::rate_limit::KeyInputs;
@@ -103,6 +104,13 @@ pub(super) async fn admit(
     choose_destination(session.req_header(), ctx);
     rate_limit(&snapshot, session.req_header(), ctx).await?;
     finish_route(&snapshot, ctx)?;
+    ctx.cache = CacheUse::plan(
+        ctx.target().and_then(|t| t.cache.as_ref()),
+        session.req_header(),
+        &path,
+        ctx.inbound.tls,
+        ctx.identity.as_deref(),
+    );
     let transforms = ctx.target().and_then(|t| t.transforms.clone());
     // Only a route with transforms asks: the check is not free.
     let has_body = transforms.is_some() && !session.is_body_empty();

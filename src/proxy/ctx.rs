@@ -33,6 +33,8 @@ pub struct RequestCtx {
     pub(super) exchange: Exchange,
     /// Backends tried, timings and retry rules (upstream stage).
     pub(super) attempts: Attempts,
+    /// Whether and under which key the request uses its route's cache (cache stage).
+    pub(super) cache: crate::cache::CacheUse,
     /// The response body's encoder, when it is compressed (compression stage).
     pub(super) encoding: crate::compression::ResponseEncoding,
     /// Trace ids, the server span's start and the attempts' client spans (trace stage).

@@ -13,6 +13,7 @@ mod forward;
 mod report;
 
 use crate::aggregate::{Aggregate, CallContext};
+use crate::cache::CacheUse;
 use crate::edge;
 use crate::errors::GatewayError;
 use crate::upstream::breaker::Attempt;
@@ -27,6 +28,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora_cache::key::HashBinary;
+use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 use std::time::Duration;
 
 /// The gateway's proxy logic; one instance serves every listener.
@@ -125,6 +128,54 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Turns the response cache on for a request whose route caches and that may use it
+    /// (decided at admission by `cache::CacheUse::plan`). Pingora then looks the key up and
+    /// answers hits, stale entries and coalesced misses itself.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        ctx.cache.enable(&mut session.cache);
+        Ok(())
+    }
+
+    /// The cache key planned at admission.
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        ctx.cache.take_key()
+    }
+
+    /// Whether the upstream's answer is stored, and for how long.
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(ctx.cache.response_cacheable(resp))
+    }
+
+    /// Which variant of a stored answer the request wants, by the answer's `Vary`.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        ctx.cache.variance(meta, req)
+    }
+
+    /// A stale entry stands in while it is refreshed and when the upstream fails (within the
+    /// entry's own windows, which Pingora checks); the failure is then no longer ours to report.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        let serve = CacheUse::serve_stale(error);
+        if serve && error.is_some() {
+            ctx.error = None;
+        }
+        serve
+    }
+
     /// Picks a healthy backend of the matched route's service, skipping ones already tried.
     /// Called again on every retry.
     async fn upstream_peer(
@@ -164,6 +215,7 @@ impl ProxyHttp for Gateway {
         forward::set_headers(upstream, session.req_header(), ctx)?;
         ctx.trace.on_upstream_request(upstream)?;
         ctx.exchange.on_upstream_request(upstream)?;
+        ctx.cache.on_upstream_request(upstream)?;
         if let Some(copy) = ctx.destination.mirror.as_mut() {
             copy.head = Some(Box::new(upstream.clone()));
         }
@@ -235,9 +287,9 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Adds the request id, rate-limit headers, security headers and CORS, applies the
-    /// response transforms (headers, and arming the JSON body rewrite), then decides on
-    /// compression.
+    /// Adds the request id, rate-limit headers, security headers, CORS and the cache status,
+    /// applies the response transforms (headers, and arming the JSON body rewrite), then
+    /// decides on compression. Runs for cached answers too.
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -245,6 +297,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         decorate(ctx, upstream_response);
+        ctx.cache.on_response(&session.cache, upstream_response);
         close_if_draining(session);
         ctx.exchange
             .on_response_header(session.req_header(), upstream_response)?;
@@ -371,6 +424,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let outcome = report::Outcome::of(session, ctx);
         report::record_metrics(ctx, &outcome);
+        ctx.cache.record(&session.cache);
         report::write_access_log(session, e, ctx, &outcome);
         report::finish_trace(session, ctx, &outcome);
     }

@@ -11,6 +11,7 @@ mod route;
 pub mod sections;
 
 use crate::auth::Auth;
+use crate::cache::CacheSection;
 use crate::compression::Compression;
 use crate::config::{AdminConfig, ClientConfig, ConfigError, GatewayConfig, ServerSettings};
 use crate::edge::cors::Cors;
@@ -55,6 +56,9 @@ pub struct Snapshot {
     pub tracing: Option<crate::trace::Tracing>,
     /// The top-level client network lists, checked on every request.
     pub ip_restriction: Option<IpRestriction>,
+    /// The response cache's store, when a route caches (kept across reloads with the same
+    /// store settings).
+    pub cache: Option<CacheSection>,
     /// The top-level CORS policy, for answers given before a route is known (404, 400).
     pub cors: Option<Arc<Cors>>,
     /// The top-level security headers, for answers given before a route is known.
@@ -152,6 +156,7 @@ impl Snapshot {
             .transpose()?
             .flatten()
             .map(Arc::new);
+        let cache = Self::compile_cache(cfg, previous)?;
         let routes = route::compile_routes(&route::RouteInputs {
             cfg,
             services: &services,
@@ -161,6 +166,7 @@ impl Snapshot {
             cors: &cors,
             security: &security,
             compression: &compression,
+            cache: cache.as_ref(),
         })?;
         let snapshot = Snapshot {
             routes,
@@ -175,6 +181,7 @@ impl Snapshot {
             client_ip,
             ip_restriction,
             tracing,
+            cache,
             cors,
             security,
             sizes: cfg.limits,
@@ -185,6 +192,23 @@ impl Snapshot {
         };
         snapshot.warn_about_unreachable_parts();
         Ok(snapshot)
+    }
+
+    /// The cache store, when any route caches; the previous snapshot's is kept if its
+    /// settings did not change.
+    fn compile_cache(
+        cfg: &GatewayConfig,
+        previous: Option<&Snapshot>,
+    ) -> Result<Option<CacheSection>, Invalid> {
+        let cached = cfg
+            .routes
+            .iter()
+            .any(|r| r.cache.as_ref().is_some_and(|c| c.enabled));
+        if !cached {
+            return Ok(None);
+        }
+        let previous = previous.and_then(|p| p.cache.as_ref());
+        CacheSection::compile(cfg.cache.as_ref(), previous).map(Some)
     }
 
     /// Warnings for a config that loads but has parts no request can reach.

@@ -4,6 +4,7 @@
 use super::sections::Services;
 use crate::aggregate::Aggregate;
 use crate::auth::{AuthMethod, AuthMode, RoutePolicy};
+use crate::cache::{CacheSection, RouteCache};
 use crate::compression::Compression;
 use crate::config::{GatewayConfig, RouteConfig};
 use crate::edge::cors::Cors;
@@ -40,6 +41,8 @@ pub struct RouteTarget {
     pub cors: Option<Arc<Cors>>,
     /// The route's response compression (its own, or the top-level one), if any.
     pub compression: Option<Arc<Compression>>,
+    /// The route's response cache settings, if it caches.
+    pub cache: Option<Arc<RouteCache>>,
     /// Security headers after merging the route's block over the top-level one.
     pub security: Arc<SecurityHeaders>,
     /// Request/response transforms, if configured.
@@ -61,6 +64,8 @@ pub(super) struct RouteInputs<'a> {
     pub limiter: Option<&'a Limiter>,
     pub cors: &'a Option<Arc<Cors>>,
     pub compression: &'a Option<Arc<Compression>>,
+    /// The cache store, when some route caches.
+    pub cache: Option<&'a CacheSection>,
     pub security: &'a Arc<SecurityHeaders>,
 }
 
@@ -110,6 +115,7 @@ fn compile_target(
         )?),
         None => None,
     };
+    let cache = cache(route, inputs.cache, aggregate.is_some())?;
     Ok(RouteTarget {
         conditions: route
             .conditions
@@ -134,6 +140,7 @@ fn compile_target(
             Some(c) => Compression::compile(c, "compression")?.map(Arc::new),
             None => inputs.compression.clone(),
         },
+        cache,
         security: match &route.security_headers {
             Some(own) => Arc::new(SecurityHeaders::compile(
                 inputs.cfg.security_headers.as_ref(),
@@ -260,6 +267,21 @@ fn rate_limits(route: &RouteConfig, limiter: Option<&Limiter>) -> Result<Vec<usi
         )),
         None => Ok(Vec::new()),
     }
+}
+
+/// The route's cache settings over the shared store.
+fn cache(
+    route: &RouteConfig,
+    section: Option<&CacheSection>,
+    aggregate: bool,
+) -> Result<Option<Arc<RouteCache>>, Invalid> {
+    let (Some(cfg), Some(section)) = (&route.cache, section) else {
+        return Ok(None);
+    };
+    if aggregate && cfg.enabled {
+        return Err(Invalid::new("cache", "only proxy routes can be cached"));
+    }
+    Ok(cfg.compile("cache", section)?.map(Arc::new))
 }
 
 /// The route's request and response transforms, with the templates it may use.

@@ -1,6 +1,9 @@
 //! A scriptable origin for compression and caching tests: each request's query says what to
-//! answer (`size`, `type`, `etag`, `cc`, `ce=gzip`, `chunked`, `hold`), and the origin counts
-//! requests and keeps the last `Accept-Encoding` it was sent.
+//! answer (`size`, `type`, `etag`, `cc`, `ce=gzip`, `chunked`, `hold`; for caching also
+//! `vary`, `expires`, `lm`, `cookie`, `status`, `delay` (ms), `echo` (a request header's value
+//! as the body), `count` (the request count as the body)). It answers 304 to a matching
+//! `If-None-Match`, 503 to everything while failing, counts requests and keeps the last
+//! `Accept-Encoding` and `If-None-Match` it was sent.
 
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
@@ -15,6 +18,8 @@ use tokio::sync::Notify;
 struct State {
     hits: AtomicUsize,
     accept_encoding: Mutex<Option<String>>,
+    if_none_match: Mutex<Option<String>>,
+    failing: std::sync::atomic::AtomicBool,
     release: Notify,
 }
 
@@ -78,6 +83,18 @@ impl Origin {
         self.state.accept_encoding.lock().unwrap().clone()
     }
 
+    /// The `If-None-Match` of the last request (None: it had none).
+    #[allow(dead_code)]
+    pub fn last_if_none_match(&self) -> Option<String> {
+        self.state.if_none_match.lock().unwrap().clone()
+    }
+
+    /// From now on answers every request 503 (`true`) or normally again (`false`).
+    #[allow(dead_code)]
+    pub fn set_failing(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
     /// Lets a `hold` response send its second half.
     pub fn release(&self) {
         self.state.release.notify_one();
@@ -94,32 +111,62 @@ async fn answer(
     state: Arc<State>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<Body> {
-    state.hits.fetch_add(1, Ordering::SeqCst);
-    *state.accept_encoding.lock().unwrap() = req
-        .headers()
-        .get("accept-encoding")
-        .map(|v| v.to_str().unwrap_or("").to_string());
+    let n = state.hits.fetch_add(1, Ordering::SeqCst) + 1;
+    let header_of = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_string())
+    };
+    *state.accept_encoding.lock().unwrap() = header_of("accept-encoding");
+    let if_none_match = header_of("if-none-match");
+    *state.if_none_match.lock().unwrap() = if_none_match.clone();
     let q: HashMap<String, String> = req
         .uri()
         .query()
         .unwrap_or("")
         .split('&')
-        .filter_map(|p| p.split_once('='))
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
         .map(|(k, v)| {
             let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
             (k.to_string(), v.into_owned())
         })
         .collect();
+    if let Some(ms) = q.get("delay").and_then(|d| d.parse().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    if state.failing.load(Ordering::SeqCst) {
+        let body = http_body_util::Full::new(Bytes::from_static(b"origin failing")).boxed();
+        return hyper::Response::builder().status(503).body(body).unwrap();
+    }
     let size = q.get("size").and_then(|s| s.parse().ok()).unwrap_or(2048);
-    let mut body = json_body(size);
-    let mut resp = hyper::Response::builder().header(
+    let mut body = match (q.get("echo"), q.contains_key("count")) {
+        (Some(h), _) => header_of(h).unwrap_or_else(|| "-".into()).into_bytes(),
+        (None, true) => format!("{{\"n\":{n}}}").into_bytes(),
+        (None, false) => json_body(size),
+    };
+    let status: u16 = q.get("status").and_then(|s| s.parse().ok()).unwrap_or(200);
+    let mut resp = hyper::Response::builder().status(status).header(
         "content-type",
         q.get("type").map_or("application/json", |t| t.as_str()),
     );
-    for (key, header) in [("etag", "etag"), ("cc", "cache-control")] {
+    for (key, header) in [
+        ("etag", "etag"),
+        ("cc", "cache-control"),
+        ("vary", "vary"),
+        ("expires", "expires"),
+        ("lm", "last-modified"),
+    ] {
         if let Some(v) = q.get(key) {
             resp = resp.header(header, v.as_str());
         }
+    }
+    if q.contains_key("cookie") {
+        resp = resp.header("set-cookie", "session=abc; Path=/");
+    }
+    if q.contains_key("etag") && q.get("etag") == if_none_match.as_ref() {
+        let empty = http_body_util::Full::new(Bytes::new()).boxed();
+        return resp.status(304).body(empty).unwrap();
     }
     if q.get("ce").map(String::as_str) == Some("gzip") {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
