@@ -64,6 +64,9 @@ pub struct AccessRecord<'a> {
     pub upstream_ms: Option<f64>,
     pub user: Option<&'a str>,
     pub rate_limit: Option<&'a str>,
+    /// How the response cache answered (`HIT`, `MISS`, ...), on cached routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
     pub error: Option<String>,
     /// The request's trace and server span (hex), when tracing is on.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -485,7 +485,7 @@ pub fn render() -> Vec<u8> {
 pub fn catalogue() -> Vec<(String, Vec<String>)> {
     use prometheus::core::Collector;
     let m = &*METRICS;
-    let collectors: [&dyn Collector; 16] = [
+    let collectors: [&dyn Collector; 26] = [
         &m.requests,
         &m.duration,
         &m.upstream,
@@ -502,6 +502,16 @@ pub fn catalogue() -> Vec<(String, Vec<String>)> {
         &m.connections_closed,
         &m.ejections,
         &m.connections_open,
+        &m.mirror,
+        &m.retry_budget_exhausted,
+        &m.dns_resolutions,
+        &m.discovered,
+        &m.compressed,
+        &m.cache_requests,
+        &m.cache_evictions,
+        &m.cache_lock_waits,
+        &m.cache_bytes,
+        &m.cache_entries,
     ];
     let mut out: Vec<(String, Vec<String>)> = collectors
         .iter()

@@ -16,7 +16,8 @@ fn config(origin: &Origin, store: &str, admin: Option<u16>) -> String {
         format!("admin: {{listen: '127.0.0.1:{p}'}}\n")
     });
     format!(
-        "{admin}compression: {{}}\n\
+        "{admin}access_log: {{path: access.log}}\n\
+         compression: {{}}\n\
          cache: {{{store}}}\n\
          auth:\n  keys: [{{kid: k, alg: HS256, secret: {SECRET}}}]\n\
          services:\n  origin: {{backends: ['{}']}}\n\
@@ -69,6 +70,12 @@ async fn twice(gw: &Gateway, origin: &Origin, path: &str) -> (String, String, us
     (first, second, origin.hits() - before)
 }
 
+/// Whether the gateway's access log names a HIT.
+fn access_log_has_hit(gw: &Gateway) -> bool {
+    std::fs::read_to_string(gw.dir().join("access.log"))
+        .is_ok_and(|s| s.contains(r#""cache":"HIT""#))
+}
+
 /// Waits out a one-second freshness lifetime (HTTP cache times have one-second resolution).
 async fn let_expire() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -100,6 +107,8 @@ async fn a_stored_answer_is_served_without_the_upstream_and_compressed_per_clien
         1,
         "only the first request reached the origin"
     );
+    let logged = eventually(Duration::from_secs(3), || async { access_log_has_hit(&gw) }).await;
+    assert!(logged, "the access log names the cache status");
 
     // Not for the cache: other methods, credentials, cookies.
     let post = request(&gw, reqwest::Method::POST, path, &[]).await;

@@ -203,6 +203,11 @@ impl CacheUse {
         }
     }
 
+    /// How the cache answered, once the response header is known.
+    pub fn status(&self) -> Option<CacheStatus> {
+        self.status
+    }
+
     /// Counts the outcome once the request is done.
     pub fn record(&self, cache: &HttpCache) {
         if let Some(status) = self.status {

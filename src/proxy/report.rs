@@ -73,6 +73,7 @@ pub(super) fn write_access_log(
             .map(|t| t.as_secs_f64() * 1000.0),
         user: ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
         rate_limit: ctx.admission.outcome(),
+        cache: ctx.cache.status().map(crate::cache::CacheStatus::as_str),
         error: e.map(|e| e.etype().as_str().to_string()),
         trace_id: trace.map(|(t, _)| hex::encode(t)),
         span_id: trace.map(|(_, s)| hex::encode(s)),
