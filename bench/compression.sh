@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Response compression (issue #20): one gateway (threads 1) in front of nginx serving a 10 KB
 # JSON file and a tiny JSON answer. Targets: the 10 KB body uncompressed (a route with
-# compression off) and compressed with each coding at its default level (gzip 6, br 4, zstd
+# compression off) and compressed with each coding at its default level (gzip 2, br 2, zstd
 # 3), and the tiny body on a route with compression on (below min_size, so only the
 # decision runs) against the same with compression off. `wrk -t1 -c50`, interleaved rounds,
 # medians of req/s and the gateway's CPU µs per request; the compressed sizes are printed.
