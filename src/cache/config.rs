@@ -119,6 +119,7 @@ impl CacheConfig {
     pub fn compile(
         &self,
         key: &str,
+        route: &str,
         section: &CacheSection,
     ) -> Result<Option<RouteCache>, Invalid> {
         if !self.enabled {
@@ -153,6 +154,7 @@ impl CacheConfig {
         });
         Ok(Some(RouteCache {
             store: section.store.clone(),
+            route: route.to_string(),
             status_header: section.status_header.clone(),
             ttl: self.ttl,
             stale_while_revalidate: seconds(self.stale_while_revalidate),

@@ -99,6 +99,9 @@ impl CacheSection {
 #[derive(Debug)]
 pub struct RouteCache {
     pub store: Arc<CacheStore>,
+    /// The route's name: part of every key, so routes sharing a path (`when:`) never share
+    /// entries.
+    route: String,
     status_header: HeaderName,
     /// Freshness for responses that give none (no `max-age`, `s-maxage` or `Expires`).
     ttl: Option<Duration>,

@@ -137,12 +137,14 @@ pub(super) struct KeyParts<'a> {
     pub req: &'a RequestHeader,
     /// The caller, when the route keys by identity.
     pub identity: Option<&'a str>,
+    /// The service chosen for the request (a split route's entries are kept apart).
+    pub service: &'a str,
 }
 
 impl RouteCache {
-    /// The primary key: `scheme://host/path?query` (the URL a purge names), then on further
-    /// lines, length-prefixed so no value can pose as another, the configured headers and the
-    /// caller. The method is not in it: only GET and HEAD are cached, and HEAD is answered
+    /// The primary key: `scheme://host/path?query` (the URL a purge names), then on the next
+    /// line, each length-prefixed so no value can pose as another, the route and service, the
+    /// configured headers and the caller. The method is not in it: only GET and HEAD are cached, and HEAD is answered
     /// from the GET entry.
     pub(super) fn primary_key(&self, parts: &KeyParts<'_>) -> String {
         let scheme = if parts.tls { "https" } else { "http" };
@@ -152,6 +154,14 @@ impl RouteCache {
             key.push_str(&query);
         }
         key.push('\n');
+        let _ = write!(
+            key,
+            "r{}:{}s{}:{}",
+            self.route.len(),
+            self.route,
+            parts.service.len(),
+            parts.service
+        );
         for name in &self.key_headers {
             let mut value = Vec::new();
             for v in parts.req.headers.get_all(name) {

@@ -84,6 +84,7 @@ impl CacheUse {
         path: &NormalizedPath<'_>,
         tls: bool,
         identity: Option<&Identity>,
+        service: &str,
     ) -> CacheUse {
         let Some(route) = route else {
             return CacheUse::default();
@@ -123,6 +124,7 @@ impl CacheUse {
             query: req.uri.query(),
             req,
             identity: who.as_deref(),
+            service,
         });
         stage.key = Some(CacheKey::new(primary, ""));
         stage.enabled = true;

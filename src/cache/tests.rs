@@ -16,7 +16,7 @@ fn section(store: &str) -> CacheSection {
 
 fn route(yaml: &str) -> RouteCache {
     let cfg: CacheConfig = serde_yaml::from_str(yaml).unwrap();
-    cfg.compile("cache", &section("{}")).unwrap().unwrap()
+    cfg.compile("cache", "r", &section("{}")).unwrap().unwrap()
 }
 
 fn request(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
@@ -44,6 +44,7 @@ fn key_of(route: &RouteCache, uri: &str, headers: &[(&str, &str)], who: Option<&
         query: req.uri.query(),
         req: &req,
         identity: who,
+        service: "svc",
     })
 }
 
@@ -52,7 +53,7 @@ fn the_key_starts_with_the_url_and_frames_every_extra_part() {
     let plain = route("{}");
     assert_eq!(
         key_of(&plain, "/a?x=1&y=2", &[], None),
-        "http://api.test/a?x=1&y=2\n"
+        "http://api.test/a?x=1&y=2\nr1:rs3:svc"
     );
     let keyed = route("{key_headers: [x-tenant], key_query: [y, x]}");
     let k = key_of(
@@ -61,7 +62,10 @@ fn the_key_starts_with_the_url_and_frames_every_extra_part() {
         &[("x-tenant", "t1")],
         Some("sub:alice"),
     );
-    assert_eq!(k, "http://api.test/a?x=1&y=2\nh8:x-tenant3:t1,i9:sub:alice");
+    assert_eq!(
+        k,
+        "http://api.test/a?x=1&y=2\nr1:rs3:svch8:x-tenant3:t1,i9:sub:alice"
+    );
     // Only allowed parameters, in name order: these two share an entry.
     assert_eq!(
         key_of(&keyed, "/a?y=2&x=1", &[], None),
@@ -78,14 +82,17 @@ fn the_key_starts_with_the_url_and_frames_every_extra_part() {
 fn credentials_bypass_unless_the_route_keys_by_identity() {
     let path = crate::edge::normalize_path("/a/").unwrap();
     let plan = |r: &Arc<RouteCache>, headers: &[(&str, &str)]| {
-        let mut stage = CacheUse::plan(Some(r), &request("/a/", headers), &path, true, None);
+        let mut stage = CacheUse::plan(Some(r), &request("/a/", headers), &path, true, None, "svc");
         stage
             .take_key()
             .ok()
             .map(|k| k.primary_key_str().unwrap().to_string())
     };
     let shared = Arc::new(route("{}"));
-    assert_eq!(plan(&shared, &[]).as_deref(), Some("https:///a/\n"));
+    assert_eq!(
+        plan(&shared, &[]).as_deref(),
+        Some("https:///a/\nr1:rs3:svc")
+    );
     assert_eq!(plan(&shared, &[("authorization", "Bearer t")]), None);
     assert_eq!(plan(&shared, &[("cookie", "a=1")]), None);
     assert_eq!(plan(&shared, &[("upgrade", "websocket")]), None);

@@ -110,6 +110,7 @@ pub(super) async fn admit(
         &path,
         ctx.inbound.tls,
         ctx.identity.as_deref(),
+        ctx.pool().map_or("", |p| &p.name),
     );
     let transforms = ctx.target().and_then(|t| t.transforms.clone());
     // Only a route with transforms asks: the check is not free.

@@ -115,7 +115,7 @@ fn compile_target(
         )?),
         None => None,
     };
-    let cache = cache(route, inputs.cache, aggregate.is_some())?;
+    let cache = cache(route, &name, inputs.cache, aggregate.is_some())?;
     Ok(RouteTarget {
         conditions: route
             .conditions
@@ -272,6 +272,7 @@ fn rate_limits(route: &RouteConfig, limiter: Option<&Limiter>) -> Result<Vec<usi
 /// The route's cache settings over the shared store.
 fn cache(
     route: &RouteConfig,
+    name: &str,
     section: Option<&CacheSection>,
     aggregate: bool,
 ) -> Result<Option<Arc<RouteCache>>, Invalid> {
@@ -281,7 +282,7 @@ fn cache(
     if aggregate && cfg.enabled {
         return Err(Invalid::new("cache", "only proxy routes can be cached"));
     }
-    Ok(cfg.compile("cache", section)?.map(Arc::new))
+    Ok(cfg.compile("cache", name, section)?.map(Arc::new))
 }
 
 /// The route's request and response transforms, with the templates it may use.
