@@ -95,6 +95,8 @@ struct Entry {
     /// `scheme://host/path?query` of the request, for purging by URL or prefix.
     url: Box<str>,
     compact: CompactCacheKey,
+    /// The primary key's id, for a secondary `Vary` variant.
+    variant_of: Option<u128>,
     weight: usize,
 }
 
@@ -147,8 +149,8 @@ impl MemoryStore {
             crate::metrics::cache_stored(-(old.weight as i64), -1);
         }
         crate::metrics::cache_stored(weight as i64, 1);
-        if key.variance_bin().is_some() {
-            self.cap_variants(u128::from_be_bytes(key.primary_bin()), id);
+        if let Some(primary) = variant_of(key) {
+            self.cap_variants(primary, id);
         }
         weight
     }
@@ -174,15 +176,22 @@ impl MemoryStore {
     /// Removes one entry, from the maps and the eviction manager; true if it was there.
     fn remove(&self, id: u128) -> bool {
         let removed = self.shard(id).write().ok().and_then(|mut s| s.remove(&id));
-        match removed {
-            Some(entry) => {
-                self.eviction
-                    .remove((&CacheEntryKey::key_only(entry.compact.clone())).into());
-                crate::metrics::cache_stored(-(entry.weight as i64), -1);
-                true
+        let Some(entry) = removed else {
+            return false;
+        };
+        self.eviction
+            .remove((&CacheEntryKey::key_only(entry.compact.clone())).into());
+        crate::metrics::cache_stored(-(entry.weight as i64), -1);
+        // Forget the variant, so the lists only hold what is stored.
+        if let (Some(primary), Ok(mut variants)) = (entry.variant_of, self.variants.lock())
+            && let Some(list) = variants.get_mut(&primary)
+        {
+            list.retain(|v| *v != id);
+            if list.is_empty() {
+                variants.remove(&primary);
             }
-            None => false,
         }
+        true
     }
 
     /// Removes every entry whose URL is `url` (`prefix: false`) or starts with it; all
@@ -232,6 +241,12 @@ impl MemoryStore {
             .sum()
     }
 
+    /// URLs with secondary variants tracked (they must go with their entries).
+    #[cfg(test)]
+    pub(super) fn variant_lists(&self) -> usize {
+        self.variants.lock().map_or(0, |v| v.len())
+    }
+
     /// Whether the store holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -241,6 +256,12 @@ impl MemoryStore {
 /// The map key of a cache key: its combined (primary and variance) hash.
 fn id_of<K: CacheHashKey>(key: &K) -> u128 {
     u128::from_be_bytes(key.combined_bin())
+}
+
+/// The primary key's id when `key` names a secondary `Vary` variant.
+fn variant_of(key: &CacheKey) -> Option<u128> {
+    key.variance_bin()
+        .map(|_| u128::from_be_bytes(key.primary_bin()))
 }
 
 /// The URL part of a primary key (see `key::CacheKeyParts::primary`): up to the first newline.
@@ -324,6 +345,7 @@ impl Storage for MemoryStore {
             body: old.body.clone(),
             url: old.url.clone(),
             compact: old.compact.clone(),
+            variant_of: old.variant_of,
             weight: old.weight,
         };
         shard.insert(id, Arc::new(entry));
@@ -430,6 +452,7 @@ impl HandleMiss for Fill {
             body: self.body.freeze(),
             url: url_of(&self.key),
             compact: self.key.to_compact(),
+            variant_of: variant_of(&self.key),
             weight,
         };
         Ok(MissFinishType::Created(self.store.insert(&self.key, entry)))

@@ -261,6 +261,11 @@ async fn the_store_purges_by_url_caps_variants_and_empties_when_retired() {
         "URL and its variant"
     );
     assert_eq!(store.purge_urls("http://h/", true), 1);
+    assert_eq!(
+        store.variant_lists(),
+        0,
+        "variant lists go with their entries"
+    );
     assert!(store.is_empty());
 
     fill(store, &CacheKey::new(primary, ""), b"one").await;
