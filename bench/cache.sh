@@ -11,17 +11,7 @@ source bench/common.sh
 wrk_bench_setup
 
 UP=$(port)
-mkdir -p "$WORK/up"
-python3 - "$WORK/up/big.json" <<'PY'
-import json, sys
-items = []
-while len(json.dumps(items)) < 10240:
-    i = len(items)
-    items.append({"id": i, "name": f"item number {i}", "price": round(i * 1.37, 2), "tags": ["a", "b"]})
-open(sys.argv[1], "w").write(json.dumps(items))
-PY
-start_json_upstream "$UP" "location = /big.json { default_type application/json; alias $WORK/up/big.json; }"
-wait_port "$UP"
+start_big_json_upstream "$UP"
 GW=$(port)
 { gateway_head gw "$GW" 1; cat; } > "$WORK/gw.yaml" <<YAML
 routes:

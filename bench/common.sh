@@ -47,6 +47,28 @@ CONF
   nginx -c "$WORK/up/nginx.conf" & PIDS+=($!); UP_PID=$!
 }
 
+# write_big_json FILE: a JSON array of about 10 KB (10,311 bytes), for the compression and
+# cache benches.
+write_big_json() {
+  python3 - "$1" <<'PY'
+import json, sys
+items = []
+while len(json.dumps(items)) < 10240:
+    i = len(items)
+    items.append({"id": i, "name": f"item number {i}", "price": round(i * 1.37, 2), "tags": ["a", "b"]})
+open(sys.argv[1], "w").write(json.dumps(items))
+PY
+}
+
+# start_big_json_upstream PORT: start_json_upstream that also serves the ~10 KB JSON file
+# at /big.json; waits until it listens.
+start_big_json_upstream() {
+  mkdir -p "$WORK/up"
+  write_big_json "$WORK/up/big.json"
+  start_json_upstream "$1" "location = /big.json { default_type application/json; alias $WORK/up/big.json; }"
+  wait_port "$1"
+}
+
 # Tokens are minted here with openssl, independently of the gateway.
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 # A JWT for subject $2 (default bench-user) with role "user", valid for a day, signed with

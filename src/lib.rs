@@ -23,6 +23,8 @@ pub mod metrics;
 pub mod password;
 pub mod share;
 pub mod template;
+#[cfg(test)]
+pub mod testing;
 pub mod throttle;
 
 pub mod access_log;

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "invalid",
             "identity",
             "template",
+            "testing",
             "errors",
             "header_set",
             "metrics",

@@ -3,7 +3,8 @@
 
 use super::policy::{KeyParts, variance};
 use super::*;
-use pingora::http::{RequestHeader, ResponseHeader};
+use crate::testing::response;
+use pingora::http::RequestHeader;
 use pingora_cache::storage::Storage;
 use pingora_cache::trace::Span;
 use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
@@ -20,19 +21,7 @@ fn route(yaml: &str) -> RouteCache {
 }
 
 fn request(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
-    let mut req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
-    for (k, v) in headers {
-        req.insert_header(k.to_string(), *v).unwrap();
-    }
-    req
-}
-
-fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
-    let mut resp = ResponseHeader::build(status, None).unwrap();
-    for (k, v) in headers {
-        resp.append_header(k.to_string(), *v).unwrap();
-    }
-    resp
+    crate::testing::request("GET", uri, headers)
 }
 
 fn key_of(route: &RouteCache, uri: &str, headers: &[(&str, &str)], who: Option<&str>) -> String {

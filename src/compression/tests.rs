@@ -1,6 +1,7 @@
 //! Which responses are compressed, and how their headers change.
 
 use super::*;
+use crate::testing::response;
 use bytes::Bytes;
 
 fn compression(yaml: &str) -> Compression {
@@ -14,14 +15,6 @@ fn request(method: &str, accept: Option<&str>) -> RequestHeader {
         req.insert_header("accept-encoding", a).unwrap();
     }
     req
-}
-
-fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
-    let mut resp = ResponseHeader::build(status, None).unwrap();
-    for (k, v) in headers {
-        resp.append_header(k.to_string(), *v).unwrap();
-    }
-    resp
 }
 
 const JSON_2K: &[(&str, &str)] = &[
