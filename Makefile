@@ -1,6 +1,7 @@
 # apigateway — the two commands a fresh machine needs are `make run` and `make test`.
 # Both install what is missing (cmake for Pingora's zlib-ng, redis-server for the shared
-# rate-limit tests, dnsmasq for the DNS discovery tests; the Rust toolchain must exist).
+# rate-limit tests, dnsmasq for the DNS discovery tests, etcd for fleet mode, protoc for the
+# etcd client's build, chromium for the status page test; the Rust toolchain must exist).
 
 CARGO   ?= cargo
 CONFIG  ?= conf/gateway.yaml
@@ -61,6 +62,10 @@ deps:
 	command -v make >/dev/null 2>&1 || missing="$$missing make"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing="$$missing dnsmasq-base"; \
+	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
+	command -v etcdctl >/dev/null 2>&1 || missing="$$missing etcd-client"; \
+	command -v protoc >/dev/null 2>&1 || missing="$$missing protobuf-compiler"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

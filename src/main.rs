@@ -1,10 +1,11 @@
 //! `apigateway -c FILE [-t] [-d] [-u]`: load and compile the config, then run the Pingora server.
 
-use apigateway::config::GatewayConfig;
+use apigateway::config::{ConfigDoc, GatewayConfig};
 use apigateway::proxy::Gateway;
 use apigateway::services::admin::AdminApp;
 use apigateway::services::background::{HealthChecker, JwksRefresher, LimiterSweeper, TraceDrain};
 use apigateway::services::connections::ClientConnections;
+use apigateway::services::fleet::{self, ConfigSource, ConfigWatcher, NodeState};
 use apigateway::services::reload::ConfigReloader;
 use apigateway::snapshot::Snapshot;
 use arc_swap::ArcSwap;
@@ -73,9 +74,23 @@ fn main() -> ExitCode {
     if let Ok(abs) = std::fs::canonicalize(&cli.conf) {
         cli.conf = abs;
     }
-    let (cfg, snapshot) = match GatewayConfig::load(&cli.conf)
-        .and_then(|cfg| Snapshot::compile(&cfg, &cli.conf).map(|s| (cfg, s)))
-    {
+    let source = match ConfigSource::from_arg(&cli.conf) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("apigateway: invalid configuration source: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let loaded = match &source {
+        ConfigSource::File(path) => ConfigDoc::read(path)
+            .and_then(|doc| Snapshot::compile_doc(doc, None))
+            .map(|(cfg, s)| (cfg, s, None))
+            .map_err(|e| e.to_string()),
+        ConfigSource::Etcd(etcd) => {
+            fleet::start(etcd).map(|(cfg, s, node)| (cfg, s, Some(Arc::new(node))))
+        }
+    };
+    let (cfg, snapshot, node) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("apigateway: invalid configuration: {e}");
@@ -98,17 +113,30 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    run(cli, cfg, snapshot)
+    run(cli, source, cfg, snapshot, node)
 }
 
-fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
+fn run(
+    cli: Cli,
+    source: ConfigSource,
+    cfg: GatewayConfig,
+    snapshot: Snapshot,
+    node: Option<Arc<NodeState>>,
+) -> ExitCode {
     let listen = snapshot.listen.clone();
     let tls_listen = snapshot.tls_listen.clone();
     let http2 = snapshot.tls.as_ref().is_some_and(|t| t.http2);
     let h2c = snapshot.h2c;
     let keepalive_timeout = snapshot.client.keepalive_timeout;
     let admin_listen = snapshot.admin.listen;
-    apigateway::metrics::set_config_hash(&apigateway::config::file_hash(&cli.conf));
+    // Checked when the snapshot compiled; read once here (admin changes need an upgrade).
+    let admin_token = snapshot
+        .origin
+        .as_ref()
+        .and_then(|o| snapshot.admin.token(&o.base).ok().flatten());
+    if let Some(origin) = &snapshot.origin {
+        apigateway::metrics::set_config_hash(&origin.hash());
+    }
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let opt = Opt {
         upgrade: cli.upgrade,
@@ -151,17 +179,40 @@ fn run(cli: Cli, cfg: GatewayConfig, snapshot: Snapshot) -> ExitCode {
     if let Some(addr) = admin_listen {
         let mut admin = pingora::services::listening::Service::new(
             "admin".to_string(),
-            pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone())),
+            pingora::apps::http_app::HttpServer::new_app(AdminApp::new(
+                shared.clone(),
+                source.clone(),
+                node.clone(),
+                admin_token,
+            )),
         );
         admin.add_tcp(&addr.to_string());
         admin.threads = Some(1);
         server.add_service(admin);
-        log::info!("admin endpoints (/metrics, /healthz, /readyz, DELETE /cache) on {addr}");
+        log::info!(
+            "admin listener on {addr}: status page /, /metrics, /healthz, /readyz, the admin API /admin/… and DELETE /cache"
+        );
     }
+    let path = match &source {
+        ConfigSource::File(path) => Some(path.clone()),
+        ConfigSource::Etcd(etcd) => {
+            if let Some(state) = &node {
+                server.add_service(background_service(
+                    "config watch",
+                    ConfigWatcher {
+                        source: Arc::new((**etcd).clone()),
+                        snapshot: shared.clone(),
+                        state: state.clone(),
+                    },
+                ));
+            }
+            None
+        }
+    };
     server.add_service(background_service(
         "config reload",
         ConfigReloader {
-            path: cli.conf.clone(),
+            path,
             snapshot: shared.clone(),
         },
     ));

@@ -148,15 +148,84 @@ impl ConfigError {
     /// A compile step's error, placed in `file` (read again to find the key's line: this is
     /// the error path, and the parsed config keeps no positions).
     pub fn invalid(file: &Path, e: Invalid) -> Self {
-        let line = std::fs::read_to_string(file)
-            .ok()
-            .and_then(|text| locate::line_of(&text, &e.key));
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        Self::invalid_in(file, &text, e)
+    }
+
+    /// A compile step's error in a document whose text is at hand.
+    pub fn invalid_in(name: &Path, text: &str, e: Invalid) -> Self {
+        let line = locate::line_of(text, &e.key);
         ConfigError::Invalid {
-            file: file.to_path_buf(),
+            file: name.to_path_buf(),
             key: e.key,
             reason: e.reason,
             line,
         }
+    }
+
+    /// The key path the error names, when it names one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// A configuration document and where it came from: a file, or a key in etcd.
+#[derive(Debug, Clone)]
+pub struct ConfigDoc {
+    /// How errors name it: the file's path, or `etcd://HOST:PORT/PREFIX/config`.
+    pub name: PathBuf,
+    /// Where relative paths in it (users files, certificates) are resolved.
+    pub base: PathBuf,
+    pub text: String,
+    /// The etcd revision it was read at (none for a file).
+    pub revision: Option<i64>,
+    /// Node-local top-level sections (a fleet node's bootstrap file: `server`, `listen`,
+    /// `admin`, `access_log`) that replace the shared document's.
+    pub local: Option<std::sync::Arc<serde_yaml::Mapping>>,
+}
+
+impl ConfigDoc {
+    /// Reads a config file.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Ok(ConfigDoc {
+            name: path.to_path_buf(),
+            base: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            text,
+            revision: None,
+            local: None,
+        })
+    }
+
+    /// Parses the document (with the node-local sections over it); schema errors carry
+    /// serde_yaml's key path, and its line when there are no node-local sections.
+    pub fn parse(&self) -> Result<GatewayConfig, ConfigError> {
+        let syntax = |message: String| ConfigError::Syntax {
+            file: self.name.clone(),
+            message,
+        };
+        let Some(local) = &self.local else {
+            return GatewayConfig::parse(&self.text).map_err(syntax);
+        };
+        let mut value: serde_yaml::Value =
+            serde_yaml::from_str(&self.text).map_err(|e| syntax(e.to_string()))?;
+        match value.as_mapping_mut() {
+            Some(map) => map.extend(local.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            None => return Err(syntax("the document must be a YAML mapping".into())),
+        }
+        serde_yaml::from_value(value).map_err(|e| syntax(e.to_string()))
+    }
+
+    /// A short hash of the text (the `config_hash` label of `apigateway_build_info`).
+    pub fn hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(&Sha256::digest(self.text.as_bytes())[..6])
     }
 }
 

@@ -5,5 +5,6 @@
 pub mod admin;
 pub mod background;
 pub mod connections;
+pub mod fleet;
 pub mod reload;
 pub mod tls_listener;

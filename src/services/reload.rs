@@ -2,7 +2,7 @@
 //! swap the pointer. Requests in flight keep the snapshot they pinned; new ones see the new one.
 //! A file that does not compile changes nothing and the log says exactly why.
 
-use crate::config::GatewayConfig;
+use crate::config::{ConfigDoc, ConfigError};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -15,22 +15,41 @@ use std::sync::Arc;
 pub enum ReloadOutcome {
     /// The new snapshot is live.
     Applied,
-    /// The file did not load or compile; the old snapshot stays.
-    Rejected(String),
+    /// The document did not load or compile; the old snapshot stays. `key` is the key path
+    /// the error names, when it names one.
+    Rejected {
+        message: String,
+        key: Option<String>,
+    },
 }
 
 /// Loads `path`, compiles it against the current snapshot (carrying state over) and swaps it in.
 pub fn reload(path: &std::path::Path, shared: &SharedSnapshot) -> ReloadOutcome {
+    match ConfigDoc::read(path) {
+        Ok(doc) => apply(doc, shared),
+        Err(e) => reject(&e),
+    }
+}
+
+fn reject(e: &ConfigError) -> ReloadOutcome {
+    log::error!("config reload rejected, keeping the running config: {e}");
+    crate::metrics::config_reload(false);
+    ReloadOutcome::Rejected {
+        message: e.to_string(),
+        key: e.key().map(str::to_string),
+    }
+}
+
+/// Compiles a document against the current snapshot (carrying state over) and swaps it in;
+/// one that does not compile changes nothing. Settings only a process upgrade applies
+/// (listeners, `server`, `admin`, the access log's file) are reported, not applied.
+pub fn apply(doc: ConfigDoc, shared: &SharedSnapshot) -> ReloadOutcome {
     let current = shared.load_full();
-    let compiled = GatewayConfig::load(path)
-        .and_then(|cfg| Snapshot::compile_with(&cfg, path, Some(&current)));
-    let next = match compiled {
-        Ok(next) => next,
-        Err(e) => {
-            log::error!("config reload rejected, keeping the running config: {e}");
-            crate::metrics::config_reload(false);
-            return ReloadOutcome::Rejected(e.to_string());
-        }
+    let name = doc.name.clone();
+    let hash = doc.hash();
+    let next = match Snapshot::compile_doc(doc, Some(&current)) {
+        Ok((_, next)) => next,
+        Err(e) => return reject(&e),
     };
     let listeners = |s: &Snapshot| {
         (
@@ -64,13 +83,13 @@ pub fn reload(path: &std::path::Path, shared: &SharedSnapshot) -> ReloadOutcome 
     }
     log::info!(
         "config reloaded from {}: {} routes, {} services",
-        path.display(),
+        name.display(),
         next.routes.routes().len(),
         next.services().len()
     );
     shared.store(Arc::new(next));
     crate::metrics::config_reload(true);
-    crate::metrics::set_config_hash(&crate::config::file_hash(path));
+    crate::metrics::set_config_hash(&hash);
     ReloadOutcome::Applied
 }
 
@@ -84,9 +103,10 @@ pub fn is_draining() -> bool {
     DRAINING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Background service reloading the config on SIGHUP and noticing SIGQUIT/SIGTERM.
+/// Background service reloading the config file on SIGHUP and noticing SIGQUIT/SIGTERM.
+/// In fleet mode (no file) SIGHUP changes nothing: etcd's watch applies new revisions.
 pub struct ConfigReloader {
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
     pub snapshot: SharedSnapshot,
 }
 
@@ -113,10 +133,13 @@ impl BackgroundService for ConfigReloader {
             };
         loop {
             tokio::select! {
-                _ = hangup.recv() => {
-                    log::info!("SIGHUP: reloading {}", self.path.display());
-                    reload(&self.path, &self.snapshot);
-                }
+                _ = hangup.recv() => match &self.path {
+                    Some(path) => {
+                        log::info!("SIGHUP: reloading {}", path.display());
+                        reload(path, &self.snapshot);
+                    }
+                    None => log::info!("SIGHUP: the config comes from etcd; nothing to reload"),
+                },
                 _ = quit.recv() => DRAINING.store(true, std::sync::atomic::Ordering::Relaxed),
                 _ = term.recv() => DRAINING.store(true, std::sync::atomic::Ordering::Relaxed),
                 _ = shutdown.changed() => return,

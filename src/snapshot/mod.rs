@@ -13,7 +13,9 @@ pub mod sections;
 use crate::auth::Auth;
 use crate::cache::CacheSection;
 use crate::compression::Compression;
-use crate::config::{AdminConfig, ClientConfig, ConfigError, GatewayConfig, ServerSettings};
+use crate::config::{
+    AdminConfig, ClientConfig, ConfigDoc, ConfigError, GatewayConfig, ServerSettings,
+};
 use crate::edge::cors::Cors;
 use crate::edge::headers::SecurityHeaders;
 use crate::edge::ip_access::IpRestriction;
@@ -73,13 +75,27 @@ pub struct Snapshot {
     pub access_log: crate::access_log::AccessLogConfig,
     /// The admin listener address (changing it needs a process upgrade).
     pub admin: AdminConfig,
+    /// The document this snapshot was compiled from (text, revision), when it came from one.
+    pub origin: Option<Arc<ConfigDoc>>,
 }
 
 impl Snapshot {
     /// Reads, parses and compiles a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg = GatewayConfig::load(path)?;
-        Self::compile(&cfg, path)
+        Self::compile_doc(ConfigDoc::read(path)?, None).map(|(_, s)| s)
+    }
+
+    /// Parses and compiles a document (a file's or an etcd key's), as a reload of `previous`
+    /// when given; the snapshot keeps the document.
+    pub fn compile_doc(
+        doc: ConfigDoc,
+        previous: Option<&Snapshot>,
+    ) -> Result<(GatewayConfig, Self), ConfigError> {
+        let cfg = doc.parse()?;
+        let mut snapshot = Self::compile_sections(&cfg, &doc.base, previous)
+            .map_err(|e| ConfigError::invalid_in(&doc.name, &doc.text, e))?;
+        snapshot.origin = Some(Arc::new(doc));
+        Ok((cfg, snapshot))
     }
 
     /// Compiles a parsed config; errors name `file` and the offending key.
@@ -128,6 +144,7 @@ impl Snapshot {
             })
             .transpose()?;
         cfg.client.check()?;
+        cfg.admin.token(base)?;
         let client_ip = ClientIpResolver::compile(&cfg.trusted_proxies)?;
         let tracing = match &cfg.tracing {
             Some(t) => crate::trace::Tracing::compile(t)?,
@@ -189,6 +206,7 @@ impl Snapshot {
             server: cfg.server.clone(),
             access_log: cfg.access_log.clone().relative_to(base),
             admin: cfg.admin.clone(),
+            origin: None,
         };
         snapshot.warn_about_unreachable_parts();
         Ok(snapshot)

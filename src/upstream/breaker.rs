@@ -90,6 +90,15 @@ impl BreakerPolicy {
                 .is_ok()
     }
 
+    /// `closed`, `open` (out until its cooldown ends) or `half-open` (a probe may go).
+    pub fn state(&self, b: &Breaker) -> &'static str {
+        match b.retry_at_ms.load(Ordering::Acquire) {
+            0 => "closed",
+            at if self.now_ms() < at => "open",
+            _ => "half-open",
+        }
+    }
+
     /// Records an attempt's outcome; returns true when this opened the breaker.
     pub fn record(&self, b: &Breaker, outcome: Attempt) -> bool {
         match outcome {

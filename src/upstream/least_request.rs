@@ -29,6 +29,11 @@ pub struct Load {
 }
 
 impl Load {
+    /// Attempts in flight on the backend now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The in-flight counter, for an attempt to hold while it runs.
     pub fn counter(&self) -> Arc<AtomicUsize> {
         self.in_flight.clone()

@@ -183,6 +183,30 @@ pub struct ServicePool {
     unresolved: Vec<String>,
 }
 
+/// One backend as the admin API shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct BackendReport {
+    pub address: String,
+    /// The host as written (or the DNS name it was found under).
+    pub host: String,
+    pub weight: usize,
+    /// The active health check's view (always true without one).
+    pub healthy: bool,
+    /// `closed`, `open`, `half-open`, or `off` without passive health.
+    pub breaker: &'static str,
+    /// Attempts in flight (counted for `least_request` and `ewma` only).
+    pub in_flight: usize,
+}
+
+/// A balancer's backends and whether its health check counts each ready.
+fn ready(backends: &pingora::lb::Backends) -> Vec<(Backend, bool)> {
+    backends
+        .get_backend()
+        .iter()
+        .map(|b| (b.clone(), backends.ready(b)))
+        .collect()
+}
+
 /// How many backends selection may skip over (unhealthy or already tried) before giving up.
 const MAX_SELECT_ITERATIONS: usize = 256;
 
@@ -319,6 +343,43 @@ impl ServicePool {
         match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
             Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+        }
+    }
+
+    /// Every backend with its health, breaker state and load, for the admin API.
+    pub fn report(&self) -> Vec<BackendReport> {
+        let backends: Vec<(Backend, bool)> = match (&self.only, &self.balancer) {
+            (Some(only), _) => vec![(only.clone(), true)],
+            (None, Balancer::RoundRobin(lb)) => ready(lb.backends()),
+            (None, Balancer::Consistent(lb)) => ready(lb.backends()),
+        };
+        backends
+            .into_iter()
+            .map(|(b, healthy)| {
+                let m = member::of(&b);
+                BackendReport {
+                    address: b.addr.to_string(),
+                    host: m.host.to_string(),
+                    weight: b.weight,
+                    healthy,
+                    breaker: self
+                        .breakers
+                        .as_ref()
+                        .map_or("off", |p| p.state(&m.breaker)),
+                    in_flight: m.load.in_flight(),
+                }
+            })
+            .collect()
+    }
+
+    /// The balancing algorithm's name.
+    pub fn algorithm(&self) -> &'static str {
+        use least_request::Measure;
+        match (&self.balancer, self.measure) {
+            (Balancer::Consistent(_), _) => "consistent_hash",
+            (_, Some(Measure::InFlight)) => "least_request",
+            (_, Some(Measure::InFlightTimesLatency)) => "ewma",
+            (Balancer::RoundRobin(_), None) => "round_robin",
         }
     }
 

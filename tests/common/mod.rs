@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod echo;
+pub mod etcd;
 pub mod origin;
 pub mod otlp;
 pub mod pki;
