@@ -135,6 +135,26 @@ impl Gateway {
         gw
     }
 
+    /// Stops the process and starts it again on the same config file and port.
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("stderr.log"))
+            .expect("log file");
+        self.child = Command::new(binary())
+            .arg("-c")
+            .arg(self.dir.path().join("gateway.yaml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn apigateway");
+        self.wait_ready();
+    }
+
     /// Rewrites the config file with a new `body` (same server and listen settings).
     pub fn rewrite_config(&self, body: &str) {
         let text = config_text(self.dir.path(), self.port, body);
