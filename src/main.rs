@@ -2,6 +2,7 @@
 
 use apigateway::config::{ConfigDoc, GatewayConfig};
 use apigateway::proxy::Gateway;
+use apigateway::proxy::explain::Explainer;
 use apigateway::services::admin::AdminApp;
 use apigateway::services::background::{HealthChecker, JwksRefresher, LimiterSweeper, TraceDrain};
 use apigateway::services::connections::ClientConnections;
@@ -26,8 +27,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "apigateway", version)]
 struct Cli {
-    /// The gateway's YAML configuration file.
-    #[arg(short, long, default_value = "conf/gateway.yaml")]
+    /// The gateway's YAML configuration file, an etcd://HOST:PORT/PREFIX URL, or a bootstrap
+    /// file with `config_source:`.
+    #[arg(short, long, default_value = "conf/gateway.yaml", global = true)]
     conf: PathBuf,
     /// Validate the configuration and exit (0 = valid, 1 = invalid) without binding ports.
     #[arg(short, long)]
@@ -46,6 +48,17 @@ struct Cli {
 enum Command {
     /// Read a password from stdin and print its argon2id hash for the login users file.
     HashPassword,
+    /// Say what the gateway would do with a request (route and why the others did not
+    /// match, upstream path, auth, limits, transforms, CORS, cache, backend) without binding
+    /// a port: `apigateway explain -c FILE GET /api/users/42 -H 'Authorization: Bearer …'`.
+    Explain {
+        method: String,
+        /// A path (`/api/users/42?x=1`) or a full URL (its host becomes `Host`).
+        url: String,
+        /// A request header, `Name: value`; repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
     /// Consumer tools.
     Consumer {
         #[command(subcommand)]
@@ -68,7 +81,7 @@ fn main() -> ExitCode {
         Some(Command::Consumer {
             action: ConsumerCommand::NewKey,
         }) => return new_key(),
-        None => {}
+        Some(Command::Explain { .. }) | None => {}
     }
     // A daemon changes its directory to `/`: keep an absolute path for reloads.
     if let Ok(abs) = std::fs::canonicalize(&cli.conf) {
@@ -97,6 +110,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Explain {
+        method,
+        url,
+        headers,
+    }) = &cli.command
+    {
+        return explain(snapshot, method, url, headers);
+    }
     if cli.test {
         // A name that does not resolve is not an error (the service starts with none of its
         // addresses and keeps trying), but a config check must say so.
@@ -184,6 +205,7 @@ fn run(
                 source.clone(),
                 node.clone(),
                 admin_token,
+                Some(Arc::new(Explainer::new(shared.clone()))),
             )),
         );
         admin.add_tcp(&addr.to_string());
@@ -236,6 +258,35 @@ fn run(
     server.add_service(background_service("trace drain", TraceDrain { phases }));
     log::info!("apigateway listening on {listen:?}, TLS on {tls_listen:?}");
     server.run_forever()
+}
+
+fn explain(snapshot: Snapshot, method: &str, url: &str, headers: &[String]) -> ExitCode {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|h| h.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let req = match apigateway::services::admin::request_head(method, url, &headers) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("apigateway explain: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let Ok(runtime) = runtime else {
+        eprintln!("apigateway explain: cannot start a runtime");
+        return ExitCode::FAILURE;
+    };
+    let snapshot = Arc::new(snapshot);
+    let answer = runtime.block_on(apigateway::proxy::explain::explain(&snapshot, &req, None));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&answer).unwrap_or_default()
+    );
+    ExitCode::SUCCESS
 }
 
 fn new_key() -> ExitCode {

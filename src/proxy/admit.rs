@@ -137,7 +137,7 @@ fn check_network(
 }
 
 /// Verifies the caller against the route's auth policy.
-async fn authenticate(
+pub(super) async fn authenticate(
     snapshot: &Snapshot,
     req: &RequestHeader,
     ctx: &mut RequestCtx,
@@ -154,7 +154,7 @@ async fn authenticate(
 }
 
 /// Sets the service the request goes to: the route's own, or its split's choice.
-fn choose_destination(req: &RequestHeader, ctx: &mut RequestCtx) {
+pub(super) fn choose_destination(req: &RequestHeader, ctx: &mut RequestCtx) {
     let Some(target) = ctx.target() else {
         return;
     };
@@ -212,7 +212,7 @@ async fn rate_limit(
 
 /// Renders a template rewrite now that the caller is known. A claim the path needs but the
 /// caller lacks refuses the request rather than forwarding a path missing a segment.
-fn finish_route(snapshot: &Snapshot, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+pub(super) fn finish_route(snapshot: &Snapshot, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
     let Some(mut route) = ctx.route.take() else {
         return Ok(());
     };

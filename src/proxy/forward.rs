@@ -5,7 +5,6 @@ use crate::edge::headers::{Hop, forwarded_headers};
 use crate::upstream::HashKey;
 use http::HeaderValue;
 use pingora::http::RequestHeader;
-use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -90,7 +89,7 @@ pub(super) fn set_headers(
 /// The bytes a consistent-hash service hashes for this request.
 pub(super) fn hash_key<'a>(
     key: Option<&HashKey>,
-    session: &'a Session,
+    req: &'a RequestHeader,
     client: Option<IpAddr>,
 ) -> Cow<'a, [u8]> {
     match key {
@@ -100,13 +99,9 @@ pub(super) fn hash_key<'a>(
                 .map(|ip| ip.to_string().into_bytes())
                 .unwrap_or_default(),
         ),
-        Some(HashKey::Path) => Cow::Borrowed(session.req_header().uri.path().as_bytes()),
-        Some(HashKey::Header(name)) => Cow::Borrowed(
-            session
-                .req_header()
-                .headers
-                .get(name)
-                .map_or(&[][..], |v| v.as_bytes()),
-        ),
+        Some(HashKey::Path) => Cow::Borrowed(req.uri.path().as_bytes()),
+        Some(HashKey::Header(name)) => {
+            Cow::Borrowed(req.headers.get(name).map_or(&[][..], |v| v.as_bytes()))
+        }
     }
 }

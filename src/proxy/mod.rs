@@ -9,6 +9,7 @@
 mod admit;
 mod answer;
 mod ctx;
+pub mod explain;
 mod forward;
 mod report;
 
@@ -189,7 +190,7 @@ impl ProxyHttp for Gateway {
         ) else {
             return Err(Self::fail(ctx, GatewayError::Internal, 500));
         };
-        let key = forward::hash_key(pool.hash_key(), session, ctx.inbound.client_ip);
+        let key = forward::hash_key(pool.hash_key(), session.req_header(), ctx.inbound.client_ip);
         let picked = ctx.attempts.pick(pool, &key, target.websocket);
         match picked {
             Ok(peer) => {

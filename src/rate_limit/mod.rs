@@ -314,6 +314,14 @@ impl Limiter {
     }
 
     /// Resolves a route's `rate_limits` list (None = the default policy) into policy indexes.
+    /// The name of policy `index`, as configured.
+    pub fn policy_name(&self, index: usize) -> Option<&str> {
+        self.by_name
+            .iter()
+            .find(|(_, i)| **i == index)
+            .map(|(n, _)| n.as_str())
+    }
+
     pub fn route_policies(&self, names: Option<&[String]>) -> Result<Vec<usize>, String> {
         match names {
             None => Ok(self.default.into_iter().collect()),

@@ -11,6 +11,7 @@
 //! request conditions (`match:`) beats one without, then file order. A route whose host,
 //! methods or conditions reject the request is passed over for the next candidate.
 
+mod explain;
 mod pattern;
 mod rewrite;
 #[cfg(test)]
@@ -20,6 +21,7 @@ use crate::errors::GatewayError;
 use crate::identity::Identity;
 use crate::invalid::Invalid;
 use crate::template::{Missing, TemplateScope, TemplateVars};
+pub use explain::Verdict;
 use http::Method;
 pub use pattern::param_names;
 use pattern::{Matcher, Segment, Tail, shadows};

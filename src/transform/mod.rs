@@ -241,7 +241,7 @@ impl HeaderOps {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.rename.is_empty() && self.writes.is_empty()
     }
 }

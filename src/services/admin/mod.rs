@@ -19,8 +19,16 @@ const STATUS_PAGE: &str = include_str!("page.html");
 /// The largest request body (a config document) the admin API reads.
 const MAX_BODY: usize = 4 << 20;
 
+/// What `POST /admin/explain` asks: the proxy layer explains, this layer only serves it.
+#[async_trait]
+pub trait Explain: Send + Sync {
+    /// What the gateway would do with this request head.
+    async fn explain(&self, req: pingora::http::RequestHeader) -> serde_json::Value;
+}
+
 /// Serves the admin endpoints.
 pub struct AdminApp {
+    explainer: Option<Arc<dyn Explain>>,
     snapshot: SharedSnapshot,
     source: ConfigSource,
     /// This node's fleet state, in etcd mode.
@@ -59,9 +67,11 @@ impl AdminApp {
         source: ConfigSource,
         node: Option<Arc<NodeState>>,
         token: Option<String>,
+        explainer: Option<Arc<dyn Explain>>,
     ) -> AdminApp {
         use sha2::{Digest, Sha256};
         AdminApp {
+            explainer,
             snapshot,
             source,
             node,
@@ -196,9 +206,65 @@ impl AdminApp {
             (&Method::GET, "/admin/routes") => self.routes(),
             (&Method::GET, "/admin/services") => self.services(),
             (&Method::GET, "/admin/nodes") => self.nodes().await,
+            (&Method::POST, "/admin/explain") => match read_body(session).await {
+                Ok(body) => self.explain(&body).await,
+                Err(a) => a,
+            },
             _ => Answer::error(404, "Not found"),
         }
     }
+}
+
+impl AdminApp {
+    /// `POST /admin/explain` with `{"method": "GET", "url": "/api/users/42", "headers":
+    /// {"Authorization": "Bearer …"}}` (method defaults to GET).
+    async fn explain(&self, body: &[u8]) -> Answer {
+        let Some(explainer) = &self.explainer else {
+            return Answer::error(404, "explain is not available here");
+        };
+        let asked: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return Answer::error(400, &format!("the body must be JSON: {e}")),
+        };
+        let method = asked["method"].as_str().unwrap_or("GET");
+        let Some(url) = asked["url"].as_str() else {
+            return Answer::error(400, "give the request's url (a path, or a full URL)");
+        };
+        let headers: Vec<(String, String)> = asked["headers"]
+            .as_object()
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match request_head(method, url, &headers) {
+            Ok(req) => Answer::json(200, explainer.explain(req).await),
+            Err(e) => Answer::error(400, &e),
+        }
+    }
+}
+
+/// A request head from a method, a URL (path or absolute) and headers; the URL's host
+/// becomes `Host` unless one is given.
+pub fn request_head(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+) -> Result<pingora::http::RequestHeader, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("url {url:?}: {e}"))?;
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = pingora::http::RequestHeader::build(method, target.as_bytes(), None)
+        .map_err(|e| format!("method {method:?}: {e}"))?;
+    if let Some(authority) = uri.authority() {
+        req.insert_header(http::header::HOST, authority.as_str())
+            .map_err(|e| e.to_string())?;
+    }
+    for (name, value) in headers {
+        req.insert_header(name.clone(), value.as_str())
+            .map_err(|e| format!("header {name:?}: {e}"))?;
+    }
+    Ok(req)
 }
 
 /// The request body, up to [`MAX_BODY`].
