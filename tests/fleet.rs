@@ -161,3 +161,29 @@ fn without_etcd_or_a_cache_a_node_refuses_to_start() {
     assert!(out.contains("cannot reach etcd"), "{out}");
     assert!(out.contains("no cached config"), "{out}");
 }
+
+#[tokio::test]
+async fn a_node_logs_in_with_a_user_and_a_password_file() {
+    let mut etcd = EtcdServer::start();
+    let upstream = JsonServer::start(r#"{"ok":true}"#.into()).await;
+    etcd.put("/secured/config", &shared_config(&upstream, ""));
+    etcd.enable_auth("s3cret-pass");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret-pass\n").unwrap();
+    let boot = |password_file: &str| {
+        format!(
+            "config_source:\n  etcd:\n    endpoints: ['{}']\n    prefix: /secured\n    username: root\n    password_file: {}\n    cache_file: {}\n",
+            etcd.endpoint(),
+            dir.path().join(password_file).display(),
+            dir.path().join("cache.json").display()
+        )
+    };
+    let gw = Gateway::start(&boot("pw"));
+    assert_eq!(status(&gw, "/one").await, 200);
+    drop(gw);
+    std::fs::write(dir.path().join("wrong"), "nope").unwrap();
+    std::fs::remove_file(dir.path().join("cache.json")).unwrap();
+    let (ok, out, _) = check_config(&format!("listen: ['127.0.0.1:0']\n{}", boot("wrong")));
+    assert!(!ok, "{out}");
+    assert!(out.contains("no cached config"), "{out}");
+}

@@ -10,6 +10,8 @@ pub struct EtcdServer {
     peer_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `root:PASSWORD` once authentication is on.
+    user: Option<String>,
 }
 
 impl EtcdServer {
@@ -19,6 +21,7 @@ impl EtcdServer {
             peer_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
+            user: None,
         };
         e.restart();
         e
@@ -78,6 +81,7 @@ impl EtcdServer {
         let mut child = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &self.endpoint(), "--dial-timeout", "1s"])
+            .args(self.user.iter().flat_map(|u| ["--user", u.as_str()]))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -98,6 +102,18 @@ impl EtcdServer {
             true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
             false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
         }
+    }
+
+    /// Turns authentication on, with a `root` user of `password`.
+    #[allow(dead_code)]
+    pub fn enable_auth(&mut self, password: &str) {
+        let add = ["user", "add", "root", "--interactive=false"];
+        self.ctl(&add, Some(&format!("{password}\n")))
+            .expect("user add");
+        self.ctl(&["user", "grant-role", "root", "root"], None)
+            .expect("grant");
+        self.ctl(&["auth", "enable"], None).expect("auth enable");
+        self.user = Some(format!("root:{password}"));
     }
 
     /// Puts `value` at `key`.
