@@ -12,6 +12,8 @@ pub struct Invalid {
     pub key: String,
     /// What is wrong, in words a user can act on.
     pub reason: String,
+    /// Further errors found in the same pass (sibling routes), so a user fixes them at once.
+    pub more: Vec<Invalid>,
 }
 
 impl Invalid {
@@ -19,7 +21,18 @@ impl Invalid {
         Invalid {
             key: key.into(),
             reason: reason.into(),
+            more: Vec::new(),
         }
+    }
+
+    /// The first of `errors` carrying the rest; `None` when there are none.
+    pub fn all(mut errors: Vec<Invalid>) -> Option<Invalid> {
+        if errors.is_empty() {
+            return None;
+        }
+        let mut first = errors.remove(0);
+        first.more.extend(errors);
+        Some(first)
     }
 
     /// The same error seen from an enclosing section: `field` becomes `prefix.field`.
@@ -29,6 +42,7 @@ impl Invalid {
         } else {
             format!("{prefix}.{}", self.key)
         };
+        self.more = self.more.into_iter().map(|m| m.within(prefix)).collect();
         self
     }
 }

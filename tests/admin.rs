@@ -83,7 +83,11 @@ async fn file_mode_config_is_guarded_validated_swapped_and_kept() {
     let current = config["yaml"].as_str().unwrap().to_string();
 
     // Invalid: 400 naming the key, nothing written.
-    let broken = current.replace("service: api}", "service: ghost}");
+    // Every route's error at once.
+    let broken = format!(
+        "{}  - {{path: /bad, service: nope}}\n",
+        current.replace("service: api}", "service: ghost}")
+    );
     let put = reqwest::Method::PUT;
     let (status, body) = call(
         admin,
@@ -95,6 +99,7 @@ async fn file_mode_config_is_guarded_validated_swapped_and_kept() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errors"][0]["key"], "routes[0].service", "{body}");
+    assert_eq!(body["errors"][1]["key"], "routes[1].service", "{body}");
     let on_disk = std::fs::read_to_string(gw.dir().join("gateway.yaml")).unwrap();
     assert_eq!(on_disk, current);
 

@@ -116,6 +116,8 @@ pub enum ConfigError {
         key: String,
         reason: String,
         line: Option<usize>,
+        /// Further errors found in the same pass: key, reason, line.
+        more: Vec<(String, String, Option<usize>)>,
     },
 }
 
@@ -131,12 +133,19 @@ impl fmt::Display for ConfigError {
                 key,
                 reason,
                 line,
+                more,
             } => {
                 write!(f, "{}: {key}: {reason}", file.display())?;
-                match line {
-                    Some(n) => write!(f, " (line {n})"),
-                    None => Ok(()),
+                if let Some(n) = line {
+                    write!(f, " (line {n})")?;
                 }
+                for (key, reason, line) in more {
+                    write!(f, "\n  and {key}: {reason}")?;
+                    if let Some(n) = line {
+                        write!(f, " (line {n})")?;
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -155,11 +164,20 @@ impl ConfigError {
     /// A compile step's error in a document whose text is at hand.
     pub fn invalid_in(name: &Path, text: &str, e: Invalid) -> Self {
         let line = locate::line_of(text, &e.key);
+        let more = e
+            .more
+            .into_iter()
+            .map(|m| {
+                let line = locate::line_of(text, &m.key);
+                (m.key, m.reason, line)
+            })
+            .collect();
         ConfigError::Invalid {
             file: name.to_path_buf(),
             key: e.key,
             reason: e.reason,
             line,
+            more,
         }
     }
 

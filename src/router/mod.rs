@@ -123,24 +123,36 @@ impl<S> RouteTable<S> {
             routes: Vec::with_capacity(specs.len()),
             nodes: vec![Node::default()],
         };
+        // Every route is compiled even after one fails, so all their errors are reported.
+        let mut errors = Vec::new();
         for (index, spec) in specs.iter().enumerate() {
             let within = |e: Invalid| e.within(&format!("routes[{index}]"));
-            let target = resolve(index).map_err(within)?;
-            let route = compile_route(index, spec, target).map_err(within)?;
+            let route = resolve(index).and_then(|target| compile_route(index, spec, target));
+            let route = match route {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(within(e));
+                    continue;
+                }
+            };
             if let Some(other) = table
                 .routes
                 .iter()
                 .find(|r| shadows(&r.matcher, &route.matcher))
             {
-                return Err(within(Invalid::new(
+                errors.push(within(Invalid::new(
                     "path",
                     format!(
                         "duplicates {} (same path pattern {:?}, host and methods): it could never match",
                         other.name, other.pattern
                     ),
                 )));
+                continue;
             }
             table.insert(route);
+        }
+        if let Some(e) = Invalid::all(errors) {
+            return Err(e);
         }
         table.sort_candidates();
         Ok(table)

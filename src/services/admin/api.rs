@@ -214,17 +214,26 @@ impl AdminApp {
     }
 }
 
-/// 400 naming the key path of what is wrong; nothing was applied.
+/// 400 naming the key path of everything wrong found; nothing was applied.
 fn invalid(e: &ConfigError) -> Answer {
-    let (key, line) = match e {
-        ConfigError::Invalid { key, line, .. } => (Some(key.as_str()), *line),
-        _ => (None, None),
+    let errors: Vec<serde_json::Value> = match e {
+        ConfigError::Invalid {
+            key,
+            reason,
+            line,
+            more,
+            ..
+        } => std::iter::once((key, reason, line))
+            .chain(more.iter().map(|(k, r, l)| (k, r, l)))
+            .map(|(key, reason, line)| json!({"key": key, "line": line, "message": reason}))
+            .collect(),
+        other => vec![json!({"key": null, "line": null, "message": other.to_string()})],
     };
     Answer::json(
         400,
         json!({
             "error": "invalid configuration; nothing was applied",
-            "errors": [{"key": key, "line": line, "message": e.to_string()}],
+            "errors": errors,
             "status": 400,
         }),
     )
