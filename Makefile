@@ -33,11 +33,13 @@ lint:
 unit:
 	$(CARGO) test --all-targets
 
-## Licenses, version floors of crates with advisories, and sources of every dependency
-## (deny.toml). Installs cargo-deny on first use.
+## Licenses, version floors of crates with advisories, sources of every dependency
+## (deny.toml), and RustSec advisories against ../shared/advisory-db when it exists
+## (.ci/advisories.sh). Installs cargo-deny on first use.
 deny:
 	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install cargo-deny --locked
 	$(CARGO) deny check licenses bans sources
+	.ci/advisories.sh
 
 ## make bench: gateway vs nginx (and HAProxy) on this machine; see bench/README.md.
 bench: deps
