@@ -72,6 +72,10 @@ pub enum GatewayError {
     TooManyInvalidTokens { retry_after: u64 },
     /// A WebSocket handshake on a route without `websocket: true`.
     UpgradeNotAllowed,
+    /// An `Expect` the gateway cannot meet (only `100-continue` is defined).
+    ExpectationFailed,
+    /// A request line with an HTTP major version other than 1 (on an HTTP/1 connection).
+    VersionNotSupported,
     /// A rate-limit policy refused the request; it carries the limit headers to send
     /// (`X-RateLimit-*`, `RateLimit*`, `Retry-After`) so errors need not know the limiter.
     RateLimited(Box<[(&'static str, http::HeaderValue)]>),
@@ -119,6 +123,8 @@ impl GatewayError {
             | GatewayError::TooManyInvalidTokens { .. } => 429,
             GatewayError::LimiterUnavailable | GatewayError::TooManyConnections => 503,
             GatewayError::RequestTimeout => 408,
+            GatewayError::ExpectationFailed => 417,
+            GatewayError::VersionNotSupported => 505,
             GatewayError::AggregateCallFailed { .. } | GatewayError::AggregateConflict { .. } => {
                 502
             }
@@ -265,6 +271,12 @@ impl fmt::Display for GatewayError {
             }
             GatewayError::UpgradeNotAllowed => {
                 f.write_str("Bad request: WebSocket upgrades are not enabled on this route")
+            }
+            GatewayError::ExpectationFailed => {
+                f.write_str("Expectation failed: only Expect: 100-continue is supported")
+            }
+            GatewayError::VersionNotSupported => {
+                f.write_str("HTTP version not supported: use HTTP/1.1 or HTTP/2")
             }
             GatewayError::RateLimited(_) => f.write_str("Rate limit exceeded"),
             GatewayError::QuotaExceeded(_) => f.write_str("Quota exceeded"),

@@ -85,6 +85,9 @@ pub struct GatewayConfig {
     /// The security-header preset and its overrides (on by default).
     #[serde(default)]
     pub security_headers: Option<crate::edge::headers::SecurityHeadersConfig>,
+    /// The `Via` entry added to requests sent upstream.
+    #[serde(default)]
+    pub via: crate::edge::protocol::ViaConfig,
     /// Request size limits.
     #[serde(default)]
     pub limits: crate::edge::SizeLimits,

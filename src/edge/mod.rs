@@ -9,6 +9,7 @@ pub mod cors;
 pub mod headers;
 mod inbound;
 pub mod ip_access;
+pub mod protocol;
 
 pub use client_ip::ClientIpResolver;
 pub use inbound::{BodyLimit, Inbound};

@@ -2,6 +2,7 @@
 
 use super::ctx::RequestCtx;
 use crate::cache::CacheUse;
+use crate::edge::protocol::Protocol;
 use crate::edge::{self, NormalizedPath, cors};
 use crate::errors::GatewayError;
 use crate::rate_limit::KeyInputs;
@@ -30,6 +31,8 @@ pub(super) enum Answer {
     Json(Bytes),
     /// A CORS preflight answer.
     Preflight(Box<ResponseHeader>),
+    /// `OPTIONS *`, or `OPTIONS` with `Max-Forwards: 0`: the gateway answers it.
+    Options,
 }
 
 impl From<GatewayError> for Answer {
@@ -69,6 +72,9 @@ pub(super) async fn admit(
         Some(h1.get_headers_raw_bytes())
     })?;
     snapshot.sizes.check_head(session.req_header())?;
+    if edge::protocol::check_request(session.req_header())? == Protocol::AnswerOptions {
+        return Ok(Admit::Answer(Answer::Options));
+    }
     let path =
         edge::normalize_path(session.req_header().uri.path()).map_err(GatewayError::BadRequest)?;
     if let Some(login) = snapshot.auth().and_then(|a| a.login.as_ref())

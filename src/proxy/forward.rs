@@ -63,6 +63,12 @@ pub(super) fn set_headers(
         None => req.headers.get(http::header::HOST).cloned(),
     };
     upstream.insert_header("x-gateway-route", pool.name_value.clone())?;
+    if let Some(via) = &snapshot.via {
+        upstream.append_header(http::header::VIA, via.value(req.version).clone())?;
+    }
+    if let Some(hops) = crate::edge::protocol::forwarded_max_forwards(req) {
+        upstream.insert_header(http::header::MAX_FORWARDS, hops)?;
+    }
     upstream.insert_header("x-request-id", ctx.inbound.request_id_value().clone())?;
     if let Some(auth) = snapshot.auth() {
         auth.strip_client_copies(upstream, target.policy.forward_authorization)?;

@@ -54,6 +54,14 @@ impl Gateway {
         match a {
             Answer::Refused(e) => respond(session, ctx, &e).await,
             Answer::Json(body) => respond_json(session, ctx, body, &[]).await,
+            Answer::Options => {
+                let mut header = ResponseHeader::build(200, Some(3))?;
+                header.insert_header(http::header::ALLOW, edge::protocol::ALLOW_ALL)?;
+                header.insert_header(http::header::CONTENT_LENGTH, "0")?;
+                ctx.inbound.decorate(&mut header, None, None);
+                write(session, header, Bytes::new()).await?;
+                Ok(true)
+            }
             Answer::Preflight(mut header) => {
                 // The preflight carries its own CORS headers and no rate-limit report.
                 let security = ctx.target().map(|t| &*t.security);

@@ -144,6 +144,7 @@ where
                 Err(HeadFailure::Refused(error)) => {
                     crate::metrics::connection_closed(match error {
                         GatewayError::RequestTimeout => "header_timeout",
+                        GatewayError::VersionNotSupported => "version_not_supported",
                         _ => "head_too_large",
                     });
                     let _ = stream.write_all(&error.to_http1_bytes("")).await;
@@ -215,6 +216,9 @@ async fn read_head(
     let mut scanned = 0;
     loop {
         if head_complete(&buf, scanned) {
+            if crate::edge::protocol::unsupported_version(&buf) {
+                return Err(HeadFailure::Refused(GatewayError::VersionNotSupported));
+            }
             return Ok(buf);
         }
         scanned = buf.len();

@@ -65,6 +65,8 @@ pub struct Snapshot {
     pub cors: Option<Arc<Cors>>,
     /// The top-level security headers, for answers given before a route is known.
     pub security: Arc<SecurityHeaders>,
+    /// The `Via` entry for requests sent upstream (`None`: turned off).
+    pub via: Option<crate::edge::protocol::Via>,
     /// Request size limits (the `limits:` section).
     pub sizes: SizeLimits,
     /// Client deadlines and the connection limit.
@@ -201,6 +203,7 @@ impl Snapshot {
             cache,
             cors,
             security,
+            via: crate::edge::protocol::Via::compile(&cfg.via, "via")?,
             sizes: cfg.limits,
             client: cfg.client,
             server: cfg.server.clone(),
