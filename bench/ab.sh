@@ -5,7 +5,8 @@
 # rate limit with its headers, security headers on). Prints each round and, per route, the
 # median req/s and proxy CPU µs per request of both sides and NEW/OLD.
 # ROUNDS (9), DURATION (5s), CONNECTIONS (50), THREADS (gateway threads, 1), ROUTES
-# ("plain full") override.
+# ("plain full") override; OLD_EXTRA / NEW_EXTRA add top-level YAML to one side's config (the
+# same binary twice with a setting on and off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
@@ -13,6 +14,7 @@ OLD=${1:?usage: bench/ab.sh OLD_BINARY NEW_BINARY}
 NEW=${2:?usage: bench/ab.sh OLD_BINARY NEW_BINARY}
 ROUNDS=${ROUNDS:-9}; DURATION=${DURATION:-5s}; CONNECTIONS=${CONNECTIONS:-50}; THREADS=${THREADS:-1}
 ROUTES=${ROUTES:-plain full}
+OLD_EXTRA=${OLD_EXTRA:-}; NEW_EXTRA=${NEW_EXTRA:-}
 install_missing wrk:wrk nginx:nginx openssl:openssl
 bench_workdir
 
@@ -23,7 +25,8 @@ wait_port "$UP"
 declare -A GW_PID
 start_gateway() { # NAME BINARY PORT
   local p=$3
-  { gateway_head "$1" "$p" "$THREADS"; cat; } > "$WORK/$1.yaml" <<YAML
+  local extra=$OLD_EXTRA; [ "$1" = new ] && extra=$NEW_EXTRA
+  { gateway_head "$1" "$p" "$THREADS"; echo "$extra"; cat; } > "$WORK/$1.yaml" <<YAML
 routes:
   - {path: /api/users, service: users, security_headers: {enabled: false}}
   - {path: /api/full, service: users, auth: required, roles: [user], rate_limits: [per_user]}

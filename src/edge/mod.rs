@@ -143,8 +143,12 @@ fn check_content_lengths(headers: &http::HeaderMap) -> Result<(), &'static str> 
 /// Pingora relays such responses as they are; the gateway answers 502 and drops the
 /// connection instead.
 pub fn check_response_framing(resp: &pingora::http::ResponseHeader) -> Result<(), &'static str> {
-    if resp.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && resp.headers.contains_key(http::header::CONTENT_LENGTH)
+    use pingora::protocols::http::v1::client::ContentLengthDropped;
+    // Pingora's HTTP/1 client drops the `Content-Length` of such an answer before any hook
+    // runs; our patch of it (vendor/pingora-core) leaves this mark instead of nothing.
+    if (resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && resp.headers.contains_key(http::header::CONTENT_LENGTH))
+        || resp.extensions.get::<ContentLengthDropped>().is_some()
     {
         return Err("both Content-Length and Transfer-Encoding");
     }
