@@ -60,6 +60,13 @@ pub(super) async fn admit(
         .read(session.req_header(), peer, tls, &snapshot.client_ip);
     ctx.body
         .set_deadline(ctx.inbound.started + snapshot.client.body_deadline);
+    // HTTP/1 connections get it in the connection layer; an HTTP/2 stream whose client never
+    // opens its flow-control window would otherwise hold its response forever.
+    if session.as_downstream().is_http2() {
+        session
+            .as_downstream_mut()
+            .set_write_timeout(Some(snapshot.client.send_timeout));
+    }
     let peer_trusted = peer.is_some_and(|p| snapshot.client_ip.is_trusted(&p));
     ctx.trace.start(
         snapshot.tracing.as_ref(),
