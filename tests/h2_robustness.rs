@@ -264,3 +264,93 @@ async fn a_zero_window_stream_is_reset_after_the_send_timeout() {
     );
     others_are_served(&site.gw).await;
 }
+
+/// Sends `frames` after the preface and a SETTINGS, and reads what comes back until the
+/// gateway closes or goes quiet; the GOAWAY error code, or the RST_STREAM code on stream 1.
+fn exchange(port: u16, frames: &[u8]) -> (Option<u32>, Option<u32>) {
+    let mut s = connect(port);
+    let mut all = PREFACE.to_vec();
+    all.extend(frame(SETTINGS, 0, 0, &[]));
+    all.extend_from_slice(frames);
+    s.write_all(&all).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let (mut goaway, mut reset) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && goaway.is_none() && reset.is_none() {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        let mut at = 0;
+        while at + 9 <= got.len() {
+            let len =
+                ((got[at] as usize) << 16) | ((got[at + 1] as usize) << 8) | got[at + 2] as usize;
+            if at + 9 + len > got.len() {
+                break;
+            }
+            let body = &got[at + 9..at + 9 + len];
+            let stream = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
+            match got[at + 3] {
+                7 if body.len() >= 8 => {
+                    goaway = Some(u32::from_be_bytes([body[4], body[5], body[6], body[7]]))
+                }
+                3 if stream == 1 && body.len() >= 4 => {
+                    reset = Some(u32::from_be_bytes([body[0], body[1], body[2], body[3]]))
+                }
+                _ => {}
+            }
+            at += 9 + len;
+        }
+    }
+    (goaway, reset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hpack_stream_state_and_header_size_errors_are_protocol_errors() {
+    let site = site().await;
+    let p = site.gw.port;
+    // An HPACK index far past both tables: a connection error (RFC 9113 §4.3 names
+    // COMPRESSION_ERROR (9); the h2 crate answers PROTOCOL_ERROR (1)).
+    let bad_index = frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &[0xff, 0xff, 0xff, 0x7f],
+    );
+    let goaway = exchange(p, &bad_index).0;
+    assert!(matches!(goaway, Some(1) | Some(9)), "{goaway:?}");
+    // DATA on a stream never opened (idle): PROTOCOL_ERROR (1) for the connection.
+    let idle_data = frame(0, END_STREAM, 3, b"x");
+    assert_eq!(exchange(p, &idle_data).0, Some(1));
+    // A header list over the limit: refused (the stream reset, or the connection closed),
+    // never forwarded.
+    let mut block = get_block();
+    block.extend([0x00, 0x05]);
+    block.extend(b"x-big");
+    block.extend([0x7f, 0x81, 0xff, 0x03]); // value length 127 + 0x81 + 0x7f*128... ≈ 65 KiB
+    block.resize(block.len() + 65 * 1024, b'a');
+    let mut big = Vec::new();
+    for (i, chunk) in block.chunks(16 * 1024).enumerate() {
+        let last = (i + 1) * 16 * 1024 >= block.len();
+        let (kind, flags) = if i == 0 {
+            (HEADERS, END_STREAM)
+        } else {
+            (CONTINUATION, 0)
+        };
+        big.extend(frame(
+            kind,
+            flags | if last { END_HEADERS } else { 0 },
+            1,
+            chunk,
+        ));
+    }
+    let (goaway, reset) = exchange(p, &big);
+    assert!(
+        goaway.is_some() || reset.is_some(),
+        "an oversized header list was accepted"
+    );
+    assert_eq!(site._up.requests(), 0, "nothing reached the upstream");
+    others_are_served(&site.gw).await;
+}
