@@ -37,6 +37,8 @@ enum Fault {
     /// A normal keep-alive 200, then the upstream closes the idle connection (as when its
     /// keep-alive timeout is shorter than the gateway's pool idle time).
     OkThenClose,
+    /// A 103 Early Hints, then the 200.
+    EarlyHints,
 }
 
 struct FaultServer {
@@ -153,6 +155,9 @@ fn serve(
                 a.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
                 a
             }
+            Fault::EarlyHints => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+                HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                .to_vec(),
             Fault::Close => return,
             Fault::Silent => {
                 std::thread::sleep(Duration::from_secs(10));
@@ -237,6 +242,44 @@ async fn malformed_and_broken_responses_are_json_502_and_never_reused() {
             "a broken connection was reused"
         );
     }
+}
+
+// Multi-threaded: the raw client blocks this thread while the gateway proxies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interim_1xx_answer_never_stands_in_for_the_final_one() {
+    let up = FaultServer::start(Fault::EarlyHints);
+    let gw = gateway(&[up.addr], NO_RETRY_NO_BREAKER);
+    let request = b"GET /api/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    // RFC 9110 §15.2: relayed or dropped, and the final answer follows whole.
+    let answer = read_until_close(gw.port, request);
+    let last = answer.rfind("HTTP/1.1 ").unwrap();
+    assert!(answer[last..].starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello"), "{answer}");
+    // The interim answer is relayed as the upstream sent it, not decorated as a final one.
+    let interim = &answer[..last];
+    assert!(interim.starts_with("HTTP/1.1 103"), "{answer}");
+    assert!(
+        !interim.to_ascii_lowercase().contains("x-request-id"),
+        "{answer}"
+    );
+    // RFC 9110 §15.2: a server MUST NOT send a 1xx answer to an HTTP/1.0 client.
+    let old = read_until_close(gw.port, b"GET /api/x HTTP/1.0\r\nHost: t\r\n\r\n");
+    assert!(old.starts_with("HTTP/1.1 200"), "{old}");
+    assert!(!old.contains(" 103 "), "{old}");
+    assert!(old.ends_with("hello"), "{old}");
+}
+
+/// Sends `request` and reads until the gateway closes: unlike `raw_request`, which stops at
+/// the first complete answer, this sees an interim answer and the final one after it.
+fn read_until_close(port: u16, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]

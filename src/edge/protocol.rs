@@ -4,7 +4,7 @@
 use crate::errors::GatewayError;
 use crate::invalid::Invalid;
 use http::{HeaderValue, Method, Version};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 
 /// `via:` (top level): the `Via` entry added to every request sent upstream. RFC 9110 §7.6.3
@@ -156,6 +156,19 @@ pub fn unsupported_version(head: &[u8]) -> bool {
     }
 }
 
+/// An interim answer (1xx other than 101 Switching Protocols, which ends the HTTP exchange
+/// itself). Pingora relays it to the client as the upstream sent it (RFC 9110 §15.2); the
+/// response stages belong to the final answer that follows and skip it.
+pub fn is_interim(resp: &ResponseHeader) -> bool {
+    resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// Whether interim (1xx) answers must be held back from this client: RFC 9110 §15.2 forbids
+/// sending them to an HTTP/1.0 client, which would take the first one for the final answer.
+pub fn holds_interim_answers(req: &RequestHeader) -> bool {
+    req.version == Version::HTTP_10 || req.version == Version::HTTP_09
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +200,18 @@ mod tests {
             forwarded_max_forwards(&options("3")),
             Some(HeaderValue::from(2u64))
         );
+    }
+
+    #[test]
+    fn interim_answers_are_1xx_but_101_and_held_from_http10() {
+        let answer = |code| ResponseHeader::build(code, None).unwrap();
+        assert!(is_interim(&answer(103)));
+        assert!(is_interim(&answer(100)));
+        assert!(!is_interim(&answer(101)));
+        assert!(!is_interim(&answer(200)));
+        let old = with_version(request("GET", "/", &[]), Version::HTTP_10);
+        assert!(holds_interim_answers(&old));
+        assert!(!holds_interim_answers(&request("GET", "/", &[])));
     }
 
     #[test]

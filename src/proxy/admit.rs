@@ -12,6 +12,7 @@ use crate::traffic::{Destination, MirrorCopy, SplitInputs};
 use bytes::Bytes;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -66,6 +67,11 @@ pub(super) async fn admit(
         session
             .as_downstream_mut()
             .set_write_timeout(Some(snapshot.client.send_timeout));
+    }
+    if edge::protocol::holds_interim_answers(session.req_header())
+        && let ServerSession::H1(h1) = session.as_downstream_mut()
+    {
+        h1.set_ignore_info_resp(true);
     }
     let peer_trusted = peer.is_some_and(|p| snapshot.client_ip.is_trusted(&p));
     ctx.trace.start(

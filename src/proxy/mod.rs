@@ -270,6 +270,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if edge::protocol::is_interim(upstream_response) {
+            return Ok(());
+        }
         let Some(pool) = ctx::pool_of(&ctx.snapshot, &ctx.destination) else {
             return Ok(());
         };
@@ -305,6 +308,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if edge::protocol::is_interim(upstream_response) {
+            return Ok(());
+        }
         decorate(ctx, upstream_response);
         ctx.cache.on_response(&session.cache, upstream_response);
         close_if_draining(session);
