@@ -84,6 +84,9 @@ pub enum GatewayError {
     QuotaExceeded(Box<[(&'static str, http::HeaderValue)]>),
     /// The shared rate-limit store is down and `on_store_error: deny`.
     LimiterUnavailable,
+    /// The route's script failed (limits, a runtime error, a bad return value); what went
+    /// wrong is logged, never sent.
+    ScriptFailed,
     /// A required call of an aggregate route failed.
     AggregateCallFailed { call: String, reason: String },
     /// Two calls of a `top_level` aggregate set the same field and `on_conflict: error`.
@@ -103,7 +106,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => 400,
             GatewayError::NoHealthyBackend { .. } | GatewayError::UpstreamUnavailable => 502,
             GatewayError::UpstreamTimeout => 504,
-            GatewayError::Internal => 500,
+            GatewayError::Internal | GatewayError::ScriptFailed => 500,
             GatewayError::Unauthorized { .. } | GatewayError::InvalidCredentials => 401,
             GatewayError::Forbidden
             | GatewayError::IpNotAllowed
@@ -235,6 +238,7 @@ impl fmt::Display for GatewayError {
             GatewayError::UpstreamUnavailable => f.write_str("Upstream unavailable"),
             GatewayError::UpstreamTimeout => f.write_str("Upstream timed out"),
             GatewayError::Internal => f.write_str("Internal gateway error"),
+            GatewayError::ScriptFailed => f.write_str("Script error"),
             GatewayError::Unauthorized {
                 token_present: false,
             } => f.write_str("No token provided"),

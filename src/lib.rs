@@ -36,6 +36,7 @@ pub mod consumer;
 pub mod edge;
 pub mod rate_limit;
 pub mod router;
+pub mod script;
 pub mod tls;
 pub mod trace;
 pub mod traffic;

@@ -41,6 +41,7 @@ struct Metrics {
     discovered: IntGaugeVec,
     compressed: IntCounterVec,
     cache_requests: IntCounterVec,
+    script_errors: IntCounterVec,
     cache_evictions: IntCounter,
     cache_lock_waits: IntCounter,
     cache_bytes: prometheus::IntGauge,
@@ -203,6 +204,12 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "Requests on cached routes, by cache status (hit, miss, expired, stale, revalidated, bypass)",
             &["status"],
         ),
+        script_errors: counter(
+            "apigateway_script_errors_total",
+            "Script calls that failed (the client got 500 Script error), by route, hook and \
+             reason (operations, call_depth, size, timeout, error, return_type)",
+            &["route", "hook", "reason"],
+        ),
         cache_evictions: register(
             &r,
             IntCounter::new(
@@ -332,6 +339,14 @@ pub fn cache_outcome(status: &'static str) {
         _ => "bypass",
     };
     METRICS.cache_requests.with_label_values(&[label]).inc();
+}
+
+/// Counts a failed script call.
+pub fn record_script_error(route: &str, hook: &str, reason: &str) {
+    METRICS
+        .script_errors
+        .with_label_values(&[route, hook, reason])
+        .inc();
 }
 
 /// Counts an entry evicted for space.
@@ -485,7 +500,7 @@ pub fn render() -> Vec<u8> {
 pub fn catalogue() -> Vec<(String, Vec<String>)> {
     use prometheus::core::Collector;
     let m = &*METRICS;
-    let collectors: [&dyn Collector; 26] = [
+    let collectors: [&dyn Collector; 27] = [
         &m.requests,
         &m.duration,
         &m.upstream,
@@ -508,6 +523,7 @@ pub fn catalogue() -> Vec<(String, Vec<String>)> {
         &m.discovered,
         &m.compressed,
         &m.cache_requests,
+        &m.script_errors,
         &m.cache_evictions,
         &m.cache_lock_waits,
         &m.cache_bytes,

@@ -49,6 +49,12 @@ fn shipped_demo_config_is_valid() {
         )
         .unwrap();
     }
+    std::fs::create_dir(dir.path().join("scripts")).unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/scripts/orders.rhai"),
+        dir.path().join("scripts/orders.rhai"),
+    )
+    .unwrap();
     let ca = common::pki::TestCa::new("demo");
     ca.issue(&dir.path().join("tls"), "localhost", &["localhost"]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_apigateway"))

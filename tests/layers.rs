@@ -36,6 +36,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "edge",
             "rate_limit",
             "router",
+            "script",
             "tls",
             "trace",
             "traffic",

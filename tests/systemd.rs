@@ -59,7 +59,7 @@ fn systemd_analyze_verify_accepts_the_unit() {
         .output()
         .unwrap();
     let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        String::from_utf8_lossy(&out.stderr).to_string() + &*String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "systemd-analyze verify failed:\n{text}"

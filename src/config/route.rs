@@ -99,6 +99,10 @@ pub struct RouteConfig {
     /// Response transformation (headers, JSON body).
     #[serde(default)]
     pub response: Option<ResponseTransformConfig>,
+    /// A script called at named points of each request (`on_request`, `on_request_body`,
+    /// `on_response`, `on_response_body`).
+    #[serde(default)]
+    pub script: Option<crate::script::ScriptConfig>,
     /// Largest request body for this route (default `limits.max_body_bytes`).
     #[serde(default)]
     pub max_body_bytes: Option<u64>,

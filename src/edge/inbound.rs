@@ -122,6 +122,11 @@ impl BodyLimit {
         self.deadline = Some(at);
     }
 
+    /// When the whole body must have arrived, once the head is read.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     /// The route's largest body, once the route is known.
     pub fn set_max(&mut self, max: u64) {
         self.max = Some(max);

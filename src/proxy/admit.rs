@@ -7,6 +7,7 @@ use crate::edge::{self, NormalizedPath, cors};
 use crate::errors::GatewayError;
 use crate::rate_limit::KeyInputs;
 use crate::router::{RequestView, RouteMatch};
+use crate::script::{BodyNeed, RequestInput, Step};
 use crate::snapshot::Snapshot;
 use crate::traffic::{Destination, MirrorCopy, SplitInputs};
 use bytes::Bytes;
@@ -34,6 +35,8 @@ pub(super) enum Answer {
     Preflight(Box<ResponseHeader>),
     /// `OPTIONS *`, or `OPTIONS` with `Max-Forwards: 0`: the gateway answers it.
     Options,
+    /// The route's script answered (`respond(status, body)`).
+    Script(Box<crate::script::ScriptAnswer>),
 }
 
 impl From<GatewayError> for Answer {
@@ -123,6 +126,9 @@ pub(super) async fn admit(
     choose_destination(session.req_header(), ctx);
     rate_limit(&snapshot, session.req_header(), ctx).await?;
     finish_route(&snapshot, ctx)?;
+    if let Step::Answer(answer) = script_request(session.req_header(), &path, ctx)? {
+        return Ok(Admit::Answer(Answer::Script(answer)));
+    }
     ctx.cache = CacheUse::plan(
         ctx.target().and_then(|t| t.cache.as_ref()),
         session.req_header(),
@@ -141,7 +147,54 @@ pub(super) async fn admit(
     if prepared?.wants_identity {
         session.upstream_compression.adjust_decompression(true);
     }
+    if let Step::Answer(answer) = script_request_body(session, ctx).await? {
+        return Ok(Admit::Answer(Answer::Script(answer)));
+    }
     Ok(Admit::Continue)
+}
+
+/// Starts the route's script stage and runs `on_request`; a path it sets replaces the
+/// route's upstream path.
+fn script_request(
+    req: &RequestHeader,
+    path: &NormalizedPath<'_>,
+    ctx: &mut RequestCtx,
+) -> Result<Step, GatewayError> {
+    let (Some(script), Some(route)) = (
+        ctx.target().and_then(|t| t.script.clone()),
+        ctx.route.as_ref(),
+    ) else {
+        return Ok(Step::Continue);
+    };
+    let input = RequestInput {
+        req,
+        path: &path.path,
+        params: &route.params,
+        upstream_path: &route.upstream_path,
+        identity: ctx.identity.as_ref(),
+        request_id: ctx.inbound.request_id(),
+        client_ip: ctx.inbound.client_ip,
+    };
+    ctx.script.start(&script, input);
+    let step = ctx.script.on_request()?;
+    if let (Some(p), Some(route)) = (ctx.script.upstream_path(), ctx.route.as_mut()) {
+        route.upstream_path = p;
+    }
+    Ok(step)
+}
+
+/// Runs `on_request_body` on a JSON body read whole now, before any upstream is chosen, so
+/// a script that refuses it forwards nothing.
+async fn script_request_body(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Step, GatewayError> {
+    let has_body = ctx.script.is_started() && !session.is_body_empty();
+    let BodyNeed::Read(max) = ctx.script.request_body_need(session.req_header(), has_body) else {
+        return Ok(Step::Continue);
+    };
+    let body = super::body::read_whole(session, max, ctx.body.deadline()).await?;
+    ctx.script.on_request_body(&body)
 }
 
 /// Refuses a client address an `ip_restriction` list does not admit.

@@ -82,6 +82,27 @@ pub(super) async fn respond_json(
     Ok(true)
 }
 
+/// Writes a route script's own answer (`respond(status, body, headers)`), decorated like
+/// every answer and with the route's response header transforms.
+pub(super) async fn respond_script(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    answer: crate::script::ScriptAnswer,
+) -> Result<bool> {
+    let mut header = ResponseHeader::build(answer.status, Some(8))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("cache-control", "no-store")?;
+    for (name, value) in answer.headers {
+        header.insert_header(name, value)?;
+    }
+    header.insert_header("content-length", answer.body.len().to_string())?;
+    decorate(ctx, &mut header);
+    ctx.exchange.on_gateway_answer(&mut header);
+    let body = compress_whole(session, ctx, &mut header, answer.body);
+    write(session, header, body).await?;
+    Ok(true)
+}
+
 /// Compresses a gateway-written answer under the route's compression settings. The body is
 /// whole already, so it keeps a `Content-Length` instead of being chunked.
 fn compress_whole(

@@ -31,6 +31,8 @@ pub struct RequestCtx {
     pub(super) body: BodyLimit,
     /// Prepared header values and body buffers (transform stage).
     pub(super) exchange: Exchange,
+    /// The route script's views and decisions (script stage).
+    pub(super) script: crate::script::ScriptRun,
     /// Backends tried, timings and retry rules (upstream stage).
     pub(super) attempts: Attempts,
     /// Whether and under which key the request uses its route's cache (cache stage).

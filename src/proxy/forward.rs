@@ -29,6 +29,10 @@ pub(super) fn set_uri(
             None => q,
         }
     });
+    let query = match ctx.script.upstream_query() {
+        Some(set) => Some(Cow::Owned(set)),
+        None => query,
+    };
     let query = ctx.exchange.on_query(query, || ctx.vars());
     let uri = match query {
         Some(q) if !q.is_empty() => Cow::Owned(format!("{}?{q}", route.upstream_path)),

@@ -8,6 +8,7 @@
 
 mod admit;
 mod answer;
+mod body;
 mod ctx;
 pub mod explain;
 mod forward;
@@ -20,7 +21,9 @@ use crate::errors::GatewayError;
 use crate::upstream::breaker::Attempt;
 use crate::upstream::{Failure, Retry};
 use admit::{Admit, Answer};
-use answer::{classify, close_if_draining, decorate, is_timeout, respond, respond_json, write};
+use answer::{
+    classify, close_if_draining, decorate, is_timeout, respond, respond_json, respond_script, write,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 pub use ctx::RequestCtx;
@@ -54,6 +57,7 @@ impl Gateway {
         match a {
             Answer::Refused(e) => respond(session, ctx, &e).await,
             Answer::Json(body) => respond_json(session, ctx, body, &[]).await,
+            Answer::Script(a) => respond_script(session, ctx, *a).await,
             Answer::Options => {
                 let mut header = ResponseHeader::build(200, Some(3))?;
                 header.insert_header(http::header::ALLOW, edge::protocol::ALLOW_ALL)?;
@@ -223,6 +227,7 @@ impl ProxyHttp for Gateway {
         forward::set_uri(upstream, session.req_header(), ctx)?;
         forward::set_headers(upstream, session.req_header(), ctx)?;
         ctx.trace.on_upstream_request(upstream)?;
+        ctx.script.on_upstream_request(upstream)?;
         ctx.exchange.on_upstream_request(upstream)?;
         ctx.cache.on_upstream_request(upstream)?;
         if let Some(copy) = ctx.destination.mirror.as_mut() {
@@ -242,6 +247,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let len = body.as_ref().map_or(0, Bytes::len);
+        ctx.script.on_request_chunk(body, end_of_stream);
         let vars = ctx::vars_of(&ctx.route, &ctx.identity, &ctx.inbound);
         let checked = ctx
             .body
@@ -316,6 +322,12 @@ impl ProxyHttp for Gateway {
         close_if_draining(session);
         ctx.exchange
             .on_response_header(session.req_header(), upstream_response)?;
+        if let Err(err) = ctx
+            .script
+            .on_response_header(session.req_header(), upstream_response)
+        {
+            return Err(Self::fail(ctx, err, 500));
+        }
         answer::choose_encoding(session, upstream_response, ctx);
         Ok(())
     }
@@ -345,6 +357,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         let vars = ctx::vars_of(&ctx.route, &ctx.identity, &ctx.inbound);
         ctx.exchange.on_response_body(body, end_of_stream, &vars);
+        if let Err(err) = ctx.script.on_response_body(body, end_of_stream) {
+            // The head is sent: the client sees the answer cut short, never half of it.
+            return Err(Self::fail(ctx, err, 500));
+        }
         ctx.encoding.on_body(body, end_of_stream);
         Ok(None)
     }

@@ -186,6 +186,7 @@ impl Snapshot {
             security: &security,
             compression: &compression,
             cache: cache.as_ref(),
+            base,
         })?;
         let snapshot = Snapshot {
             routes,

@@ -14,6 +14,7 @@ use crate::invalid::Invalid;
 use crate::metrics::RouteMetrics;
 use crate::rate_limit::Limiter;
 use crate::router::{RouteSpec, RouteTable, param_names};
+use crate::script::RouteScript;
 use crate::template::TemplateScope;
 use crate::traffic::{Mirror, Split, Variant};
 use crate::transform::RouteTransforms;
@@ -47,6 +48,8 @@ pub struct RouteTarget {
     pub security: Arc<SecurityHeaders>,
     /// Request/response transforms, if configured.
     pub transforms: Option<Arc<RouteTransforms>>,
+    /// The route's script, if it has one.
+    pub script: Option<Arc<RouteScript>>,
     /// Largest request body.
     pub max_body: u64,
     /// The route's request counters and latency histogram.
@@ -67,6 +70,8 @@ pub(super) struct RouteInputs<'a> {
     /// The cache store, when some route caches.
     pub cache: Option<&'a CacheSection>,
     pub security: &'a Arc<SecurityHeaders>,
+    /// Where relative paths (script files) are resolved.
+    pub base: &'a std::path::Path,
 }
 
 /// Compiles every route into the route table; errors carry `routes[i].key`.
@@ -116,6 +121,7 @@ fn compile_target(
         None => None,
     };
     let cache = cache(route, &name, inputs.cache, aggregate.is_some())?;
+    let script = script(route, &name, inputs.base, aggregate.is_some())?;
     Ok(RouteTarget {
         conditions: route
             .conditions
@@ -150,6 +156,7 @@ fn compile_target(
             None => inputs.security.clone(),
         },
         transforms: transforms(route)?,
+        script,
         max_body: route
             .max_body_bytes
             .unwrap_or(inputs.cfg.limits.max_body_bytes),
@@ -296,4 +303,19 @@ fn transforms(route: &RouteConfig) -> Result<Option<Arc<RouteTransforms>>, Inval
         RouteTransforms::compile(route.request.as_ref(), route.response.as_ref(), &scope)?
             .map(Arc::new),
     )
+}
+
+/// The route's compiled script. Aggregate routes answer from their calls, so nothing would
+/// run it.
+fn script(
+    route: &RouteConfig,
+    name: &str,
+    base: &std::path::Path,
+    aggregate: bool,
+) -> Result<Option<Arc<RouteScript>>, Invalid> {
+    match &route.script {
+        Some(_) if aggregate => Err(Invalid::new("script", "only proxy routes run scripts")),
+        Some(cfg) => RouteScript::compile(cfg, base, "script", name).map(|s| Some(Arc::new(s))),
+        None => Ok(None),
+    }
 }

@@ -2,12 +2,11 @@
 //! bodies collected and rewritten on both sides.
 
 use super::RouteTransforms;
-use super::json::{BodyBuffer, Collected, is_json};
+use super::json::{BodyBuffer, Collected, body_rewritable, is_json};
 use crate::edge;
 use crate::errors::GatewayError;
 use crate::template::TemplateVars;
 use bytes::Bytes;
-use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -185,26 +184,6 @@ impl Exchange {
             None => body,
         }
     }
-}
-
-/// Whether a response body can be collected and rewritten: JSON, not compressed (Pingora
-/// decompressed it if the upstream ignored our identity request), has a body, and a declared
-/// length within the cap.
-fn body_rewritable(req: &RequestHeader, resp: &ResponseHeader, cap: usize) -> bool {
-    let status = resp.status.as_u16();
-    if req.method == Method::HEAD || status == 204 || status == 304 || status < 200 {
-        return false;
-    }
-    let h = &resp.headers;
-    if !is_json(h.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes())) {
-        return false;
-    }
-    if h.get(http::header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-    {
-        return false;
-    }
-    edge::declared_length(h).is_none_or(|n| n <= cap as u64)
 }
 
 #[cfg(test)]

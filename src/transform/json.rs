@@ -7,9 +7,12 @@
 
 use super::members::{Members, NotMembers};
 use crate::de::OrderedMap;
+use crate::edge;
 use crate::invalid::Invalid;
 use crate::template::{Template, TemplateScope, TemplateVars, verbatim};
 use bytes::{Bytes, BytesMut};
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -212,6 +215,26 @@ impl BodyBuffer {
             Collected::Pending
         }
     }
+}
+
+/// Whether a response body can be collected and rewritten: JSON, not compressed (Pingora
+/// decompressed it if the upstream ignored our identity request), has a body, and a declared
+/// length within the cap.
+pub fn body_rewritable(req: &RequestHeader, resp: &ResponseHeader, cap: usize) -> bool {
+    let status = resp.status.as_u16();
+    if req.method == Method::HEAD || status == 204 || status == 304 || status < 200 {
+        return false;
+    }
+    let h = &resp.headers;
+    if !is_json(h.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes())) {
+        return false;
+    }
+    if h.get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return false;
+    }
+    edge::declared_length(h).is_none_or(|n| n <= cap as u64)
 }
 
 /// Whether a `Content-Type` value is JSON (`application/json`, `application/*+json`).
