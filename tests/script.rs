@@ -171,16 +171,16 @@ async fn json_bodies_both_ways_and_direct_answers_forward_nothing() {
 /// A route per misbehaving script, named after it.
 fn failing_routes() -> (String, Vec<(&'static str, &'static str)>) {
     let scripts = [
-        ("loop", "fn on_request(req) { loop {} }", ""),
+        ("loop", "fn on_request(req) { loop {} }", "timeout: 1s"),
         (
             "deep",
             "fn f(n) { f(n + 1) } fn on_request(req) { f(0) }",
-            "",
+            "timeout: 1s",
         ),
         (
             "big",
             "fn on_request(req) { let s = \"x\"; loop { s += s; } }",
-            "max_operations: 100000000",
+            "max_operations: 100000000, timeout: 1s",
         ),
         (
             "slow",
@@ -198,7 +198,11 @@ fn failing_routes() -> (String, Vec<(&'static str, &'static str)>) {
             "",
         ),
         ("type", "fn on_request(req) { \"a string\" }", ""),
-        ("body", "fn on_request_body(req, body) { loop {} }", ""),
+        (
+            "body",
+            "fn on_request_body(req, body) { loop {} }",
+            "timeout: 1s",
+        ),
     ];
     let mut routes = String::new();
     for (name, _, limits) in scripts {
@@ -406,4 +410,36 @@ async fn the_demo_orders_script_sets_the_tier_and_caps_users() {
         let echo: Value = r.json().await.unwrap();
         assert_eq!(echo["headers"]["x-order-tier"], tier);
     }
+}
+
+#[tokio::test]
+async fn a_compressing_upstream_is_decompressed_for_the_body_script() {
+    let script = "fn on_response_body(req, res, body) { #{seen: body.service} }";
+    let route = "  - path: /gz\n    service: api\n    script: {file: gz.rhai}\n";
+    let (_up, gw) = setup(route, &[("gz.rhai", script)], None).await;
+    // gzip=1 makes the echo compress whatever the request asked for.
+    let r = client().get(gw.url("/gz?gzip=1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"seen": "api"}));
+}
+
+#[tokio::test]
+async fn members_a_body_script_never_names_pass_through_unchanged() {
+    let script = "fn on_response_body(req, res, body) { body.seen = body.method; body.remove(\"body\"); body }";
+    let route = "  - path: /part\n    service: api\n    script: {file: part.rhai}\n";
+    let (_up, gw) = setup(route, &[("part.rhai", script)], None).await;
+    let r = client()
+        .get(gw.url("/part?q=1"))
+        .header("x-probe", "a \"quoted\" value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["seen"], "GET");
+    assert!(body.get("body").is_none());
+    // `headers` was never named: it comes through as the upstream wrote it.
+    assert_eq!(body["headers"]["x-probe"], "a \"quoted\" value");
+    assert_eq!(body["query"], "q=1");
 }

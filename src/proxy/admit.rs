@@ -144,7 +144,7 @@ pub(super) async fn admit(
     let prepared = ctx
         .exchange
         .prepare(transforms.as_ref(), &vars, session.req_header(), has_body);
-    if prepared?.wants_identity {
+    if prepared?.wants_identity || ctx.script.wants_identity() {
         session.upstream_compression.adjust_decompression(true);
     }
     if let Step::Answer(answer) = script_request_body(session, ctx).await? {

@@ -51,6 +51,7 @@ pub fn build(limits: &ScriptLimits, label: &str) -> Engine {
         log::info!("script {log_label}: {text}")
     });
     api::register(&mut engine);
+    engine.register_type_with_name::<super::json::RawJson>("json");
     engine
 }
 

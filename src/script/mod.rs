@@ -9,6 +9,8 @@
 pub mod api;
 mod config;
 mod engine;
+mod json;
+mod members;
 mod stage;
 
 pub use config::{REQUEST_BODY_CEILING, ScriptConfig, ScriptLimits};
@@ -16,6 +18,7 @@ pub use stage::{BodyNeed, RequestInput, ScriptAnswer, ScriptRun, Step};
 
 use crate::invalid::Invalid;
 use rhai::{AST, CallFnOptions, Dynamic, Engine, EvalAltResult, FuncArgs, ImmutableString, Scope};
+use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 use std::time::Instant;
@@ -134,6 +137,8 @@ pub struct RouteScript {
     engine: Engine,
     ast: AST,
     hooks: [bool; 4],
+    /// The body members `on_request_body` and `on_response_body` can reach (`None`: any).
+    reachable: [Option<HashSet<String>>; 2],
     pub limits: ScriptLimits,
     /// The route's name, as scripts and log lines see it.
     pub route: ImmutableString,
@@ -175,10 +180,15 @@ impl RouteScript {
             Invalid::new(&at, format!("{origin}:{line}:{column}: {}", e.0))
         })?;
         let hooks = hooks_of(&ast).map_err(|reason| Invalid::new(&at, reason))?;
+        let reachable = [Hook::OnRequestBody, Hook::OnResponseBody].map(|hook| {
+            let f = ast.iter_functions().find(|f| f.name == hook.name())?;
+            members::named(&ast, f.params.last()?)
+        });
         Ok(RouteScript {
             engine,
             ast,
             hooks,
+            reachable,
             limits: cfg.limits,
             route: route.into(),
         })
@@ -189,10 +199,22 @@ impl RouteScript {
         self.hooks[hook as usize]
     }
 
+    /// Parses a JSON body for a body hook, converting only the members the hook can reach.
+    fn parse_body(&self, hook: Hook, body: &[u8]) -> Result<Dynamic, json::ParseError> {
+        let reachable = match hook {
+            Hook::OnRequestBody => &self.reachable[0],
+            _ => &self.reachable[1],
+        };
+        match reachable {
+            Some(named) => json::parse_members(body, named),
+            None => json::parse(body),
+        }
+    }
+
     /// Calls `hook` with `args` under the route's limits, in a fresh scope.
     fn call(&self, hook: Hook, args: impl FuncArgs) -> Result<Dynamic, ScriptError> {
         let mut scope = Scope::new();
-        let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
+        let options = CallFnOptions::new().eval_ast(false);
         let deadline = Instant::now() + self.limits.timeout;
         engine::with_deadline(deadline, || {
             self.engine.call_fn_with_options::<Dynamic>(

@@ -2,7 +2,7 @@
 //! calls decided, carried from phase to phase.
 
 use super::api::{Reply, RequestState, RequestView, ResponseView, apply_edits};
-use super::{Hook, RouteScript, ScriptError};
+use super::{Hook, RouteScript, ScriptError, json};
 use crate::errors::GatewayError;
 use crate::identity::Identity;
 use crate::transform::json::{BodyBuffer, Collected, body_rewritable, is_json};
@@ -84,6 +84,14 @@ impl ScriptRun {
         self.script = Some(script.clone());
     }
 
+    /// Whether the response body is for the script: it is then asked for uncompressed, and
+    /// decompressed if the upstream compresses anyway.
+    pub fn wants_identity(&self) -> bool {
+        self.script
+            .as_ref()
+            .is_some_and(|s| s.has(Hook::OnResponseBody))
+    }
+
     /// Whether the route has a script (the stage was started).
     pub fn is_started(&self) -> bool {
         self.script.is_some()
@@ -135,9 +143,11 @@ impl ScriptRun {
         let (Some(script), Some(req)) = (self.script.clone(), self.request.clone()) else {
             return Ok(Step::Continue);
         };
-        let value: Dynamic =
-            serde_json::from_slice(body).map_err(|_| GatewayError::InvalidJsonBody)?;
-        let out = script.call(Hook::OnRequestBody, (req, value));
+        let value = script
+            .parse_body(Hook::OnRequestBody, body)
+            .map_err(|_| GatewayError::InvalidJsonBody)?;
+        // Shared, so the body a script returns is not copied on the way out.
+        let out = script.call(Hook::OnRequestBody, (req, value.into_shared()));
         let step = out.and_then(|v| request_step(v, "the body, nothing, or respond(...)"));
         let (step, replaced) = self.checked(Hook::OnRequestBody, step)?;
         self.request_body = replaced;
@@ -154,6 +164,9 @@ impl ScriptRun {
         if let Some(body) = &self.request_body {
             upstream.remove_header(&http::header::TRANSFER_ENCODING);
             upstream.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        }
+        if self.wants_identity() {
+            upstream.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
         }
         Ok(())
     }
@@ -176,6 +189,9 @@ impl ScriptRun {
         let (Some(script), Some(view)) = (self.script.clone(), self.request.clone()) else {
             return Ok(());
         };
+        if !script.has(Hook::OnResponse) && !script.has(Hook::OnResponseBody) {
+            return Ok(());
+        }
         let res = ResponseView::new(resp.status.as_u16(), resp.headers.clone());
         if script.has(Hook::OnResponse) {
             let out = script.call(Hook::OnResponse, (view, res.clone()));
@@ -230,12 +246,12 @@ impl ScriptRun {
             return Ok(());
         };
         // Not JSON after all (the upstream lied in Content-Type): passed unchanged.
-        let Ok(value) = serde_json::from_slice::<Dynamic>(&all) else {
+        let Ok(value) = script.parse_body(Hook::OnResponseBody, &all) else {
             *body = Some(all);
             return Ok(());
         };
-        let out = script.call(Hook::OnResponseBody, (req, res, value));
-        let replaced = out.and_then(|v| match v.is_unit() {
+        let out = script.call(Hook::OnResponseBody, (req, res, value.into_shared()));
+        let replaced = out.map(Dynamic::flatten).and_then(|v| match v.is_unit() {
             true => Ok(None),
             false => to_json(&v, "the body, or nothing").map(Some),
         });
@@ -267,6 +283,7 @@ fn request_step(
     value: Dynamic,
     expected: &'static str,
 ) -> Result<(Step, Option<Bytes>), ScriptError> {
+    let value = value.flatten();
     if value.is_unit() {
         return Ok((Step::Continue, None));
     }
@@ -300,31 +317,10 @@ fn unit_only(value: Dynamic, expected: &'static str) -> Result<(), ScriptError> 
 
 /// A script value as JSON; one holding a request, a response or a function is not data.
 pub fn to_json(value: &Dynamic, expected: &'static str) -> Result<Bytes, ScriptError> {
-    let not_data = || ScriptError::ReturnType {
-        expected,
-        found: value.type_name().to_string(),
-    };
-    // Rhai would write a custom value as its type's name.
-    if !is_data(value) {
-        return Err(not_data());
-    }
-    serde_json::to_vec(value)
+    json::write(value)
         .map(Bytes::from)
-        .map_err(|_| not_data())
-}
-
-/// Whether a value is JSON-shaped all the way down.
-fn is_data(value: &Dynamic) -> bool {
-    if let Some(array) = value.read_lock::<rhai::Array>() {
-        return array.iter().all(is_data);
-    }
-    if let Some(map) = value.read_lock::<Map>() {
-        return map.values().all(is_data);
-    }
-    value.is_unit()
-        || value.is_bool()
-        || value.is_int()
-        || value.is_float()
-        || value.is_string()
-        || value.is_char()
+        .ok_or_else(|| ScriptError::ReturnType {
+            expected,
+            found: value.type_name().to_string(),
+        })
 }
