@@ -28,10 +28,7 @@ done
 declare -A URL=([small-proxied]=/api/proxied/42 [small-hit]=/api/cached/42
                 [big-proxied]=/api/proxied/big.json [big-hit]=/api/cached/big.json)
 TARGETS=(small-proxied small-hit big-proxied big-hit)
-for r in $(seq 1 "$ROUNDS"); do
-  echo "round $r"
-  for t in "${TARGETS[@]}"; do wrk_cpu "$t" "$PID" "http://127.0.0.1:$GW${URL[$t]}"; done
-done
+wrk_rounds "$PID" "http://127.0.0.1:$GW"
 save_results cache
 {
   echo "| target | req/s | CPU µs/req | req/s vs proxied | CPU vs proxied |"

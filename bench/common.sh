@@ -142,6 +142,16 @@ wrk_bench_setup() {
   bench_workdir
 }
 
+# wrk_rounds PID BASE_URL: ROUNDS interleaved rounds of wrk_cpu over TARGETS, target T at
+# BASE_URL${URL[T]} (TARGETS and the associative array URL are the caller's).
+wrk_rounds() {
+  local r t
+  for r in $(seq 1 "$ROUNDS"); do
+    echo "round $r"
+    for t in "${TARGETS[@]}"; do wrk_cpu "$t" "$1" "$2${URL[$t]}"; done
+  done
+}
+
 # med NAME COLUMN: the median of a column of $WORK/raw.txt (2 req/s, 3 CPU µs) for NAME.
 med() { awk -v t="$1" -v c="$2" '$1==t {print $c}' "$WORK/raw.txt" | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }

@@ -45,10 +45,7 @@ s=$(curl -s "http://127.0.0.1:$GW/api/kbs" | python3 -c 'import json,sys; print(
 [ "$t" = "$s" ] || { echo "transform $t and script $s differ"; exit 1; }
 declare -A URL=([plain]=/api/plain/42 [trivial]=/api/trivial/42 [kb]=/api/kb [kb-transform]=/api/kbt [kb-script]=/api/kbs)
 TARGETS=(plain trivial kb kb-transform kb-script)
-for r in $(seq 1 "$ROUNDS"); do
-  echo "round $r"
-  for t in "${TARGETS[@]}"; do wrk_cpu "$t" "$PID" "http://127.0.0.1:$GW${URL[$t]}"; done
-done
+wrk_rounds "$PID" "http://127.0.0.1:$GW"
 save_results script
 {
   echo "| target | req/s | CPU µs/req | CPU vs the route without a script |"

@@ -287,32 +287,7 @@ fn register_request(engine: &mut Engine) {
         }
         map
     });
-    engine.register_fn("header", |r: &mut RequestView, name: &str| {
-        header_of(&r.state().headers, name)
-    });
-    engine.register_get("headers", |r: &mut RequestView| {
-        headers_map(&r.state().headers)
-    });
-    engine.register_fn(
-        "set_header",
-        |r: &mut RequestView, name: &str, value: Dynamic| -> Fallible<()> {
-            let (name, value) = header_pair(name, &value.to_string())?;
-            let mut s = r.state();
-            s.headers.insert(name.clone(), value.clone());
-            s.edits.push(HeaderEdit::Set(name, value));
-            Ok(())
-        },
-    );
-    engine.register_fn(
-        "remove_header",
-        |r: &mut RequestView, name: &str| -> Fallible<()> {
-            let name = header_name(name)?;
-            let mut s = r.state();
-            s.headers.remove(&name);
-            s.edits.push(HeaderEdit::Remove(name));
-            Ok(())
-        },
-    );
+    register_headers::<RequestView>(engine);
     engine.register_get_set(
         "upstream_path",
         |r: &mut RequestView| ImmutableString::from(r.state().upstream_path.as_str()),
@@ -385,32 +360,67 @@ fn register_response(engine: &mut Engine) {
             Ok(())
         },
     );
-    engine.register_fn("header", |r: &mut ResponseView, name: &str| {
-        header_of(&r.state().headers, name)
+    register_headers::<ResponseView>(engine);
+}
+
+/// A head whose headers a script reads and edits: the request, or the response until it is
+/// sent.
+trait HeadView: Clone + Send + Sync + 'static {
+    fn headers<R>(&self, read: impl FnOnce(&HeaderMap) -> R) -> R;
+    /// Records `edit` and applies it to the view's copy, so later reads see it.
+    fn edit(&self, edit: HeaderEdit) -> Fallible<()>;
+}
+
+fn apply_to_copy(headers: &mut HeaderMap, edits: &mut Vec<HeaderEdit>, edit: HeaderEdit) {
+    match &edit {
+        HeaderEdit::Set(name, value) => {
+            headers.insert(name.clone(), value.clone());
+        }
+        HeaderEdit::Remove(name) => {
+            headers.remove(name);
+        }
+    }
+    edits.push(edit);
+}
+
+impl HeadView for RequestView {
+    fn headers<R>(&self, read: impl FnOnce(&HeaderMap) -> R) -> R {
+        read(&self.state().headers)
+    }
+    fn edit(&self, edit: HeaderEdit) -> Fallible<()> {
+        let s = &mut *self.state();
+        apply_to_copy(&mut s.headers, &mut s.edits, edit);
+        Ok(())
+    }
+}
+
+impl HeadView for ResponseView {
+    fn headers<R>(&self, read: impl FnOnce(&HeaderMap) -> R) -> R {
+        read(&self.state().headers)
+    }
+    fn edit(&self, edit: HeaderEdit) -> Fallible<()> {
+        let s = &mut *writable(self)?;
+        apply_to_copy(&mut s.headers, &mut s.edits, edit);
+        Ok(())
+    }
+}
+
+/// `header(name)`, `headers`, `set_header(name, value)` and `remove_header(name)` on `T`.
+fn register_headers<T: HeadView>(engine: &mut Engine) {
+    engine.register_fn("header", |v: &mut T, name: &str| {
+        v.headers(|h| header_of(h, name))
     });
-    engine.register_get("headers", |r: &mut ResponseView| {
-        headers_map(&r.state().headers)
-    });
+    engine.register_get("headers", |v: &mut T| v.headers(headers_map));
     engine.register_fn(
         "set_header",
-        |r: &mut ResponseView, name: &str, value: Dynamic| -> Fallible<()> {
+        |v: &mut T, name: &str, value: Dynamic| -> Fallible<()> {
             let (name, value) = header_pair(name, &value.to_string())?;
-            let mut s = writable(r)?;
-            s.headers.insert(name.clone(), value.clone());
-            s.edits.push(HeaderEdit::Set(name, value));
-            Ok(())
+            v.edit(HeaderEdit::Set(name, value))
         },
     );
-    engine.register_fn(
-        "remove_header",
-        |r: &mut ResponseView, name: &str| -> Fallible<()> {
-            let name = header_name(name)?;
-            let mut s = writable(r)?;
-            s.headers.remove(&name);
-            s.edits.push(HeaderEdit::Remove(name));
-            Ok(())
-        },
-    );
+    engine.register_fn("remove_header", |v: &mut T, name: &str| -> Fallible<()> {
+        v.edit(HeaderEdit::Remove(header_name(name)?))
+    });
 }
 
 fn writable(r: &ResponseView) -> Fallible<MutexGuard<'_, ResponseState>> {
