@@ -443,3 +443,46 @@ async fn members_a_body_script_never_names_pass_through_unchanged() {
     assert_eq!(body["headers"]["x-probe"], "a \"quoted\" value");
     assert_eq!(body["query"], "q=1");
 }
+
+/// Data segments the kernel counted in on `stream` (`ss -ti`: `data_segs_in`).
+fn data_segments_in(stream: &std::net::TcpStream) -> u64 {
+    let local = stream.local_addr().unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", "src", &local.to_string()])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find_map(|f| f.strip_prefix("data_segs_in:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no data_segs_in in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_body_leaves_in_one_write_with_its_head() {
+    use std::io::{Read, Write};
+    let script = "fn on_response_body(req, res, body) { body.seen = true; body }";
+    let route = "  - path: /one\n    service: api\n    script: {file: one.rhai}\n";
+    let (_up, gw) = setup(route, &[("one.rhai", script)], None).await;
+    let port = gw.port;
+    let segments = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while !got.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(String::from_utf8_lossy(&got).contains("\"seen\":true"));
+        data_segments_in(&s)
+    })
+    .await
+    .unwrap();
+    // Pingora would flush the head alone (no Content-Length), then the chunk, then the last
+    // chunk: three segments. `WholeBody` (vendor/pingora-core/PATCH.md) makes it one.
+    assert_eq!(segments, 1);
+}

@@ -1,12 +1,12 @@
 //! JSON bodies to script values and back.
 //!
 //! Written here rather than through Rhai's own serde support: building the values directly
-//! from serde_json's borrowed keys and strings, and writing them back in one pass that also
-//! refuses anything that is not data, costs about half as much per body (bench/script.sh).
+//! from serde_json's borrowed keys and strings costs about half as much per body, and a body
+//! hook that names only some members gets the others as raw text, found by a structural scan
+//! (`scan.rs`) and written back as they came (bench/README.md, "Route scripts").
 
 use rhai::{Array, Dynamic, ImmutableString, Map};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{self, Serialize, SerializeMap, SerializeSeq, Serializer};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -27,7 +27,7 @@ pub struct ParseError;
 /// A member of a JSON body that the script never names, kept as the text it came as: it
 /// cannot be reached from the script (see `members::named`) and is written back verbatim.
 #[derive(Clone)]
-pub struct RawJson(Box<serde_json::value::RawValue>);
+pub struct RawJson(Box<str>);
 
 /// Parses a JSON object body converting only the members in `named` (and scalar members, which
 /// cost nothing to convert); other objects and arrays stay as [`RawJson`]. A body that is not
@@ -37,53 +37,72 @@ pub fn parse_members(body: &[u8], named: &HashSet<String>) -> Result<Dynamic, Pa
     if !text.trim_start().starts_with('{') {
         return parse(body);
     }
-    let members: Vec<(Key<'_>, &serde_json::value::RawValue)> =
-        serde_json::from_str::<RawMembers<'_>>(text)
-            .map_err(|_| ParseError)?
-            .0;
     let mut map = Map::new();
-    for (key, raw) in members {
-        let text = raw.get();
-        let nested = text.starts_with('{') || text.starts_with('[');
-        let value = if nested && !named.contains(key.as_str()) {
-            Dynamic::from(RawJson(raw.to_owned()))
+    for (key, raw) in super::scan::members(text).ok_or(ParseError)? {
+        let nested = raw.starts_with('{') || raw.starts_with('[');
+        let value = if nested && !named.contains(&*key) {
+            Dynamic::from(RawJson(raw.into()))
         } else {
-            serde_json::from_str::<Value>(text)
+            serde_json::from_str::<Value>(raw)
                 .map_err(|_| ParseError)?
                 .0
         };
-        map.insert(key.as_str().into(), value);
+        map.insert(key.as_ref().into(), value);
     }
     Ok(Dynamic::from_map(map))
 }
 
-/// A JSON object's members in order, their values unparsed.
-struct RawMembers<'de>(Vec<(Key<'de>, &'de serde_json::value::RawValue)>);
-
-impl<'de> Deserialize<'de> for RawMembers<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct MembersVisitor;
-        impl<'de> Visitor<'de> for MembersVisitor {
-            type Value = RawMembers<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::new();
-                while let Some(key) = access.next_key::<Key<'de>>()? {
-                    members.push((key, access.next_value()?));
-                }
-                Ok(RawMembers(members))
-            }
-        }
-        d.deserialize_map(MembersVisitor)
-    }
+/// Writes a script value as JSON; `None` when it holds something that is not data (a
+/// request, a response, a function). Raw members are copied as they came.
+pub fn write(value: &Dynamic) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(512);
+    write_value(value, &mut out)?;
+    Some(out)
 }
 
-/// Writes a script value as JSON; `None` when it holds something that is not data (a
-/// request, a response, a function).
-pub fn write(value: &Dynamic) -> Option<Vec<u8>> {
-    serde_json::to_vec(&Data(value)).ok()
+fn write_value(v: &Dynamic, out: &mut Vec<u8>) -> Option<()> {
+    // The commonest kinds first; each check is a tag compare.
+    if v.is_string() {
+        let text = v.as_immutable_string_ref().ok()?;
+        serde_json::to_writer(&mut *out, text.as_str()).ok()?;
+    } else if v.is_map() {
+        let map = v.read_lock::<Map>()?;
+        out.push(b'{');
+        for (i, (key, value)) in map.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, key.as_str()).ok()?;
+            out.push(b':');
+            write_value(value, out)?;
+        }
+        out.push(b'}');
+    } else if v.is_array() {
+        let array = v.read_lock::<Array>()?;
+        out.push(b'[');
+        for (i, value) in array.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_value(value, out)?;
+        }
+        out.push(b']');
+    } else if let Ok(i) = v.as_int() {
+        serde_json::to_writer(&mut *out, &i).ok()?;
+    } else if let Ok(f) = v.as_float() {
+        serde_json::to_writer(&mut *out, &f).ok()?;
+    } else if let Ok(b) = v.as_bool() {
+        out.extend_from_slice(if b { b"true" } else { b"false" });
+    } else if v.is_unit() {
+        out.extend_from_slice(b"null");
+    } else if let Ok(c) = v.as_char() {
+        serde_json::to_writer(&mut *out, &c).ok()?;
+    } else if v.is_shared() {
+        write_value(&v.flatten_clone(), out)?;
+    } else {
+        out.extend_from_slice(v.read_lock::<RawJson>()?.0.as_bytes());
+    }
+    Some(())
 }
 
 struct Value(Dynamic);
@@ -171,52 +190,6 @@ impl<'de> Deserialize<'de> for Key<'de> {
             }
         }
         d.deserialize_str(KeyVisitor)
-    }
-}
-
-/// A script value serialized as JSON, refusing what is not data.
-struct Data<'a>(&'a Dynamic);
-
-impl Serialize for Data<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let v = self.0;
-        // The commonest kinds first; each check is a tag compare.
-        if v.is_string() {
-            if let Ok(text) = v.as_immutable_string_ref() {
-                return s.serialize_str(text.as_str());
-            }
-        } else if v.is_map() {
-            if let Some(map) = v.read_lock::<Map>() {
-                let mut out = s.serialize_map(Some(map.len()))?;
-                for (key, value) in map.iter() {
-                    out.serialize_entry(key.as_str(), &Data(value))?;
-                }
-                return out.end();
-            }
-        } else if v.is_array() {
-            if let Some(array) = v.read_lock::<Array>() {
-                let mut out = s.serialize_seq(Some(array.len()))?;
-                for value in array.iter() {
-                    out.serialize_element(&Data(value))?;
-                }
-                return out.end();
-            }
-        } else if let Ok(i) = v.as_int() {
-            return s.serialize_i64(i);
-        } else if let Ok(f) = v.as_float() {
-            return s.serialize_f64(f);
-        } else if let Ok(b) = v.as_bool() {
-            return s.serialize_bool(b);
-        } else if v.is_unit() {
-            return s.serialize_unit();
-        } else if let Ok(c) = v.as_char() {
-            return s.serialize_char(c);
-        } else if v.is_shared() {
-            return Data(&v.flatten_clone()).serialize(s);
-        } else if let Some(raw) = v.read_lock::<RawJson>() {
-            return raw.0.serialize(s);
-        }
-        Err(ser::Error::custom(format!("{} is not data", v.type_name())))
     }
 }
 

@@ -11,6 +11,7 @@ mod config;
 mod engine;
 mod json;
 mod members;
+mod scan;
 mod stage;
 
 pub use config::{REQUEST_BODY_CEILING, ScriptConfig, ScriptLimits};

@@ -9,6 +9,7 @@ use crate::transform::json::{BodyBuffer, Collected, body_rewritable, is_json};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::v1::server::WholeBody;
 use rhai::{Dynamic, Map};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -209,6 +210,7 @@ impl ScriptRun {
             resp.remove_header(&http::header::CONTENT_LENGTH);
             resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
                 .map_err(|_| GatewayError::Internal)?;
+            resp.extensions_mut().insert(WholeBody);
             self.response_body = Some(BodyBuffer::new(cap));
         }
         res.state().sent = true;

@@ -1268,6 +1268,9 @@ impl SendBodyState {
 /// write progress.
 pub struct BodyWriter {
     pub body_mode: BodyMode,
+    /// Chunks are not flushed one by one (see [`super::server::WholeBody`]): `finish()`'s
+    /// caller flushes them with the last chunk.
+    hold_chunks: bool,
     // Boxed to reduce inline size. Only used by the cancel-safe proxy task API.
     send_body_state: Box<SendBodyState>,
     send_finish_state: FinishWriteState,
@@ -1283,6 +1286,7 @@ impl BodyWriter {
     pub fn new() -> Self {
         BodyWriter {
             body_mode: BM::ToSelect,
+            hold_chunks: false,
             send_body_state: Box::new(SendBodyState::new()),
             send_finish_state: FinishWriteState::NotStarted,
         }
@@ -1330,6 +1334,11 @@ impl BodyWriter {
             BM::UntilClose(_) => self.do_write_until_close_body(stream, buf).await,
             BM::ToSelect => Ok(None), // Error here?
         }
+    }
+
+    /// Leave chunked body writes unflushed until `finish()`'s caller flushes.
+    pub fn hold_chunks(&mut self) {
+        self.hold_chunks = true;
     }
 
     pub fn finished(&self) -> bool {
@@ -1394,7 +1403,9 @@ impl BodyWriter {
                     .write_all_buf(&mut output_buf)
                     .await
                     .or_err(WriteError, "while writing body")?;
-                stream.flush().await.or_err(WriteError, "flushing body")?;
+                if !self.hold_chunks {
+                    stream.flush().await.or_err(WriteError, "flushing body")?;
+                }
                 self.body_mode = BM::ChunkedEncoding(written + chunk_size);
                 Ok(Some(chunk_size))
             }

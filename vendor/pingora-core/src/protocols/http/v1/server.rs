@@ -73,6 +73,14 @@ impl ProxyTaskState {
     }
 }
 
+/// Marks a response whose body the application produces whole at its end (a body it
+/// collects and rewrites), though it goes out chunked: the head is not flushed on its own and
+/// chunks are not flushed one by one, so the head, the body and the last chunk leave in one
+/// write instead of three. Without it, a response without `Content-Length` is flushed early
+/// in case it is generated in real time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WholeBody;
+
 /// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
@@ -920,13 +928,17 @@ impl HttpSession {
         // 1. 1xx response: client needs to see it before the rest of response
         // 2. No content length: the response could be generated in real time
         let should_flush = header.status.is_informational()
-            || header.headers.get(header::CONTENT_LENGTH).is_none();
+            || (header.headers.get(header::CONTENT_LENGTH).is_none()
+                && header.extensions.get::<WholeBody>().is_none());
 
         Ok(Some((write_buf.freeze(), should_flush)))
     }
 
     fn init_body_writer(&mut self, header: &ResponseHeader) {
         use http::StatusCode;
+        if header.extensions.get::<WholeBody>().is_some() {
+            self.body_writer.hold_chunks();
+        }
         /* the following responses don't have body 204, 304, and HEAD */
         if matches!(
             header.status,
