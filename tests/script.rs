@@ -354,6 +354,20 @@ async fn a_reload_swaps_the_script_under_load_without_a_failed_request() {
     assert!(swapped, "{}", gw.stderr());
     let seen = load.await.unwrap();
     assert!(seen.iter().all(|v| v == "1" || v == "2"));
+    // A script that no longer compiles is refused with its place; version 2 keeps serving.
+    std::fs::write(
+        gw.dir().join("v.rhai"),
+        "fn on_request(req) {\n  req.set_header(\n}\n",
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let refused = eventually(Duration::from_secs(10), || async {
+        gw.stderr().contains("v.rhai:3:")
+    })
+    .await;
+    assert!(refused, "{}", gw.stderr());
+    let r = client().get(gw.url("/v")).send().await.unwrap();
+    assert_eq!(r.headers()["x-v"], "2");
 }
 
 #[tokio::test]
