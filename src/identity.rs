@@ -72,13 +72,21 @@ impl fmt::Display for ClaimPath {
     }
 }
 
+/// The claim at a path of member names (`["address", "city"]`), if the token has it.
+pub fn value_at<'a, 'p>(
+    claims: &'a Map<String, Value>,
+    mut path: impl Iterator<Item = &'p str>,
+) -> Option<&'a Value> {
+    let mut value = claims.get(path.next()?)?;
+    for part in path {
+        value = value.get(part)?;
+    }
+    Some(value)
+}
+
 /// Strings at a claim path: a string, an array of strings, or a number/bool rendered as text.
 pub fn strings_at(claims: &Map<String, Value>, path: &ClaimPath) -> Vec<String> {
-    let mut value = claims.get(&path.0[0]);
-    for part in &path.0[1..] {
-        value = value.and_then(|v| v.get(part));
-    }
-    match value {
+    match value_at(claims, path.0.iter().map(String::as_str)) {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => items
             .iter()

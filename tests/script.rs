@@ -112,13 +112,14 @@ async fn json_bodies_both_ways_and_direct_answers_forward_nothing() {
     let route = "  - path: /orders\n    service: api\n    auth: required\n    script: {file: orders.rhai}\n";
     let (up, gw) = setup(route, &[("orders.rhai", ORDERS)], None).await;
     let user = bearer(json!({"sub": "u", "role": "user"}));
-    let r = client()
-        .post(gw.url("/orders"))
-        .header("authorization", &user)
-        .json(&json!({"amount": 5000}))
-        .send()
-        .await
-        .unwrap();
+    let post = |json: &Value| {
+        client()
+            .post(gw.url("/orders"))
+            .header("authorization", &user)
+            .json(json)
+            .send()
+    };
+    let r = post(&json!({"amount": 5000})).await.unwrap();
     let status = r.status();
     assert_eq!(status, 403, "{}", r.text().await.unwrap());
     assert_eq!(r.headers()["x-limit"], "1000");
@@ -130,13 +131,7 @@ async fn json_bodies_both_ways_and_direct_answers_forward_nothing() {
     );
     assert_eq!(up.requests(), 0, "a refused body is never forwarded");
 
-    let r = client()
-        .post(gw.url("/orders"))
-        .header("authorization", &user)
-        .json(&json!({"amount": 10}))
-        .send()
-        .await
-        .unwrap();
+    let r = post(&json!({"amount": 10})).await.unwrap();
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["status"], 200);
@@ -156,12 +151,7 @@ async fn json_bodies_both_ways_and_direct_answers_forward_nothing() {
         .unwrap();
     assert_eq!(r.status(), 400);
     // Over the script's body cap: 413.
-    let big = json!({"amount": 1, "pad": "x".repeat(70_000)});
-    let r = client()
-        .post(gw.url("/orders"))
-        .header("authorization", &user)
-        .json(&big)
-        .send()
+    let r = post(&json!({"amount": 1, "pad": "x".repeat(70_000)}))
         .await
         .unwrap();
     assert_eq!(r.status(), 413);

@@ -68,37 +68,48 @@ pub(super) async fn respond_json(
     body: Bytes,
     extra: &[(&'static str, &str)],
 ) -> Result<bool> {
-    let mut header = ResponseHeader::build(200, Some(8))?;
-    header.insert_header("content-type", "application/json")?;
-    header.insert_header("content-length", body.len().to_string())?;
-    header.insert_header("cache-control", "no-store")?;
-    for (name, value) in extra {
-        header.insert_header(*name, *value)?;
-    }
-    decorate(ctx, &mut header);
-    ctx.exchange.on_gateway_answer(&mut header);
-    let body = compress_whole(session, ctx, &mut header, body);
-    write(session, header, body).await?;
-    Ok(true)
+    write_json(session, ctx, 200, body, |header| {
+        for (name, value) in extra {
+            header.insert_header(*name, *value)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
-/// Writes a route script's own answer (`respond(status, body, headers)`), decorated like
-/// every answer and with the route's response header transforms.
+/// Writes a route script's own answer (`respond(status, body, headers)`); its headers may
+/// replace the content type and cache policy.
 pub(super) async fn respond_script(
     session: &mut Session,
     ctx: &RequestCtx,
     answer: crate::script::ScriptAnswer,
 ) -> Result<bool> {
-    let mut header = ResponseHeader::build(answer.status, Some(8))?;
+    write_json(session, ctx, answer.status, answer.body, |header| {
+        for (name, value) in answer.headers {
+            header.insert_header(name.spelled, value)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// A whole JSON answer the gateway writes: `extra` headers over the defaults, decorated like
+/// every answer, the route's response header transforms, compressed whole.
+async fn write_json(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    body: Bytes,
+    extra: impl FnOnce(&mut ResponseHeader) -> Result<()>,
+) -> Result<bool> {
+    let mut header = ResponseHeader::build(status, Some(8))?;
     header.insert_header("content-type", "application/json")?;
     header.insert_header("cache-control", "no-store")?;
-    for (name, value) in answer.headers {
-        header.insert_header(name, value)?;
-    }
-    header.insert_header("content-length", answer.body.len().to_string())?;
+    extra(&mut header)?;
+    header.insert_header("content-length", body.len().to_string())?;
     decorate(ctx, &mut header);
     ctx.exchange.on_gateway_answer(&mut header);
-    let body = compress_whole(session, ctx, &mut header, answer.body);
+    let body = compress_whole(session, ctx, &mut header, body);
     write(session, header, body).await?;
     Ok(true)
 }

@@ -6,6 +6,7 @@
 //! response only when the call succeeds, so a failing script leaves nothing half-applied.
 
 use crate::identity::Identity;
+use crate::transform::{HeaderEdit, WireName};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 use std::net::IpAddr;
@@ -13,42 +14,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub type Fallible<T> = Result<T, Box<EvalAltResult>>;
 
-/// A header change a script made.
+/// A header change a script made (the name as the script spelled it, as transforms keep it).
 #[derive(Debug, Clone)]
-pub enum HeaderEdit {
-    Set(HeaderName, HeaderValue),
+pub enum Edit {
+    Set(WireName, HeaderValue),
     Remove(HeaderName),
 }
 
-/// A request or response head the edits apply to (through Pingora's methods, which keep
-/// its header-case map in step).
-pub trait EditTarget {
-    fn set(&mut self, name: HeaderName, value: HeaderValue);
-    fn remove(&mut self, name: &HeaderName);
-}
-
-macro_rules! edit_target {
-    ($t:ty) => {
-        impl EditTarget for $t {
-            fn set(&mut self, name: HeaderName, value: HeaderValue) {
-                // Both are valid already: inserting cannot fail.
-                let _ = self.insert_header(name, value);
-            }
-            fn remove(&mut self, name: &HeaderName) {
-                self.remove_header(name);
-            }
-        }
-    };
-}
-edit_target!(pingora::http::RequestHeader);
-edit_target!(pingora::http::ResponseHeader);
-
-/// Applies `edits` in the order the script made them.
-pub fn apply_edits(edits: &[HeaderEdit], target: &mut impl EditTarget) {
+/// Applies `edits` to a request or response head, in the order the script made them, through
+/// the transforms' header editing (which keeps Pingora's case map in step).
+pub fn apply_edits(edits: &[Edit], target: &mut impl HeaderEdit) {
     for edit in edits {
         match edit {
-            HeaderEdit::Set(name, value) => target.set(name.clone(), value.clone()),
-            HeaderEdit::Remove(name) => target.remove(name),
+            Edit::Set(name, value) => target.insert(name, value.clone()),
+            Edit::Remove(name) => target.remove(name),
         }
     }
 }
@@ -65,7 +44,7 @@ pub struct RequestState {
     pub request_id: ImmutableString,
     pub client_ip: Option<IpAddr>,
     pub route: ImmutableString,
-    pub edits: Vec<HeaderEdit>,
+    pub edits: Vec<Edit>,
     /// The path sent upstream (the route's, until a script sets it).
     pub upstream_path: String,
     pub path_changed: bool,
@@ -94,7 +73,7 @@ impl RequestView {
 pub struct ResponseState {
     pub status: u16,
     pub headers: HeaderMap,
-    pub edits: Vec<HeaderEdit>,
+    pub edits: Vec<Edit>,
     pub status_changed: bool,
     /// The head went to the client already (`on_response_body`): it is read-only.
     pub sent: bool,
@@ -125,7 +104,7 @@ impl ResponseView {
 pub struct Reply {
     pub status: u16,
     pub body: Dynamic,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub headers: Vec<(WireName, HeaderValue)>,
 }
 
 /// Registers the script API on `engine`.
@@ -137,11 +116,14 @@ pub fn register(engine: &mut Engine) {
         reply(status, body, Map::new())
     });
     engine.register_fn("respond", reply);
+    // The same conversions as the bodies hooks get.
     engine.register_fn("json_encode", |value: Dynamic| -> Fallible<String> {
-        serde_json::to_string(&value).map_err(|e| format!("json_encode: {e}").into())
+        let bytes = super::json::write(&value)
+            .ok_or_else(|| format!("json_encode: {} is not data", value.type_name()))?;
+        String::from_utf8(bytes).map_err(|_| "json_encode: not UTF-8".into())
     });
     engine.register_fn("json_decode", |text: &str| -> Fallible<Dynamic> {
-        serde_json::from_str::<Dynamic>(text).map_err(|e| format!("json_decode: {e}").into())
+        super::json::parse(text.as_bytes()).map_err(|_| "json_decode: not JSON".into())
     });
 }
 
@@ -176,15 +158,16 @@ const RESERVED: &[&str] = &[
 
 /// A header a script may set: a token name, a value without CR, LF or NUL, not a framing
 /// header.
-fn header_pair(name: &str, value: &str) -> Fallible<(HeaderName, HeaderValue)> {
-    let header = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("{name:?} is not a valid header name"))?;
+fn header_pair(name: &str, value: &str) -> Fallible<(WireName, HeaderValue)> {
+    let wire =
+        WireName::parse(name).ok_or_else(|| format!("{name:?} is not a valid header name"))?;
+    let header = &wire.name;
     if RESERVED.contains(&header.as_str()) {
         return Err(format!("{header} is set by the gateway, not by scripts").into());
     }
     let value = HeaderValue::from_str(value)
         .map_err(|_| format!("the value for {header} has a control character (CR, LF, NUL)"))?;
-    Ok((header, value))
+    Ok((wire, value))
 }
 
 fn header_name(name: &str) -> Fallible<HeaderName> {
@@ -220,16 +203,7 @@ fn string_or_unit(value: Option<&str>) -> Dynamic {
 
 /// A claim by dotted path (`address.city`), converted to a script value; `()` when absent.
 fn claim_at(identity: Option<&Identity>, path: &str) -> Fallible<Dynamic> {
-    let Some(identity) = identity else {
-        return Ok(Dynamic::UNIT);
-    };
-    let mut parts = path.split('.');
-    let first = parts.next().unwrap_or_default();
-    let mut value = identity.claims.get(first);
-    for part in parts {
-        value = value.and_then(|v| v.get(part));
-    }
-    match value {
+    match identity.and_then(|i| crate::identity::value_at(&i.claims, path.split('.'))) {
         Some(v) => rhai::serde::to_dynamic(v),
         None => Ok(Dynamic::UNIT),
     }
@@ -368,15 +342,15 @@ fn register_response(engine: &mut Engine) {
 trait HeadView: Clone + Send + Sync + 'static {
     fn headers<R>(&self, read: impl FnOnce(&HeaderMap) -> R) -> R;
     /// Records `edit` and applies it to the view's copy, so later reads see it.
-    fn edit(&self, edit: HeaderEdit) -> Fallible<()>;
+    fn edit(&self, edit: Edit) -> Fallible<()>;
 }
 
-fn apply_to_copy(headers: &mut HeaderMap, edits: &mut Vec<HeaderEdit>, edit: HeaderEdit) {
+fn apply_to_copy(headers: &mut HeaderMap, edits: &mut Vec<Edit>, edit: Edit) {
     match &edit {
-        HeaderEdit::Set(name, value) => {
-            headers.insert(name.clone(), value.clone());
+        Edit::Set(name, value) => {
+            headers.insert(name.name.clone(), value.clone());
         }
-        HeaderEdit::Remove(name) => {
+        Edit::Remove(name) => {
             headers.remove(name);
         }
     }
@@ -387,7 +361,7 @@ impl HeadView for RequestView {
     fn headers<R>(&self, read: impl FnOnce(&HeaderMap) -> R) -> R {
         read(&self.state().headers)
     }
-    fn edit(&self, edit: HeaderEdit) -> Fallible<()> {
+    fn edit(&self, edit: Edit) -> Fallible<()> {
         let s = &mut *self.state();
         apply_to_copy(&mut s.headers, &mut s.edits, edit);
         Ok(())
@@ -398,7 +372,7 @@ impl HeadView for ResponseView {
     fn headers<R>(&self, read: impl FnOnce(&HeaderMap) -> R) -> R {
         read(&self.state().headers)
     }
-    fn edit(&self, edit: HeaderEdit) -> Fallible<()> {
+    fn edit(&self, edit: Edit) -> Fallible<()> {
         let s = &mut *writable(self)?;
         apply_to_copy(&mut s.headers, &mut s.edits, edit);
         Ok(())
@@ -415,11 +389,11 @@ fn register_headers<T: HeadView>(engine: &mut Engine) {
         "set_header",
         |v: &mut T, name: &str, value: Dynamic| -> Fallible<()> {
             let (name, value) = header_pair(name, &value.to_string())?;
-            v.edit(HeaderEdit::Set(name, value))
+            v.edit(Edit::Set(name, value))
         },
     );
     engine.register_fn("remove_header", |v: &mut T, name: &str| -> Fallible<()> {
-        v.edit(HeaderEdit::Remove(header_name(name)?))
+        v.edit(Edit::Remove(header_name(name)?))
     });
 }
 

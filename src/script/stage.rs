@@ -5,11 +5,11 @@ use super::api::{Reply, RequestState, RequestView, ResponseView, apply_edits};
 use super::{Hook, RouteScript, ScriptError, json};
 use crate::errors::GatewayError;
 use crate::identity::Identity;
+use crate::transform::WireName;
 use crate::transform::json::{BodyBuffer, Collected, body_rewritable, is_json};
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::v1::server::WholeBody;
 use rhai::{Dynamic, Map};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ pub struct ScriptAnswer {
     pub status: u16,
     /// The JSON body.
     pub body: Bytes,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub headers: Vec<(WireName, HeaderValue)>,
 }
 
 /// Whether `on_request_body` needs the request body read before the upstream is chosen.
@@ -207,11 +207,8 @@ impl ScriptRun {
         }
         let cap = script.limits.max_response_body_bytes;
         if script.has(Hook::OnResponseBody) && body_rewritable(req, resp, cap) {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
-                .map_err(|_| GatewayError::Internal)?;
-            resp.extensions_mut().insert(WholeBody);
-            self.response_body = Some(BodyBuffer::new(cap));
+            let buffer = BodyBuffer::for_response(resp, cap).map_err(|_| GatewayError::Internal)?;
+            self.response_body = Some(buffer);
         }
         res.state().sent = true;
         self.response = Some(res);

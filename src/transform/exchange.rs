@@ -8,7 +8,6 @@ use crate::errors::GatewayError;
 use crate::template::TemplateVars;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::v1::server::WholeBody;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -140,11 +139,7 @@ impl Exchange {
         if let Some(ops) = &t.response_body
             && body_rewritable(req, resp, ops.max_body)
         {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-            // Sent at its end in one piece: the head need not go out alone before it.
-            resp.extensions_mut().insert(WholeBody);
-            self.response_body = Some(BodyBuffer::new(ops.max_body));
+            self.response_body = Some(BodyBuffer::for_response(resp, ops.max_body)?);
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use crate::template::{Template, TemplateScope, TemplateVars, verbatim};
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::v1::server::WholeBody;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -189,6 +190,16 @@ pub enum Collected {
 }
 
 impl BodyBuffer {
+    /// Starts collecting a response body that will be replaced at its end: its head loses
+    /// `Content-Length` (the filter runs after the head is sent) and goes out chunked, and is
+    /// marked `WholeBody`, so head and body leave in one write.
+    pub fn for_response(resp: &mut ResponseHeader, cap: usize) -> pingora::Result<Self> {
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        resp.extensions_mut().insert(WholeBody);
+        Ok(Self::new(cap))
+    }
+
     pub fn new(cap: usize) -> Self {
         BodyBuffer {
             buf: BytesMut::new(),

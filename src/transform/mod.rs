@@ -107,7 +107,8 @@ pub struct WireName {
 }
 
 impl WireName {
-    fn parse(n: &str) -> Option<Self> {
+    /// The name as written, if it is a valid header name.
+    pub fn parse(n: &str) -> Option<Self> {
         Some(WireName {
             name: HeaderName::from_bytes(n.as_bytes()).ok()?,
             spelled: Bytes::from(n.to_string()),
