@@ -67,6 +67,13 @@ pub struct AccessRecord<'a> {
     /// How the response cache answered (`HIT`, `MISS`, ...), on cached routes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<&'static str>,
+    /// A gRPC call's service, method and `grpc-status` (absent when it broke off without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
     pub error: Option<String>,
     /// The request's trace and server span (hex), when tracing is on.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -87,6 +87,15 @@ pub enum GatewayError {
     /// The route's script failed (limits, a runtime error, a bad return value); what went
     /// wrong is logged, never sent.
     ScriptFailed,
+    /// A gRPC request message bigger than the route's `grpc.max_message_bytes`.
+    GrpcMessageTooLarge { limit: u64 },
+    /// A gRPC request that breaks the protocol: a bad message prefix, a stream ending inside
+    /// a message, a `grpc-timeout` that is not 1-8 digits and a unit.
+    GrpcMalformed(&'static str),
+    /// A request that is no gRPC call on a `protocol: grpc` route.
+    GrpcRequired,
+    /// A gRPC-Web call on a route without `grpc.web: true`.
+    GrpcWebNotEnabled,
     /// A required call of an aggregate route failed.
     AggregateCallFailed { call: String, reason: String },
     /// Two calls of a `top_level` aggregate set the same field and `on_conflict: error`.
@@ -131,6 +140,56 @@ impl GatewayError {
             GatewayError::AggregateCallFailed { .. } | GatewayError::AggregateConflict { .. } => {
                 502
             }
+            GatewayError::GrpcMessageTooLarge { .. } => 413,
+            GatewayError::GrpcMalformed(_) => 400,
+            GatewayError::GrpcRequired | GatewayError::GrpcWebNotEnabled => 415,
+        }
+    }
+
+    /// The gRPC status code a gRPC client gets for this error (trailers-only answer). Follows
+    /// gRPC's own table (statuscodes.md): malformed input is INTERNAL, a message over the
+    /// limit RESOURCE_EXHAUSTED; a rate limit is RESOURCE_EXHAUSTED (as Envoy's
+    /// `rate_limited_as_resource_exhausted`), an unknown method UNIMPLEMENTED.
+    pub fn grpc_code(&self) -> u8 {
+        const INTERNAL: u8 = 13;
+        match self {
+            GatewayError::RouteNotFound
+            | GatewayError::MethodNotAllowed { .. }
+            | GatewayError::GrpcWebNotEnabled
+            | GatewayError::GrpcRequired => 12, // UNIMPLEMENTED
+            GatewayError::Unauthorized { .. }
+            | GatewayError::InvalidCredentials
+            | GatewayError::MissingCredentials { .. }
+            | GatewayError::CredentialRefused { .. }
+            | GatewayError::AmbiguousCredentials => 16, // UNAUTHENTICATED
+            GatewayError::Forbidden
+            | GatewayError::IpNotAllowed
+            | GatewayError::ConsumerRequired => 7, // PERMISSION_DENIED
+            GatewayError::RateLimited(_)
+            | GatewayError::QuotaExceeded(_)
+            | GatewayError::TooManyInvalidTokens { .. }
+            | GatewayError::TooManyLoginAttempts { .. }
+            | GatewayError::PayloadTooLarge
+            | GatewayError::GrpcMessageTooLarge { .. }
+            | GatewayError::UriTooLong
+            | GatewayError::HeadersTooLarge => 8, // RESOURCE_EXHAUSTED
+            GatewayError::NoHealthyBackend { .. }
+            | GatewayError::UpstreamUnavailable
+            | GatewayError::LimiterUnavailable
+            | GatewayError::TooManyConnections
+            | GatewayError::AggregateCallFailed { .. }
+            | GatewayError::AggregateConflict { .. } => 14, // UNAVAILABLE
+            GatewayError::UpstreamTimeout | GatewayError::RequestTimeout => 4, // DEADLINE_EXCEEDED
+            GatewayError::BadRequest(_)
+            | GatewayError::UnsafeHeaderValue { .. }
+            | GatewayError::InvalidJsonBody
+            | GatewayError::InvalidFraming(_)
+            | GatewayError::UpgradeNotAllowed
+            | GatewayError::ExpectationFailed
+            | GatewayError::VersionNotSupported
+            | GatewayError::GrpcMalformed(_)
+            | GatewayError::Internal
+            | GatewayError::ScriptFailed => INTERNAL,
         }
     }
 
@@ -285,6 +344,14 @@ impl fmt::Display for GatewayError {
             GatewayError::RateLimited(_) => f.write_str("Rate limit exceeded"),
             GatewayError::QuotaExceeded(_) => f.write_str("Quota exceeded"),
             GatewayError::LimiterUnavailable => f.write_str("Rate limiter unavailable"),
+            GatewayError::GrpcMessageTooLarge { limit } => {
+                write!(f, "gRPC message larger than {limit} bytes")
+            }
+            GatewayError::GrpcMalformed(why) => write!(f, "Malformed gRPC request: {why}"),
+            GatewayError::GrpcRequired => {
+                f.write_str("This route takes gRPC calls only (content-type application/grpc)")
+            }
+            GatewayError::GrpcWebNotEnabled => f.write_str("gRPC-Web is not enabled on this route"),
             GatewayError::AggregateCallFailed { call, reason } => {
                 write!(f, "Aggregate call {call:?} failed: {reason}")
             }

@@ -5,7 +5,7 @@
 //! - base: [`de`], [`invalid`], [`identity`], [`template`], [`errors`], [`header_set`],
 //!   [`metrics`], [`password`], [`share`], [`throttle`] — small shared types that import nothing above them;
 //! - capabilities: [`router`], [`upstream`], [`auth`], [`consumer`], [`rate_limit`], [`transform`], [`edge`],
-//!   [`aggregate`], [`access_log`], [`tls`], [`trace`], [`traffic`], [`compression`] — each owns its config struct, its compiled form
+//!   [`aggregate`], [`grpc`], [`access_log`], [`tls`], [`trace`], [`traffic`], [`compression`] — each owns its config struct, its compiled form
 //!   and its per-request stage state;
 //! - [`config`]: the YAML file, assembled from the capabilities' config structs;
 //! - [`snapshot`]: the config compiled into one immutable value behind a swappable pointer;
@@ -34,6 +34,7 @@ pub mod cache;
 pub mod compression;
 pub mod consumer;
 pub mod edge;
+pub mod grpc;
 pub mod rate_limit;
 pub mod router;
 pub mod script;

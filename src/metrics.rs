@@ -42,6 +42,7 @@ struct Metrics {
     compressed: IntCounterVec,
     cache_requests: IntCounterVec,
     script_errors: IntCounterVec,
+    grpc_calls: IntCounterVec,
     cache_evictions: IntCounter,
     cache_lock_waits: IntCounter,
     cache_bytes: prometheus::IntGauge,
@@ -210,6 +211,12 @@ static METRICS: Lazy<Metrics> = Lazy::new(|| {
              reason (operations, call_depth, size, timeout, error, return_type)",
             &["route", "hook", "reason"],
         ),
+        grpc_calls: counter(
+            "apigateway_grpc_calls_total",
+            "gRPC calls answered, by route, gRPC service and method (\"other\" past 100 per \
+             route) and grpc-status name (\"none\" when the call broke off without one)",
+            &["route", "grpc_service", "grpc_method", "grpc_code"],
+        ),
         cache_evictions: register(
             &r,
             IntCounter::new(
@@ -347,6 +354,13 @@ pub fn record_script_error(route: &str, hook: &str, reason: &str) {
         .script_errors
         .with_label_values(&[route, hook, reason])
         .inc();
+}
+
+/// The counter of one route's calls of one gRPC method ending with one status.
+pub fn grpc_calls(route: &str, service: &str, method: &str, code: &str) -> IntCounter {
+    METRICS
+        .grpc_calls
+        .with_label_values(&[route, service, method, code])
 }
 
 /// Counts an entry evicted for space.
@@ -500,7 +514,7 @@ pub fn render() -> Vec<u8> {
 pub fn catalogue() -> Vec<(String, Vec<String>)> {
     use prometheus::core::Collector;
     let m = &*METRICS;
-    let collectors: [&dyn Collector; 27] = [
+    let collectors: [&dyn Collector; 28] = [
         &m.requests,
         &m.duration,
         &m.upstream,
@@ -524,6 +538,7 @@ pub fn catalogue() -> Vec<(String, Vec<String>)> {
         &m.compressed,
         &m.cache_requests,
         &m.script_errors,
+        &m.grpc_calls,
         &m.cache_evictions,
         &m.cache_lock_waits,
         &m.cache_bytes,

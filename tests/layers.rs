@@ -34,6 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "compression",
             "consumer",
             "edge",
+            "grpc",
             "rate_limit",
             "router",
             "script",

@@ -106,6 +106,14 @@ pub struct RouteConfig {
     /// Largest request body for this route (default `limits.max_body_bytes`).
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// `http` (default) or `grpc`: a gRPC route takes only gRPC calls (and gRPC-Web ones with
+    /// `grpc.web`); gRPC calls on other routes are recognised by their content type.
+    #[serde(default)]
+    pub protocol: crate::grpc::Protocol,
+    /// gRPC settings (`web`, `max_message_bytes`, `max_timeout`, `idle_timeout`); needs
+    /// `protocol: grpc`.
+    #[serde(default)]
+    pub grpc: Option<crate::grpc::GrpcConfig>,
     /// Forward WebSocket upgrades (`Upgrade: websocket`) to the service. Off by default: other
     /// routes refuse the handshake with 400.
     #[serde(default)]

@@ -132,6 +132,13 @@ impl BodyLimit {
         self.max = Some(max);
     }
 
+    /// The body is a long-lived stream (a gRPC call): neither its size nor a deadline for its
+    /// end applies (its own stage limits its messages).
+    pub fn set_stream(&mut self) {
+        self.max = None;
+        self.deadline = None;
+    }
+
     /// Counts one chunk; a body over the size or past the deadline is refused.
     pub fn on_chunk(&mut self, len: usize, end_of_stream: bool) -> Result<(), GatewayError> {
         if !end_of_stream && self.deadline.is_some_and(|d| Instant::now() > d) {

@@ -62,6 +62,7 @@ pub(super) async fn admit(
         .map(|a| a.ip());
     ctx.inbound
         .read(session.req_header(), peer, tls, &snapshot.client_ip);
+    ctx.grpc.detect(session.req_header());
     ctx.body
         .set_deadline(ctx.inbound.started + snapshot.client.body_deadline);
     // HTTP/1 connections get it in the connection layer; an HTTP/2 stream whose client never
@@ -120,8 +121,16 @@ pub(super) async fn admit(
     if edge::is_websocket_upgrade(session.req_header()) && !target.websocket {
         return Err(GatewayError::UpgradeNotAllowed.into());
     }
-    edge::check_content_length(session.req_header(), target.max_body)?;
-    ctx.body.set_max(target.max_body);
+    let (grpc, max_body) = (target.grpc.clone(), target.max_body);
+    ctx.grpc
+        .admit(&grpc, session.req_header(), ctx.inbound.started)?;
+    if ctx.grpc.wire().is_some() {
+        // A call may stream for as long as it lasts: its messages are limited, not its body.
+        ctx.body.set_stream();
+    } else {
+        edge::check_content_length(session.req_header(), max_body)?;
+        ctx.body.set_max(max_body);
+    }
     authenticate(&snapshot, session.req_header(), ctx).await?;
     choose_destination(session.req_header(), ctx);
     rate_limit(&snapshot, session.req_header(), ctx).await?;

@@ -5,6 +5,7 @@ use super::RequestCtx;
 use crate::errors::GatewayError;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
@@ -50,7 +51,11 @@ pub(super) async fn respond(
     ctx: &RequestCtx,
     err: &GatewayError,
 ) -> Result<bool> {
-    let (mut header, body) = err.to_response(ctx.inbound.request_id());
+    let (mut header, mut body) = err.to_response(ctx.inbound.request_id());
+    if let Some(wire) = ctx.grpc.wire() {
+        header = crate::grpc::trailers_only(err, header, wire);
+        body = Bytes::new();
+    }
     decorate(ctx, &mut header);
     if matches!(err, GatewayError::InvalidFraming(_)) {
         // Where this request's body ends is ambiguous: never read another one after it.
@@ -145,6 +150,12 @@ pub(super) async fn write(
 ) -> Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
     close_if_draining(session);
+    if head_only && let ServerSession::H2(h2) = session.as_downstream_mut() {
+        // The stream ends with the head (END_STREAM on HEADERS): a gRPC trailers-only answer
+        // must, and Pingora's session would end it with a separate empty DATA frame, or with
+        // a reset when the request failed mid-body. There are no downstream modules to run.
+        return h2.write_response_header(Box::new(header), true);
+    }
     session
         .write_response_header(Box::new(header), head_only)
         .await?;

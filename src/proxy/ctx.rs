@@ -39,6 +39,8 @@ pub struct RequestCtx {
     pub(super) cache: crate::cache::CacheUse,
     /// The response body's encoder, when it is compressed (compression stage).
     pub(super) encoding: crate::compression::ResponseEncoding,
+    /// The gRPC call's wire, deadline, message framing and status (gRPC stage).
+    pub(super) grpc: crate::grpc::GrpcCall,
     /// Trace ids, the server span's start and the attempts' client spans (trace stage).
     pub(super) trace: crate::trace::RequestTrace,
     /// A gateway-level error decided in an earlier phase, rendered by `fail_to_proxy`.

@@ -205,8 +205,9 @@ impl ProxyHttp for Gateway {
         let key = forward::hash_key(pool.hash_key(), session.req_header(), ctx.inbound.client_ip);
         let picked = ctx.attempts.pick(pool, &key, target.websocket);
         match picked {
-            Ok(peer) => {
+            Ok(mut peer) => {
                 use pingora::upstreams::peer::Peer;
+                ctx.grpc.on_attempt(&mut peer);
                 ctx.trace
                     .begin_attempt(&pool.label, peer.address().as_inet().copied());
                 Ok(Box::new(peer))
@@ -226,6 +227,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         forward::set_uri(upstream, session.req_header(), ctx)?;
         forward::set_headers(upstream, session.req_header(), ctx)?;
+        ctx.grpc.on_upstream_request(upstream)?;
         ctx.trace.on_upstream_request(upstream)?;
         ctx.script.on_upstream_request(upstream)?;
         ctx.exchange.on_upstream_request(upstream)?;
@@ -252,6 +254,7 @@ impl ProxyHttp for Gateway {
         let checked = ctx
             .body
             .on_chunk(len, end_of_stream)
+            .and_then(|()| ctx.grpc.on_request_body(body, end_of_stream))
             .and_then(|()| ctx.exchange.on_request_body(body, end_of_stream, &vars));
         match checked {
             Ok(()) => {
@@ -263,7 +266,10 @@ impl ProxyHttp for Gateway {
             }
             Err(err) => {
                 let status = err.status();
-                Err(Self::fail(ctx, err, status))
+                // Blamed on the client: Pingora's HTTP/2 upstream path takes any other
+                // error here for a failed upstream write, logs it, and keeps waiting for an
+                // answer to a request whose body will never end.
+                Err(Self::fail(ctx, err, status).into_down())
             }
         }
     }
@@ -318,6 +324,7 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         decorate(ctx, upstream_response);
+        ctx.grpc.on_response_header(upstream_response);
         ctx.cache.on_response(&session.cache, upstream_response);
         close_if_draining(session);
         ctx.exchange
@@ -362,7 +369,19 @@ impl ProxyHttp for Gateway {
             return Err(Self::fail(ctx, err, 500));
         }
         ctx.encoding.on_body(body, end_of_stream);
+        ctx.grpc.on_response_body(body, end_of_stream);
         Ok(None)
+    }
+
+    /// Reads a gRPC call's status from the answer's trailers; a bridged gRPC-Web call gets
+    /// them as its body's last frame (Pingora sends what this returns as body).
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        Ok(ctx.grpc.on_response_trailers(trailers))
     }
 
     /// A connect failure is always safe to retry (nothing was sent); allow it on another
@@ -455,6 +474,8 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let outcome = report::Outcome::of(session, ctx);
         report::record_metrics(ctx, &outcome);
+        ctx.grpc
+            .record(session.req_header().uri.path(), session.response_written());
         ctx.cache.record(&session.cache);
         report::write_access_log(session, e, ctx, &outcome);
         report::finish_trace(session, ctx, &outcome);

@@ -55,6 +55,7 @@ pub(super) fn write_access_log(
         (None, Some(t)) if t.aggregate.is_some() => Some("aggregate"),
         _ => None,
     };
+    let grpc = ctx.grpc.method(req.uri.path());
     let record = AccessRecord {
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         request_id: ctx.inbound.request_id(),
@@ -74,6 +75,9 @@ pub(super) fn write_access_log(
         user: ctx.identity.as_ref().and_then(|i| i.subject.as_deref()),
         rate_limit: ctx.admission.outcome(),
         cache: ctx.cache.status().map(crate::cache::CacheStatus::as_str),
+        grpc_service: grpc.map(|(s, _)| s),
+        grpc_method: grpc.map(|(_, m)| m),
+        grpc_status: ctx.grpc.status(session.response_written()),
         error: e.map(|e| e.etype().as_str().to_string()),
         trace_id: trace.map(|(t, _)| hex::encode(t)),
         span_id: trace.map(|(_, s)| hex::encode(s)),

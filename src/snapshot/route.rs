@@ -10,6 +10,7 @@ use crate::config::{GatewayConfig, RouteConfig};
 use crate::edge::cors::Cors;
 use crate::edge::headers::SecurityHeaders;
 use crate::edge::ip_access::IpRestriction;
+use crate::grpc::{GrpcRoute, Protocol};
 use crate::invalid::Invalid;
 use crate::metrics::RouteMetrics;
 use crate::rate_limit::Limiter;
@@ -56,6 +57,8 @@ pub struct RouteTarget {
     pub metrics: RouteMetrics,
     /// WebSocket handshakes are forwarded (proxy routes only).
     pub websocket: bool,
+    /// How the route's gRPC calls are handled (defaults unless `protocol: grpc`).
+    pub grpc: Arc<GrpcRoute>,
 }
 
 /// The parts of the snapshot a route refers to, compiled before the routes.
@@ -121,6 +124,7 @@ fn compile_target(
         None => None,
     };
     let cache = cache(route, &name, inputs.cache, aggregate.is_some())?;
+    let grpc = grpc(route, &name, service, split.as_ref(), inputs.services)?;
     let script = script(route, &name, inputs.base, aggregate.is_some())?;
     Ok(RouteTarget {
         conditions: route
@@ -162,7 +166,30 @@ fn compile_target(
             .unwrap_or(inputs.cfg.limits.max_body_bytes),
         metrics: RouteMetrics::new(&name, metrics_service),
         websocket: route.websocket,
+        grpc,
     })
+}
+
+/// A route's gRPC settings; a gRPC route proxies to services that all speak HTTP/2.
+fn grpc(
+    route: &RouteConfig,
+    name: &str,
+    service: Option<usize>,
+    split: Option<&Split>,
+    services: &Services,
+) -> Result<Arc<GrpcRoute>, Invalid> {
+    let mut targets: Vec<usize> = service.into_iter().collect();
+    if let Some(split) = split {
+        targets.extend(split.entries().iter().map(|e| e.service));
+    }
+    if route.protocol == Protocol::Grpc && targets.is_empty() {
+        return Err(Invalid::new(
+            "protocol",
+            "only proxy routes (`service:` or `split:`) can be gRPC routes",
+        ));
+    }
+    let http2 = targets.iter().all(|&i| services.get(i).http2);
+    GrpcRoute::compile(route.protocol, route.grpc.as_ref(), http2, name).map(Arc::new)
 }
 
 /// A route's destination: a service to proxy to, a fan-out, or a split between services.

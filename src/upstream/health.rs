@@ -1,6 +1,7 @@
 //! Active health checks: the `health_check:` settings of a service and the Pingora check
-//! built from them (TCP connect, or an HTTP GET expecting 200).
+//! built from them (TCP connect, an HTTP GET expecting 200, or the standard gRPC health call).
 
+use super::grpc_health::GrpcHealthCheck;
 use super::tls;
 use crate::de::de_duration;
 use crate::invalid::Invalid;
@@ -9,13 +10,15 @@ use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use serde::Deserialize;
 use std::time::Duration;
 
-/// How a backend is checked: a TCP connect, or an HTTP GET of `path` expecting 200.
+/// How a backend is checked: a TCP connect, an HTTP GET of `path` expecting 200, or
+/// `grpc.health.v1.Health/Check` for `service` expecting SERVING.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthCheckKind {
     #[default]
     Tcp,
     Http,
+    Grpc,
 }
 
 /// Active health check settings for one service.
@@ -26,8 +29,11 @@ pub struct HealthCheckConfig {
     pub kind: HealthCheckKind,
     /// Path requested by `http` checks; a 200 answer means healthy.
     pub path: String,
-    /// Host header sent by `http` checks.
+    /// Host header (`:authority`) sent by `http` and `grpc` checks.
     pub host: String,
+    /// The service a `grpc` check asks about; empty (default) asks about the server as a
+    /// whole.
+    pub service: String,
     #[serde(deserialize_with = "de_duration")]
     pub interval: Duration,
     #[serde(deserialize_with = "de_duration")]
@@ -44,6 +50,7 @@ impl Default for HealthCheckConfig {
             kind: HealthCheckKind::Tcp,
             path: "/health".into(),
             host: "localhost".into(),
+            service: String::new(),
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(1),
             healthy_threshold: 2,
@@ -68,6 +75,12 @@ pub(super) fn validate_health_check(hc: &HealthCheckConfig, key: &str) -> Result
     }
     if hc.kind == HealthCheckKind::Http && !hc.path.starts_with('/') {
         return Err(Invalid::new(format!("{key}.path"), "must start with `/`"));
+    }
+    if hc.kind != HealthCheckKind::Grpc && !hc.service.is_empty() {
+        return Err(Invalid::new(
+            format!("{key}.service"),
+            "only `type: grpc` checks ask about a service",
+        ));
     }
     Ok(())
 }
@@ -100,6 +113,18 @@ pub(super) fn build_health_check(
             req.insert_header("host", &hc.host)
                 .map_err(|e| Invalid::new("host", e.to_string()))?;
             check.req = req;
+            Box::new(check)
+        }
+        HealthCheckKind::Grpc => {
+            let mut check = GrpcHealthCheck::new(&hc.service, &hc.host, tls.is_some())
+                .map_err(|e| Invalid::new("host", e.to_string()))?;
+            if let Some(tls) = tls {
+                tls.configure(&mut check.peer_template, &hc.host);
+            }
+            check.consecutive_success = hc.healthy_threshold;
+            check.consecutive_failure = hc.unhealthy_threshold;
+            check.peer_template.options.connection_timeout = Some(hc.timeout);
+            check.peer_template.options.read_timeout = Some(hc.timeout);
             Box::new(check)
         }
     })

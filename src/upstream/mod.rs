@@ -9,6 +9,7 @@ mod attempts;
 pub mod breaker;
 pub mod budget;
 pub mod dns;
+mod grpc_health;
 mod health;
 mod least_request;
 mod member;
@@ -175,6 +176,8 @@ pub struct ServicePool {
     pub retry_budget: budget::RetryBudget,
     /// `timeouts.total`: the deadline across a request's attempts.
     pub total_timeout: Option<Duration>,
+    /// `http2: true`: the backends speak HTTP/2 (h2c in plaintext), as gRPC needs.
+    pub http2: bool,
     /// What `least_request` and `ewma` compare; `None` for the other balancers.
     measure: Option<least_request::Measure>,
     /// The DNS names of the service and what they resolved to, when it has `dns:` backends.
@@ -305,6 +308,7 @@ impl ServicePool {
             only,
             breakers,
             total_timeout: cfg.timeouts.total,
+            http2: cfg.http2,
             measure,
             discovered,
             unresolved,
