@@ -66,6 +66,30 @@ fn default_max_age() -> Duration {
     Duration::from_secs(600)
 }
 
+impl CorsConfig {
+    /// The policy for a route bridging gRPC-Web: browsers may also send the headers
+    /// gRPC-Web clients add, and read the status of a trailers-only answer.
+    pub fn with_grpc_web(&self) -> CorsConfig {
+        let mut cfg = self.clone();
+        let add = |list: &mut Vec<String>, names: &[&str]| {
+            for name in names {
+                if !list.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                    list.push((*name).to_string());
+                }
+            }
+        };
+        add(
+            &mut cfg.allow_headers,
+            &["Content-Type", "X-Grpc-Web", "X-User-Agent", "Grpc-Timeout"],
+        );
+        add(
+            &mut cfg.expose_headers,
+            &["Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin"],
+        );
+        cfg
+    }
+}
+
 #[derive(Debug, Clone)]
 enum OriginPattern {
     Exact(String),

@@ -142,10 +142,7 @@ fn compile_target(
             Some(c) => IpRestriction::compile(c, "ip_restriction")?,
             None => None,
         },
-        cors: match &route.cors {
-            Some(c) => Cors::compile(c, "cors")?.map(Arc::new),
-            None => inputs.cors.clone(),
-        },
+        cors: cors(route, inputs)?,
         compression: match &route.compression {
             Some(c) => Compression::compile(c, "compression")?.map(Arc::new),
             None => inputs.compression.clone(),
@@ -168,6 +165,19 @@ fn compile_target(
         websocket: route.websocket,
         grpc,
     })
+}
+
+/// The route's own CORS policy or the top-level one; a route bridging gRPC-Web lets browsers
+/// send and read gRPC-Web's headers too.
+fn cors(route: &RouteConfig, inputs: &RouteInputs<'_>) -> Result<Option<Arc<Cors>>, Invalid> {
+    let web = route.grpc.as_ref().is_some_and(|g| g.web);
+    match (&route.cors, &inputs.cfg.cors) {
+        (Some(own), _) if web => Ok(Cors::compile(&own.with_grpc_web(), "cors")?.map(Arc::new)),
+        (Some(own), _) => Ok(Cors::compile(own, "cors")?.map(Arc::new)),
+        // The top-level block compiled already; errors in it are reported under `cors`.
+        (None, Some(top)) if web => Ok(Cors::compile(&top.with_grpc_web(), "cors")?.map(Arc::new)),
+        (None, _) => Ok(inputs.cors.clone()),
+    }
 }
 
 /// A route's gRPC settings; a gRPC route proxies to services that all speak HTTP/2.

@@ -3,7 +3,8 @@
 //!
 //! Replies carry the request metadata the service received, so tests see what the gateway
 //! forwarded. `fail_code` answers that gRPC status instead; `delay_ms` waits before each reply.
-//! Streams the client (or the gateway) abandons are counted in [`GreeterServer::cancelled`].
+//! Streams the client (or the gateway) abandons are counted in [`Seen::cancelled`].
+#![allow(dead_code)]
 
 pub mod demo {
     tonic::include_proto!("demo");
