@@ -10,13 +10,13 @@ RELEASE := target/release
 .PHONY: run test deps build lint deny unit bench bench-smoke soak fuzz install clean
 
 ## make run: build in release mode, start the demo services (users, products, orders,
-## products-v2 on 127.0.0.1:3001-3004) and the gateway on 0.0.0.0:8080 (HTTP) and 8443 (HTTPS, HTTP/2; a demo
+## products-v2 on 127.0.0.1:3001-3004, the gRPC greeter on 3005) and the gateway on 0.0.0.0:8080 (HTTP) and 8443 (HTTPS, HTTP/2; a demo
 ## certificate is generated into conf/tls/ on first run). Ctrl-C stops everything.
 run: deps build
 	@$(RELEASE)/examples/demo_services --write-cert conf/tls
 	@$(RELEASE)/examples/demo_services & demo=$$!; \
 	trap 'kill $$demo 2>/dev/null; wait $$demo 2>/dev/null' EXIT INT TERM; \
-	echo "gateway on http://localhost:8080 and https://localhost:8443 — try: curl http://localhost:8080/api/public or curl -k --http2 https://localhost:8443/api/public"; \
+	echo "gateway on http://localhost:8080 and https://localhost:8443 — try: curl http://localhost:8080/api/public or curl -k --http2 https://localhost:8443/api/public or target/release/examples/grpc_client Ada"; \
 	$(RELEASE)/apigateway -c $(CONFIG)
 
 ## make test: formatting, lints, dependency checks, unit and integration tests (real
@@ -24,7 +24,7 @@ run: deps build
 test: deps lint deny unit
 
 build:
-	$(CARGO) build --release --bin apigateway --example demo_services
+	$(CARGO) build --release --bin apigateway --example demo_services --example grpc_client
 
 lint:
 	$(CARGO) fmt --check

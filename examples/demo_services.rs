@@ -1,8 +1,11 @@
 //! The demo upstreams for `make run`: users, products, orders and products-v2 (the canary of
-//! `/api/catalog`) on 127.0.0.1:3001-3004, each answering JSON that echoes the method, path, query and headers it received.
+//! `/api/catalog`) on 127.0.0.1:3001-3004, each answering JSON that echoes the method, path, query and headers it received,
+//! and the gRPC greeter of proto/demo.proto on 127.0.0.1:3005 (h2c).
 
 #[path = "../tests/common/echo.rs"]
 mod echo;
+#[path = "../tests/common/greeter.rs"]
+mod greeter;
 #[path = "../tests/common/pki.rs"]
 mod pki;
 
@@ -37,6 +40,11 @@ async fn main() -> std::io::Result<()> {
         println!("demo service {name} listening on http://{}", server.addr);
         servers.push(server);
     }
+    let greeter = greeter::GreeterServer::start("127.0.0.1:3005").await?;
+    println!(
+        "demo gRPC service demo.Greeter listening on h2c://{}",
+        greeter.addr
+    );
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

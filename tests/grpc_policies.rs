@@ -306,3 +306,40 @@ async fn calls_are_counted_and_logged_by_method_and_status() {
     assert_eq!(lines[0]["grpc_service"], "demo.Greeter");
     assert_eq!(lines[3]["grpc_method"], "SayHellos");
 }
+
+#[tokio::test]
+async fn api_keys_come_from_metadata_and_transforms_edit_it() {
+    use sha2::{Digest, Sha256};
+    let up = GreeterServer::start("127.0.0.1:0").await.unwrap();
+    let key = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let hash = hex::encode(Sha256::digest(key.as_bytes()));
+    let gw = gateway_with(
+        &up,
+        &format!(
+            "consumer_auth:\n  api_key: {{headers: [x-api-key]}}\n\
+             consumers:\n  - {{id: partner, api_keys: [{{hash: 'sha256:{hash}'}}]}}\n"
+        ),
+        "  - path: /demo.Greeter/\n    service: greeter\n    strip_prefix: false\n    protocol: grpc\n    auth: required\n    auth_methods: [api_key]\n    request:\n      headers:\n        remove: [x-drop]\n        set: {x-caller: '{request_id}'}\n",
+    );
+    let mut c = client(&gw).await;
+    let err = c.say_hello(hello("anon")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(err.message(), "No API key provided");
+    let mut req = tonic::Request::new(hello("partner"));
+    req.metadata_mut().insert("x-api-key", key.parse().unwrap());
+    req.metadata_mut()
+        .insert("x-drop", "secret".parse().unwrap());
+    let seen = c.say_hello(req).await.unwrap().into_inner().metadata;
+    assert_eq!(seen["x-consumer-id"], "partner");
+    assert!(
+        !seen.contains_key("x-api-key"),
+        "the key never reaches the service"
+    );
+    assert!(!seen.contains_key("x-drop"));
+    assert_eq!(seen["x-caller"].len(), 36, "{seen:?}");
+    let mut req = tonic::Request::new(hello("wrong"));
+    req.metadata_mut()
+        .insert("x-api-key", "test_wrong".parse().unwrap());
+    let err = c.say_hello(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+}
