@@ -173,3 +173,18 @@ cpu_table() {
     done
   } | tee "$OUT/table.md"
 }
+
+# dump_ir PID PREFIX: dumps the callgrind counters of process PID (output prefix PREFIX),
+# waits for the new dump file and prints its total instructions (Ir); the dump also zeroes
+# the counters.
+dump_ir() {
+  local before file
+  before=$(ls "$2".* 2>/dev/null | wc -l)
+  callgrind_control -d "$1" >/dev/null
+  for _ in $(seq 1 100); do
+    [ "$(ls "$2".* 2>/dev/null | wc -l)" -gt "$before" ] && break; sleep 0.1
+  done
+  file=$(ls "$2".* | sort -V | tail -1)
+  for _ in $(seq 1 100); do grep -q '^totals:' "$file" && break; sleep 0.1; done
+  awk '/^totals:/ {print $2}' "$file"
+}

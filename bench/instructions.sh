@@ -90,20 +90,6 @@ load() { # URL HEADER N
   grep -q "$3 succeeded" <<<"$out" || { echo "h2load: not all $3 requests succeeded:"; echo "$out"; exit 1; }
   grep -q "status codes: $3 2xx" <<<"$out" || { echo "h2load: non-2xx answers:"; echo "$out"; exit 1; }
 }
-# Dumps the counters of process $1 (output prefix $2), waits for the new dump file and prints
-# its total instructions (Ir); the dump also zeroes the counters.
-dump_ir() {
-  local before file
-  before=$(ls "$2".* 2>/dev/null | wc -l)
-  callgrind_control -d "$1" >/dev/null
-  for _ in $(seq 1 100); do
-    [ "$(ls "$2".* 2>/dev/null | wc -l)" -gt "$before" ] && break; sleep 0.1
-  done
-  file=$(ls "$2".* | sort -V | tail -1)
-  for _ in $(seq 1 100); do grep -q '^totals:' "$file" && break; sleep 0.1; done
-  awk '/^totals:/ {print $2}' "$file"
-}
-
 echo "| target | instructions per request |" | tee "$WORK/table.md"
 echo "|---|---:|" | tee -a "$WORK/table.md"
 for t in "${TARGETS[@]}"; do

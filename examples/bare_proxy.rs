@@ -3,7 +3,9 @@
 //!
 //! Same release profile and allocator as the gateway, one worker thread. The listen address
 //! comes from `BARE_LISTEN` (default `127.0.0.1:8093`), the upstream from `BARE_UPSTREAM`
-//! (default `127.0.0.1:3001`), so other tools can run it too.
+//! (default `127.0.0.1:3001`), so other tools can run it too. `BARE_H2=1` makes it the floor
+//! of gRPC proxying instead: h2c accepted from clients, HTTP/2 (h2c) to the upstream, with
+//! `BARE_H2_STREAMS` streams per upstream connection (Pingora's default: 1).
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -16,6 +18,8 @@ const PREFIX: &str = "/api/users";
 
 struct Bare {
     upstream: String,
+    h2: bool,
+    h2_streams: usize,
 }
 
 #[async_trait]
@@ -25,11 +29,12 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(
-            self.upstream.as_str(),
-            false,
-            String::new(),
-        )))
+        let mut peer = HttpPeer::new(self.upstream.as_str(), false, String::new());
+        if self.h2 {
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = self.h2_streams;
+        }
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(
@@ -62,7 +67,24 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Bare { upstream });
+    let h2 = std::env::var("BARE_H2").is_ok_and(|v| v == "1");
+    let h2_streams = std::env::var("BARE_H2_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let bare = Bare {
+        upstream,
+        h2,
+        h2_streams,
+    };
+    let mut proxy = http_proxy_service(&server.configuration, bare);
+    if h2 {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        if let Some(app) = proxy.app_logic_mut() {
+            app.server_options = Some(options);
+        }
+    }
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     server.run_forever();

@@ -29,6 +29,18 @@ async fn main() -> std::io::Result<()> {
         }
         return Ok(());
     }
+    // `demo_services --greeter ADDR`: only the gRPC greeter, on ADDR (bench/grpc.sh).
+    if let [_, flag, addr] = args.as_slice()
+        && flag == "--greeter"
+    {
+        let greeter = greeter::GreeterServer::start(addr).await?;
+        println!(
+            "demo gRPC service demo.Greeter listening on h2c://{}",
+            greeter.addr
+        );
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
     let mut servers = Vec::new();
     for (name, port) in [
         ("users", 3001),

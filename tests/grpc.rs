@@ -24,7 +24,12 @@ async fn every_call_kind_streams_through_with_its_trailers() {
     let gw = gateway(&up, "");
     let mut c = client(&gw).await;
 
-    let reply = c.say_hello(hello("Ada")).await.expect("unary").into_inner();
+    let reply = c.say_hello(hello("Ada")).await.expect("unary");
+    // The request id comes back; headers that guard browser documents do not.
+    assert!(reply.metadata().get("x-request-id").is_some());
+    assert!(reply.metadata().get("x-frame-options").is_none());
+    assert!(reply.metadata().get("content-security-policy").is_none());
+    let reply = reply.into_inner();
     assert_eq!(reply.message, "Hello, Ada!");
     // gRPC servers insist on `TE: trailers`; hop-by-hop or not, it reaches them.
     assert_eq!(reply.metadata["te"], "trailers");

@@ -93,6 +93,8 @@ async fn binary_grpc_web_calls_reach_a_native_service() {
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "application/grpc-web+proto");
     assert_eq!(headers["access-control-allow-origin"], ORIGIN);
+    // A browser reads this answer: it keeps the security headers.
+    assert_eq!(headers["x-content-type-options"], "nosniff");
     let exposed = headers["access-control-expose-headers"].to_str().unwrap();
     assert!(exposed.contains("Grpc-Status"), "{exposed}");
     let (messages, trailers) = unframe(&body);

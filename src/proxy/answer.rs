@@ -10,7 +10,8 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 /// Adds what every response carries: the request id, the rate-limit report, the security
-/// headers and CORS of the route (or the top-level ones when no route matched).
+/// headers (not on native gRPC answers) and CORS of the route (or the top-level ones when no
+/// route matched).
 pub(super) fn decorate(ctx: &RequestCtx, h: &mut ResponseHeader) {
     ctx.admission.on_response(h);
     let (security, cors) = match (ctx.target(), ctx.snapshot.as_ref()) {
@@ -18,6 +19,8 @@ pub(super) fn decorate(ctx: &RequestCtx, h: &mut ResponseHeader) {
         (None, Some(s)) => (Some(&*s.security), s.cors.as_deref()),
         (None, None) => (None, None),
     };
+    // Security headers guard documents in browsers; a native gRPC client reads none of them.
+    let security = security.filter(|_| ctx.grpc.wire() != Some(crate::grpc::Wire::Native));
     ctx.inbound.decorate(h, security, cors);
     ctx.trace
         .on_response(ctx.snapshot.as_ref().and_then(|s| s.tracing.as_ref()), h);

@@ -529,6 +529,10 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
     }
 }
 
+/// Concurrent streams the gateway puts on one HTTP/2 upstream connection: RFC 9113 §5.1.2
+/// asks servers to allow at least 100.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
 /// Options of a service's peers; upgrades are denied here and allowed per request in
 /// [`ServicePool::peer`].
 fn peer_options(cfg: &ServiceConfig) -> PeerOptions {
@@ -544,6 +548,10 @@ fn peer_options(cfg: &ServiceConfig) -> PeerOptions {
         // Over TLS: offer h2 then http/1.1. In plaintext Pingora reads (2, 2) as h2c.
         let min = if cfg.tls.is_some() { 1 } else { 2 };
         o.set_http_version(2, min);
+        // Pingora opens one connection per stream by default; gRPC clients multiplex calls
+        // over few connections, as HTTP/2 means (the server's SETTINGS_MAX_CONCURRENT_STREAMS
+        // still bounds each connection).
+        o.max_h2_streams = H2_STREAMS_PER_CONNECTION;
     }
     o
 }

@@ -46,7 +46,10 @@ impl GreeterServer {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<GreeterService<Service>>().await;
         let service = GreeterService::new(Service { seen: seen.clone() });
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        // As tonic's own `serve` does: without TCP_NODELAY a reply's trailers wait behind
+        // its first segment's delayed ACK (40 ms a call).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(health_service)
