@@ -95,7 +95,11 @@ pub fn traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> Heade
     lower_hex(span_id, &mut out[36..52]);
     out[52] = b'-';
     out[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
-    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+    let mut value =
+        HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value");
+    // Unique to each request: kept out of HPACK's dynamic table, as `edge::request_id` says.
+    value.set_sensitive(true);
+    value
 }
 
 /// Lowercase hex of `bytes` into `out` (twice as long). A table lookup per digit: this runs
