@@ -188,3 +188,13 @@ dump_ir() {
   for _ in $(seq 1 100); do grep -q '^totals:' "$file" && break; sleep 0.1; done
   awk '/^totals:/ {print $2}' "$file"
 }
+
+# The global and defaults sections of every HAProxy target: one thread (like nginx's one
+# worker), plain HTTP mode, timeouts far above any bench run's latency.
+HAPROXY_COMMON='global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 3s
+  timeout client 30s
+  timeout server 30s'

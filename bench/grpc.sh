@@ -62,13 +62,7 @@ nginx -c "$WORK/ngx/nginx.conf" & PIDS+=($!); NGX_PID=$!
 
 HAP=$(port)
 cat > "$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 3s
-  timeout client 30s
-  timeout server 30s
+$HAPROXY_COMMON
 frontend f
   bind 127.0.0.1:$HAP proto h2
   default_backend b

@@ -58,14 +58,8 @@ http { access_log off; keepalive_requests 1000000;
     location /api/users/ { proxy_pass http://backend/; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 # Both HAProxy targets: one thread (like nginx's one worker), upstream connection reuse.
-HAP_COMMON='global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 3s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always'
+HAP_COMMON="$HAPROXY_COMMON
+  http-reuse always"
 cat > "$WORK/haproxy.cfg" <<CONF
 $HAP_COMMON
 frontend fe

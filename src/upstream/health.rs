@@ -7,6 +7,7 @@ use crate::de::de_duration;
 use crate::invalid::Invalid;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora::upstreams::peer::HttpPeer;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -85,6 +86,16 @@ pub(super) fn validate_health_check(hc: &HealthCheckConfig, key: &str) -> Result
     Ok(())
 }
 
+/// The connection an `http` or `grpc` check makes: the service's TLS, the check's timeout for
+/// connecting and for each read.
+fn prepare_peer(peer: &mut HttpPeer, hc: &HealthCheckConfig, tls: Option<&tls::PeerTls>) {
+    if let Some(tls) = tls {
+        tls.configure(peer, &hc.host);
+    }
+    peer.options.connection_timeout = Some(hc.timeout);
+    peer.options.read_timeout = Some(hc.timeout);
+}
+
 /// `http` checks of a TLS service speak TLS with the service's settings (SNI defaults to
 /// `health_check.host` there, since one check template serves every backend).
 pub(super) fn build_health_check(
@@ -101,13 +112,9 @@ pub(super) fn build_health_check(
         }
         HealthCheckKind::Http => {
             let mut check = HttpHealthCheck::new(&hc.host, tls.is_some());
-            if let Some(tls) = tls {
-                tls.configure(&mut check.peer_template, &hc.host);
-            }
+            prepare_peer(&mut check.peer_template, hc, tls);
             check.consecutive_success = hc.healthy_threshold;
             check.consecutive_failure = hc.unhealthy_threshold;
-            check.peer_template.options.connection_timeout = Some(hc.timeout);
-            check.peer_template.options.read_timeout = Some(hc.timeout);
             let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
                 .map_err(|e| Invalid::new("path", e.to_string()))?;
             req.insert_header("host", &hc.host)
@@ -118,13 +125,9 @@ pub(super) fn build_health_check(
         HealthCheckKind::Grpc => {
             let mut check = GrpcHealthCheck::new(&hc.service, &hc.host, tls.is_some())
                 .map_err(|e| Invalid::new("host", e.to_string()))?;
-            if let Some(tls) = tls {
-                tls.configure(&mut check.peer_template, &hc.host);
-            }
+            prepare_peer(&mut check.peer_template, hc, tls);
             check.consecutive_success = hc.healthy_threshold;
             check.consecutive_failure = hc.unhealthy_threshold;
-            check.peer_template.options.connection_timeout = Some(hc.timeout);
-            check.peer_template.options.read_timeout = Some(hc.timeout);
             Box::new(check)
         }
     })
