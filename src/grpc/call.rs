@@ -183,10 +183,11 @@ impl GrpcCall {
         self.wire.map(|_| metrics::split_path(path))
     }
 
-    /// Counts the call under its route's gRPC metrics.
-    pub fn record(&self, path: &str, answer: Option<&ResponseHeader>) {
+    /// Counts the call, ended with `status` (see [`GrpcCall::status`]), under its route's
+    /// gRPC metrics.
+    pub fn record(&self, path: &str, status: Option<u32>) {
         if let Some(route) = self.route.as_ref() {
-            route.metrics.record(path, self.status(answer));
+            route.metrics.record(path, status);
         }
     }
 }

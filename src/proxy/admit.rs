@@ -121,15 +121,17 @@ pub(super) async fn admit(
     if edge::is_websocket_upgrade(session.req_header()) && !target.websocket {
         return Err(GatewayError::UpgradeNotAllowed.into());
     }
-    let (grpc, max_body) = (target.grpc.clone(), target.max_body);
+    // Borrowed through the two fields it comes from, so that the gRPC and body stages can be
+    // updated while it is held.
+    let target = super::ctx::target_of(&ctx.snapshot, &ctx.route).ok_or(GatewayError::Internal)?;
     ctx.grpc
-        .admit(&grpc, session.req_header(), ctx.inbound.started)?;
+        .admit(&target.grpc, session.req_header(), ctx.inbound.started)?;
     if ctx.grpc.wire().is_some() {
         // A call may stream for as long as it lasts: its messages are limited, not its body.
         ctx.body.set_stream();
     } else {
-        edge::check_content_length(session.req_header(), max_body)?;
-        ctx.body.set_max(max_body);
+        edge::check_content_length(session.req_header(), target.max_body)?;
+        ctx.body.set_max(target.max_body);
     }
     authenticate(&snapshot, session.req_header(), ctx).await?;
     choose_destination(session.req_header(), ctx);

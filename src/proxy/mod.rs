@@ -475,7 +475,7 @@ impl ProxyHttp for Gateway {
         let outcome = report::Outcome::of(session, ctx);
         report::record_metrics(ctx, &outcome);
         ctx.grpc
-            .record(session.req_header().uri.path(), session.response_written());
+            .record(session.req_header().uri.path(), outcome.grpc_status);
         ctx.cache.record(&session.cache);
         report::write_access_log(session, e, ctx, &outcome);
         report::finish_trace(session, ctx, &outcome);

@@ -13,6 +13,9 @@ pub(super) struct Outcome {
     pub status: u16,
     /// From the request's arrival to now.
     pub elapsed: Duration,
+    /// A gRPC call's `grpc-status` (trailers, else the answer's head), for its metric and
+    /// the access log.
+    pub grpc_status: Option<u32>,
 }
 
 impl Outcome {
@@ -20,6 +23,7 @@ impl Outcome {
         Outcome {
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
             elapsed: ctx.inbound.started.elapsed(),
+            grpc_status: ctx.grpc.status(session.response_written()),
         }
     }
 }
@@ -77,7 +81,7 @@ pub(super) fn write_access_log(
         cache: ctx.cache.status().map(crate::cache::CacheStatus::as_str),
         grpc_service: grpc.map(|(s, _)| s),
         grpc_method: grpc.map(|(_, m)| m),
-        grpc_status: ctx.grpc.status(session.response_written()),
+        grpc_status: outcome.grpc_status,
         error: e.map(|e| e.etype().as_str().to_string()),
         trace_id: trace.map(|(t, _)| hex::encode(t)),
         span_id: trace.map(|(_, s)| hex::encode(s)),

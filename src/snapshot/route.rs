@@ -19,6 +19,7 @@ use crate::script::RouteScript;
 use crate::template::TemplateScope;
 use crate::traffic::{Mirror, Split, Variant};
 use crate::transform::RouteTransforms;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// What a route leads to: its service (or fan-out) and its policies.
@@ -171,13 +172,16 @@ fn compile_target(
 /// send and read gRPC-Web's headers too.
 fn cors(route: &RouteConfig, inputs: &RouteInputs<'_>) -> Result<Option<Arc<Cors>>, Invalid> {
     let web = route.grpc.as_ref().is_some_and(|g| g.web);
-    match (&route.cors, &inputs.cfg.cors) {
-        (Some(own), _) if web => Ok(Cors::compile(&own.with_grpc_web(), "cors")?.map(Arc::new)),
-        (Some(own), _) => Ok(Cors::compile(own, "cors")?.map(Arc::new)),
+    let cfg = match (&route.cors, web) {
+        (Some(own), false) => Cow::Borrowed(own),
         // The top-level block compiled already; errors in it are reported under `cors`.
-        (None, Some(top)) if web => Ok(Cors::compile(&top.with_grpc_web(), "cors")?.map(Arc::new)),
-        (None, _) => Ok(inputs.cors.clone()),
-    }
+        (own, true) => match own.as_ref().or(inputs.cfg.cors.as_ref()) {
+            Some(cfg) => Cow::Owned(cfg.with_grpc_web()),
+            None => return Ok(None),
+        },
+        (None, false) => return Ok(inputs.cors.clone()),
+    };
+    Ok(Cors::compile(&cfg, "cors")?.map(Arc::new))
 }
 
 /// A route's gRPC settings; a gRPC route proxies to services that all speak HTTP/2.
