@@ -99,6 +99,34 @@ fn config_text(dir: &std::path::Path, port: u16, body: &str) -> String {
     )
 }
 
+/// The addresses to connect to for the listeners `config` names (`listen:`, `tls.listen:`
+/// and `admin.listen:`; an unspecified address by loopback, port 0 aside).
+fn listen_addrs(config: &str) -> Vec<std::net::SocketAddr> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(config).unwrap_or_default();
+    [
+        &doc["listen"],
+        &doc["tls"]["listen"],
+        &doc["admin"]["listen"],
+    ]
+    .into_iter()
+    .flat_map(|l| match l {
+        serde_yaml::Value::Sequence(items) => items.iter().collect(),
+        one => vec![one],
+    })
+    .filter_map(|a| a.as_str()?.parse::<std::net::SocketAddr>().ok())
+    .filter(|a| a.port() != 0)
+    .map(|mut a| {
+        if a.ip().is_unspecified() {
+            a.set_ip(match a {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        a
+    })
+    .collect()
+}
+
 pub struct Gateway {
     child: Child,
     pub port: u16,
@@ -182,18 +210,29 @@ impl Gateway {
         self.dir.path()
     }
 
+    /// Waits until every listener of the config accepts: Pingora starts the TLS listener as a
+    /// service of its own, which may open after the plaintext one.
     fn wait_ready(&mut self) {
+        let config =
+            std::fs::read_to_string(self.dir.path().join("gateway.yaml")).expect("config file");
+        let mut waiting = listen_addrs(&config);
+        // Also when the YAML did not parse here (a test's own quirks): the plaintext port.
+        waiting.push(std::net::SocketAddr::from(([127, 0, 0, 1], self.port)));
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("gateway exited early ({status}):\n{}", self.stderr());
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            waiting.retain(|addr| TcpStream::connect(addr).is_err());
+            if waiting.is_empty() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("gateway did not listen within 20 s:\n{}", self.stderr());
+        panic!(
+            "gateway did not listen on {waiting:?} within 20 s:\n{}",
+            self.stderr()
+        );
     }
 
     /// The gateway's log output so far.
