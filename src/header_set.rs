@@ -5,6 +5,7 @@
 //! name and probes two hash maps per call even then, so a set looks at the message's few
 //! header names once and removes only what is there.
 
+use crate::header_edit::HeaderEdit;
 use http::{HeaderMap, HeaderName};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -72,6 +73,15 @@ impl HeaderSet {
     }
 
     /// Removes the members `mask` selects from a response.
+    /// Removes the members whose bits are set in `mask` from headers being edited.
+    pub fn remove_from(&self, edit: &mut HeaderEdit<'_>, mask: u64) {
+        for (i, name) in self.names.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                edit.remove(name);
+            }
+        }
+    }
+
     pub fn remove_from_response(&self, resp: &mut ResponseHeader, mask: u64) {
         for (i, name) in self.names.iter().enumerate() {
             if mask & (1 << i) != 0 {

@@ -2,7 +2,7 @@
 //!
 //! The crate is a house of layers; imports only point down (`tests/layers.rs` checks it):
 //!
-//! - base: [`de`], [`invalid`], [`identity`], [`template`], [`errors`], [`header_set`],
+//! - base: [`de`], [`invalid`], [`identity`], [`template`], [`errors`], [`header_edit`], [`header_set`],
 //!   [`metrics`], [`password`], [`share`], [`throttle`] — small shared types that import nothing above them;
 //! - capabilities: [`router`], [`upstream`], [`auth`], [`consumer`], [`rate_limit`], [`transform`], [`edge`],
 //!   [`aggregate`], [`grpc`], [`access_log`], [`tls`], [`trace`], [`traffic`], [`compression`] — each owns its config struct, its compiled form
@@ -16,6 +16,7 @@
 
 pub mod de;
 pub mod errors;
+pub mod header_edit;
 pub mod header_set;
 pub mod identity;
 pub mod invalid;

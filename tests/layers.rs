@@ -17,6 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "template",
             "testing",
             "errors",
+            "header_edit",
             "header_set",
             "metrics",
             "password",

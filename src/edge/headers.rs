@@ -2,12 +2,13 @@
 //! and the forwarding headers sent upstream.
 
 use crate::de::OrderedMap;
+use crate::header_edit::{HeaderEdit, Inline, shared_value};
 use crate::header_set::HeaderSet;
 use crate::invalid::Invalid;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use once_cell::sync::Lazy;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use serde::Deserialize;
 use std::net::IpAddr;
 
@@ -187,15 +188,26 @@ pub struct Hop<'a> {
     pub proto: &'static str,
 }
 
+// Prepared names: a `&str` name is parsed (and for these, copied) again on every use.
+/// The request id, sent upstream and back to the client.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The client and proxy chain, read from trusted proxies and sent upstream.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+static X_REWRITE_URL: HeaderName = HeaderName::from_static("x-rewrite-url");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// The forwarding headers the gateway reads, replaces or removes; bits below index it.
 static FORWARDING: Lazy<HeaderSet> = Lazy::new(|| {
     HeaderSet::new([
-        HeaderName::from_static("x-original-url"),
-        HeaderName::from_static("x-rewrite-url"),
+        X_ORIGINAL_URL.clone(),
+        X_REWRITE_URL.clone(),
         http::header::FORWARDED,
-        HeaderName::from_static("x-forwarded-for"),
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderName::from_static("x-forwarded-host"),
+        X_FORWARDED_FOR.clone(),
+        X_FORWARDED_PROTO.clone(),
+        X_FORWARDED_HOST.clone(),
     ])
     .expect("six names")
 });
@@ -208,49 +220,50 @@ const XFH: u64 = 1 << 5;
 /// Sets `X-Forwarded-For/-Proto/-Host`, `X-Real-IP` and `Forwarded`. From an untrusted peer,
 /// client-sent values are replaced; from a trusted proxy they are kept and the peer appended
 /// to `X-Forwarded-For`. Headers some frameworks use to override the path are always removed.
-pub fn forwarded_headers(up: &mut RequestHeader, hop: &Hop<'_>) -> pingora::Result<()> {
-    let present = FORWARDING.present_in(&up.headers);
-    FORWARDING.remove_from_request(up, present & PATH_OVERRIDES);
+pub fn forwarded_headers(up: &mut HeaderEdit<'_>, hop: &Hop<'_>) -> pingora::Result<()> {
+    let present = FORWARDING.present_in(up.headers());
+    FORWARDING.remove_from(up, present & PATH_OVERRIDES);
     let peer_value = hop.peer.map(ip_value);
     if let (Some(peer), Some(peer_value)) = (hop.peer, &peer_value) {
         let prev = (hop.peer_trusted && present & XFF != 0)
-            .then(|| up.headers.get("x-forwarded-for"))
+            .then(|| up.headers().get(&X_FORWARDED_FOR))
             .flatten()
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.trim().is_empty());
-        match prev {
-            Some(prev) => {
-                let joined = format!("{prev}, {peer}");
-                up.insert_header("x-forwarded-for", joined)?
-            }
-            None => up.insert_header("x-forwarded-for", peer_value.clone())?,
-        }
+        let value = match prev {
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {peer}")).map_err(|e| {
+                pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "x-forwarded-for", e)
+            })?,
+            None => peer_value.clone(),
+        };
+        up.insert(&X_FORWARDED_FOR, value)?;
     }
     if let Some(ip) = hop.client_ip {
         // Usually the client is the peer itself: its value is already rendered.
-        let value = match &peer_value {
-            Some(v) if hop.peer == Some(ip) => v.clone(),
+        let value = match peer_value {
+            Some(v) if hop.peer == Some(ip) => v,
             _ => ip_value(ip),
         };
-        up.insert_header("x-real-ip", value)?;
+        up.insert(&X_REAL_IP, value)?;
     }
+    let proto = HeaderValue::from_static(hop.proto);
     if hop.peer_trusted {
         if present & XFP == 0 {
-            up.insert_header("x-forwarded-proto", hop.proto)?;
+            up.insert(&X_FORWARDED_PROTO, proto)?;
         }
         if present & XFH == 0
             && let Some(h) = hop.host
         {
-            up.insert_header("x-forwarded-host", h.clone())?;
+            up.insert(&X_FORWARDED_HOST, h.clone())?;
         }
         return Ok(());
     }
-    up.insert_header("x-forwarded-proto", hop.proto)?;
+    up.insert(&X_FORWARDED_PROTO, proto)?;
     match hop.host {
-        Some(h) => up.insert_header("x-forwarded-host", h.clone())?,
-        None => FORWARDING.remove_from_request(up, present & XFH),
+        Some(h) => up.insert(&X_FORWARDED_HOST, h.clone())?,
+        None => FORWARDING.remove_from(up, present & XFH),
     }
-    FORWARDING.remove_from_request(up, present & FORWARDED);
+    FORWARDING.remove_from(up, present & FORWARDED);
     Ok(())
 }
 
@@ -283,8 +296,8 @@ pub fn ip_value(ip: IpAddr) -> HeaderValue {
     match ip {
         IpAddr::V4(v4) => {
             let mut buf = [0u8; 15];
-            HeaderValue::from_str(ipv4_text(v4, &mut buf))
-                .expect("digits and dots are a valid value")
+            let len = ipv4_text(v4, &mut buf).len();
+            shared_value(Inline::new(buf, len)).expect("digits and dots are a valid value")
         }
         IpAddr::V6(_) => {
             HeaderValue::from_str(&ip.to_string()).expect("an IPv6 address is a valid value")

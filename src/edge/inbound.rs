@@ -3,16 +3,13 @@
 
 use super::ClientIpResolver;
 use super::cors::Cors;
-use super::headers::SecurityHeaders;
+use super::headers::{SecurityHeaders, X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::errors::GatewayError;
+use crate::header_edit::HeaderEdit;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 use std::time::Instant;
-
-// Looked up by `HeaderName`: a `&str` name is parsed and hashed again on every lookup.
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// Who is asking, read once when the request arrives.
 pub struct Inbound {
@@ -90,7 +87,8 @@ impl Inbound {
         cors: Option<&Cors>,
     ) {
         if !self.request_id.is_empty() {
-            let _ = h.insert_header("x-request-id", self.request_id.clone());
+            let id = self.request_id.clone();
+            let _ = HeaderEdit::apply_response(h, |h| h.insert(&X_REQUEST_ID, id));
         }
         if let Some(security) = security {
             security.apply(h, self.tls);

@@ -376,8 +376,8 @@ pub fn request_id(incoming: Option<&http::HeaderValue>) -> http::HeaderValue {
         }
         _ => {
             let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-            http::HeaderValue::from_str(text).expect("a UUID is a valid header value")
+            uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            crate::header_edit::shared_value(buf).expect("a UUID is a valid header value")
         }
     };
     // A value unique to each request: HPACK would add it to both HTTP/2 connections' dynamic

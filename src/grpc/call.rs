@@ -4,11 +4,16 @@ use super::framing::MessageFrames;
 use super::web::WebBridge;
 use super::{GrpcRoute, Wire, metrics, timeout};
 use crate::errors::GatewayError;
+use crate::header_edit::HeaderEdit;
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// A gRPC call's per-request stage (idle for requests that are no call): its wire, its
 /// route's settings, its deadline, where its request messages stand, the gRPC-Web bridge when
@@ -93,24 +98,28 @@ impl GrpcCall {
 
     /// Tells the upstream what is left of the deadline, keeps `TE: trailers` (gRPC servers
     /// check it), and turns a bridged gRPC-Web request into a native one.
-    pub fn on_upstream_request(&self, upstream: &mut RequestHeader) -> pingora::Result<()> {
+    pub fn on_upstream_request(&self, upstream: &mut HeaderEdit<'_>) -> pingora::Result<()> {
         if self.route.is_none() {
             return Ok(());
         }
-        upstream.insert_header(http::header::TE, "trailers")?;
+        upstream.insert(&http::header::TE, HeaderValue::from_static("trailers"))?;
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            upstream.insert_header("grpc-timeout", timeout::format(left))?;
+            let value = HeaderValue::try_from(timeout::format(left))
+                .map_err(|e| Error::because(ErrorType::InternalError, "grpc-timeout", e))?;
+            upstream.insert(&GRPC_TIMEOUT, value)?;
         }
         if self.web.is_some() {
             let content_type = upstream
-                .headers
+                .headers()
                 .get(http::header::CONTENT_TYPE)
                 .map(|v| native_content_type(v.as_bytes()))
                 .unwrap_or_else(|| "application/grpc".into());
-            upstream.insert_header(http::header::CONTENT_TYPE, content_type)?;
+            let value = HeaderValue::try_from(content_type)
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "content-type", e))?;
+            upstream.insert(&http::header::CONTENT_TYPE, value)?;
             // The text form's decoded length differs; HTTP/2 needs no length anyway.
-            upstream.remove_header(&http::header::CONTENT_LENGTH);
+            upstream.remove(&http::header::CONTENT_LENGTH);
         }
         Ok(())
     }
@@ -273,7 +282,7 @@ mod tests {
         });
         call.admit(&r, &web, Instant::now()).unwrap();
         let mut upstream = web.clone();
-        call.on_upstream_request(&mut upstream).unwrap();
+        HeaderEdit::apply(&mut upstream, |h| call.on_upstream_request(h)).unwrap();
         assert_eq!(upstream.headers["content-type"], "application/grpc");
         assert_eq!(upstream.headers["te"], "trailers");
     }

@@ -1,9 +1,10 @@
 //! `upstream_request_filter`'s steps: what the upstream receives.
 
 use super::ctx::RequestCtx;
-use crate::edge::headers::{Hop, forwarded_headers};
+use crate::edge::headers::{Hop, X_REQUEST_ID, forwarded_headers};
+use crate::header_edit::{HeaderEdit, Inline, shared_value};
 use crate::upstream::HashKey;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
@@ -38,51 +39,73 @@ pub(super) fn set_uri(
         Some(q) if !q.is_empty() => Cow::Owned(format!("{}?{q}", route.upstream_path)),
         _ => Cow::Borrowed(route.upstream_path.as_str()),
     };
-    let uri = uri
-        .parse::<http::Uri>()
-        .map_err(|e| Error::because(ErrorType::InternalError, "rewritten uri", e))?;
+    let uri = match req.uri.path_and_query() {
+        // Most requests go upstream as they came (normalizing changed nothing): the request's
+        // target is shared rather than copied and parsed again.
+        Some(same) if same.as_str() == uri => {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(same.clone());
+            http::Uri::from_parts(parts)
+                .map_err(|e| Error::because(ErrorType::InternalError, "request uri", e))?
+        }
+        _ => uri
+            .parse::<http::Uri>()
+            .map_err(|e| Error::because(ErrorType::InternalError, "rewritten uri", e))?,
+    };
     upstream.set_uri(uri);
     Ok(())
 }
 
-/// Sets `Host` (an absolute-form target was routed on its authority: forward that), the
-/// gateway's own headers, the verified identity's headers and the forwarding headers.
-pub(super) fn set_headers(
-    upstream: &mut RequestHeader,
-    req: &RequestHeader,
-    ctx: &RequestCtx,
-) -> Result<()> {
-    let (Some(pool), Some(target), Some(snapshot)) =
-        (ctx.pool(), ctx.target(), ctx.snapshot.as_ref())
-    else {
+static X_GATEWAY_ROUTE: HeaderName = HeaderName::from_static("x-gateway-route");
+
+/// Removes client-sent copies of the headers the gateway vouches for: the credentials' and
+/// the verified identity's.
+pub(super) fn strip_client_copies(upstream: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    let (Some(target), Some(snapshot)) = (ctx.target(), ctx.snapshot.as_ref()) else {
         return Ok(());
     };
-    let host = match req.uri.authority() {
-        Some(a) => {
-            let h = HeaderValue::from_str(a.as_str())
-                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "authority", e))?;
-            upstream.insert_header(http::header::HOST, h.clone())?;
-            Some(h)
-        }
-        None => req.headers.get(http::header::HOST).cloned(),
-    };
-    upstream.insert_header("x-gateway-route", pool.name_value.clone())?;
-    if let Some(via) = &snapshot.via {
-        upstream.append_header(http::header::VIA, via.value(req.version).clone())?;
-    }
-    if let Some(hops) = crate::edge::protocol::forwarded_max_forwards(req) {
-        upstream.insert_header(http::header::MAX_FORWARDS, hops)?;
-    }
-    upstream.insert_header("x-request-id", ctx.inbound.request_id_value().clone())?;
     if let Some(auth) = snapshot.auth() {
         auth.strip_client_copies(upstream, target.policy.forward_authorization)?;
     }
     if let Some(consumers) = snapshot.consumers() {
         consumers.strip_client_copies(upstream);
     }
+    Ok(())
+}
+
+/// Sets `Host` (an absolute-form target was routed on its authority: forward that), the
+/// gateway's own headers, the verified identity's headers and the forwarding headers.
+pub(super) fn set_headers(
+    upstream: &mut HeaderEdit<'_>,
+    req: &RequestHeader,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    let (Some(pool), Some(snapshot)) = (ctx.pool(), ctx.snapshot.as_ref()) else {
+        return Ok(());
+    };
+    let host = match req.uri.authority() {
+        Some(a) => {
+            let h = match Inline::<64>::copy(a.as_str().as_bytes()) {
+                Some(short) => shared_value(short),
+                None => HeaderValue::from_str(a.as_str()),
+            }
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "authority", e))?;
+            upstream.insert(&http::header::HOST, h.clone())?;
+            Some(h)
+        }
+        None => req.headers.get(http::header::HOST).cloned(),
+    };
+    upstream.insert(&X_GATEWAY_ROUTE, pool.name_value.clone())?;
+    if let Some(via) = &snapshot.via {
+        upstream.append(&http::header::VIA, via.value(req.version).clone())?;
+    }
+    if let Some(hops) = crate::edge::protocol::forwarded_max_forwards(req) {
+        upstream.insert(&http::header::MAX_FORWARDS, hops)?;
+    }
+    upstream.insert(&X_REQUEST_ID, ctx.inbound.request_id_value().clone())?;
     if let Some(identity) = ctx.identity.as_deref() {
         for (name, value) in &identity.headers {
-            upstream.insert_header(name.clone(), value.clone())?;
+            upstream.insert(name, value.clone())?;
         }
     }
     let peer = ctx.inbound.peer_ip;

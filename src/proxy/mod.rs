@@ -18,6 +18,7 @@ use crate::aggregate::{Aggregate, CallContext};
 use crate::cache::CacheUse;
 use crate::edge;
 use crate::errors::GatewayError;
+use crate::header_edit::HeaderEdit;
 use crate::upstream::breaker::Attempt;
 use crate::upstream::{Failure, Retry};
 use admit::{Admit, Answer};
@@ -116,11 +117,11 @@ impl Gateway {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+    type CTX = Box<RequestCtx>;
 
     /// Creates the empty per-request context.
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::default()
     }
 
     /// No downstream modules. Pingora's default adds a disabled compression module, which
@@ -130,7 +131,7 @@ impl ProxyHttp for Gateway {
 
     /// Admits the request (see `admit::admit` for the stage order) or answers it: every
     /// refusal as JSON, the login endpoint, CORS preflights, and aggregate routes.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         match admit::admit(&self.snapshot, session, ctx).await {
             Ok(Admit::Continue) => {}
             Ok(Admit::Answer(a)) | Err(a) => return self.answer(session, ctx, a).await,
@@ -144,13 +145,13 @@ impl ProxyHttp for Gateway {
     /// Turns the response cache on for a request whose route caches and that may use it
     /// (decided at admission by `cache::CacheUse::plan`). Pingora then looks the key up and
     /// answers hits, stale entries and coalesced misses itself.
-    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
         ctx.cache.enable(&mut session.cache);
         Ok(())
     }
 
     /// The cache key planned at admission.
-    fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
         ctx.cache.take_key()
     }
 
@@ -159,7 +160,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &Session,
         resp: &ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<RespCacheable> {
         Ok(ctx.cache.response_cacheable(resp))
     }
@@ -168,7 +169,7 @@ impl ProxyHttp for Gateway {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
         ctx.cache.variance(meta, req)
@@ -179,7 +180,7 @@ impl ProxyHttp for Gateway {
     fn should_serve_stale(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         error: Option<&Error>,
     ) -> bool {
         let serve = CacheUse::serve_stale(error);
@@ -194,7 +195,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let (Some(pool), Some(target)) = (
             ctx::pool_of(&ctx.snapshot, &ctx.destination),
@@ -223,12 +224,15 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         forward::set_uri(upstream, session.req_header(), ctx)?;
-        forward::set_headers(upstream, session.req_header(), ctx)?;
-        ctx.grpc.on_upstream_request(upstream)?;
-        ctx.trace.on_upstream_request(upstream)?;
+        forward::strip_client_copies(upstream, ctx)?;
+        HeaderEdit::apply(upstream, |up| {
+            forward::set_headers(up, session.req_header(), ctx)?;
+            ctx.grpc.on_upstream_request(up)?;
+            ctx.trace.on_upstream_request(up)
+        })?;
         ctx.script.on_upstream_request(upstream)?;
         ctx.exchange.on_upstream_request(upstream)?;
         ctx.cache.on_upstream_request(upstream)?;
@@ -246,7 +250,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let len = body.as_ref().map_or(0, Bytes::len);
         ctx.script.on_request_chunk(body, end_of_stream);
@@ -280,7 +284,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if edge::protocol::is_interim(upstream_response) {
             return Ok(());
@@ -318,7 +322,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if edge::protocol::is_interim(upstream_response) {
             return Ok(());
@@ -346,7 +350,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         if end_of_stream {
             ctx.attempts.on_response_end();
@@ -360,7 +364,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         let vars = ctx::vars_of(&ctx.route, &ctx.identity, &ctx.inbound);
         ctx.exchange.on_response_body(body, end_of_stream, &vars);
@@ -379,7 +383,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         trailers: &mut http::HeaderMap,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<Bytes>> {
         Ok(ctx.grpc.on_response_trailers(trailers))
     }
@@ -390,7 +394,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Pingora's name for the failure (`ConnectRefused`, `ReadTimedout`) goes on the span.
@@ -410,7 +414,7 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         let failure = Failure {
@@ -446,7 +450,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy {
         let err = ctx.error.take().or_else(|| classify(e));
         // The connection is not reused after a proxy failure (the request body may be half
@@ -471,7 +475,7 @@ impl ProxyHttp for Gateway {
 
     /// Records the request's metrics and writes its access log line. Always runs, whatever
     /// answered the request.
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let outcome = report::Outcome::of(session, ctx);
         report::record_metrics(ctx, &outcome);
         ctx.grpc
@@ -484,7 +488,7 @@ impl ProxyHttp for Gateway {
     /// How Pingora names the request in its error-log lines: with the request id and, when
     /// tracing is on, the trace id, so a logged failure can be found in the access log and in
     /// the traces.
-    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+    fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
         format!(
             "{}, request {}{}",
             session.as_downstream().request_summary(),
@@ -494,7 +498,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// Client-caused failures (4xx, client disconnects) are not the operator's problem.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &Error) -> bool {
         matches!(e.etype(), ErrorType::HTTPStatus(c) if *c < 500)
             || e.esource() == &ErrorSource::Downstream
     }

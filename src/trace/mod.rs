@@ -14,6 +14,7 @@ pub mod record;
 pub use config::{Tracing, TracingConfig};
 pub use context::{SpanId, TraceId};
 
+use crate::header_edit::HeaderEdit;
 use context::Parent;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -21,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// One client span: an upstream attempt or an aggregate call.
@@ -182,23 +184,18 @@ impl RequestTrace {
 
     /// Sends the trace upstream: `traceparent` naming the current attempt's span, the client's
     /// `tracestate` if it was kept, and no client copy of either otherwise.
-    pub fn on_upstream_request(&self, upstream: &mut RequestHeader) -> pingora::Result<()> {
+    pub fn on_upstream_request(&self, upstream: &mut HeaderEdit<'_>) -> pingora::Result<()> {
         let Some(a) = self.active.as_ref() else {
             return Ok(());
         };
         let span = a.attempt.unwrap_or(a.span_id);
-        upstream.insert_header(
-            "traceparent",
+        upstream.insert(
+            &TRACEPARENT,
             context::traceparent(&a.trace_id, &span, a.sampled),
         )?;
         match &a.tracestate {
-            Some(state) => upstream.insert_header("tracestate", state.clone())?,
-            // A lookup by a prepared name first: removing looks up two maps, each parsing a
-            // `&str` name again, and most requests carry no `tracestate`.
-            None if upstream.headers.contains_key(&TRACESTATE) => {
-                upstream.remove_header(&TRACESTATE);
-            }
-            None => {}
+            Some(state) => upstream.insert(&TRACESTATE, state.clone())?,
+            None => upstream.remove(&TRACESTATE),
         }
         Ok(())
     }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::header_edit::HeaderEdit;
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -17,7 +18,7 @@ fn request(headers: &[(&str, &str)]) -> RequestHeader {
 
 fn upstream_of(trace: &RequestTrace, client: &RequestHeader) -> RequestHeader {
     let mut up = client.clone();
-    trace.on_upstream_request(&mut up).unwrap();
+    HeaderEdit::apply(&mut up, |h| trace.on_upstream_request(h)).unwrap();
     up
 }
 

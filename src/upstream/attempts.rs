@@ -3,16 +3,16 @@
 
 use super::ServicePool;
 use super::breaker::Attempt;
+use super::member::Chosen;
 use crate::errors::GatewayError;
-use pingora::lb::Backend;
-use pingora::protocols::l4::socket::SocketAddr;
 use pingora::upstreams::peer::HttpPeer;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Per-request upstream state, kept across Pingora's retries.
 #[derive(Default)]
 pub struct Attempts {
-    /// Backends already tried for this request (skipped on retry).
+    /// Backends tried before the current one (skipped on retry; empty unless retried).
     tried: Vec<SocketAddr>,
     /// When the first backend was picked.
     started: Option<Instant>,
@@ -22,8 +22,8 @@ pub struct Attempts {
     hold: super::least_request::Hold,
     /// When the current attempt's backend was picked.
     attempt_started: Option<Instant>,
-    /// The current attempt's backend (its breaker and load take the outcome).
-    current: Option<Backend>,
+    /// The current attempt's backend (its breaker and load take the outcome; skipped on retry).
+    current: Option<Chosen>,
 }
 
 /// What the proxy knows about a failure after the request reached a backend.
@@ -70,7 +70,20 @@ impl Attempts {
         if left.is_some_and(|l| l.is_zero()) {
             return Err(GatewayError::UpstreamTimeout);
         }
-        match pool.select(key, &self.tried) {
+        // Most requests make one attempt: the list of earlier ones is only built on a retry.
+        let previous = self.current.take();
+        if let Some(p) = &previous {
+            self.tried.push(p.addr);
+        }
+        let picked = pool.select(key, &self.tried);
+        if picked.is_none()
+            && let Some(p) = previous
+        {
+            // Nothing else to try: the last attempt stays the current one.
+            self.tried.pop();
+            self.current = Some(p);
+        }
+        match picked {
             Some(backend) => {
                 let mut peer = pool.peer(&backend, upgrades);
                 if let Some(left) = left {
@@ -80,11 +93,10 @@ impl Attempts {
                 if pool.tracks_latency() {
                     self.attempt_started = Some(Instant::now());
                 }
-                self.tried.push(backend.addr.clone());
                 self.current = Some(backend);
                 Ok(peer)
             }
-            None if self.tried.is_empty() => Err(GatewayError::NoHealthyBackend {
+            None if self.made() == 0 => Err(GatewayError::NoHealthyBackend {
                 service: pool.name.clone(),
             }),
             None => Err(GatewayError::UpstreamUnavailable),
@@ -126,7 +138,7 @@ impl Attempts {
     /// A connect failure is always safe to retry (nothing was sent), within `retries` and
     /// the service's retry budget.
     pub fn retry_after_connect_failure(&self, pool: &ServicePool) -> bool {
-        self.tried.len() <= pool.retries && pool.retry_budget.try_retry()
+        self.made() <= pool.retries && pool.retry_budget.try_retry()
     }
 
     /// After connecting, only idempotent requests whose body can be replayed are retried,
@@ -135,7 +147,7 @@ impl Attempts {
     /// nginx's `proxy_next_upstream error`), but a timeout does not: a slow service would get
     /// the load twice.
     pub fn retry_after_failure(&self, retries: usize, f: Failure) -> Retry {
-        if f.refused_by_gateway || !f.idempotent || f.body_truncated || self.tried.len() > retries {
+        if f.refused_by_gateway || !f.idempotent || f.body_truncated || self.made() > retries {
             Retry::No
         } else if f.backend_failed && !f.timeout {
             Retry::Yes
@@ -146,7 +158,12 @@ impl Attempts {
 
     /// The backend tried last, for the access log.
     pub fn last(&self) -> Option<&SocketAddr> {
-        self.tried.last()
+        self.current.as_ref().map(|c| &c.addr).or(self.tried.last())
+    }
+
+    /// How many attempts were made.
+    fn made(&self) -> usize {
+        self.tried.len() + usize::from(self.current.is_some())
     }
 
     /// From picking the first backend to the response header, once it arrived.

@@ -34,6 +34,31 @@ pub fn backend(addr: std::net::SocketAddr, weight: usize, host: &str) -> Backend
     b
 }
 
+/// A backend chosen for an attempt: its address and its state. Cloning a `Backend` copies
+/// its extensions map (two allocations) on every request.
+#[derive(Clone)]
+pub struct Chosen {
+    pub addr: std::net::SocketAddr,
+    pub member: Arc<Member>,
+}
+
+impl Chosen {
+    /// The address and state of one of our pools' backends.
+    pub fn of(b: &Backend) -> Chosen {
+        let addr = match &b.addr {
+            SocketAddr::Inet(a) => *a,
+            // Backends are only ever built from resolved inet addresses (`backend` above).
+            SocketAddr::Unix(_) => unreachable!("unix backends are not configurable"),
+        };
+        let member = b
+            .ext
+            .get::<Arc<Member>>()
+            .expect("pool backends are built by member::backend")
+            .clone();
+        Chosen { addr, member }
+    }
+}
+
 /// The state of a backend of one of our pools.
 pub fn of(b: &Backend) -> &Member {
     // Every backend a pool holds is made by `backend` above (fixed ones at compile time,

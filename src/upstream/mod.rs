@@ -21,6 +21,7 @@ pub use health::{HealthCheckConfig, HealthCheckKind};
 
 use crate::de::de_duration;
 use crate::invalid::Invalid;
+use member::Chosen;
 use pingora::lb::discovery::{ServiceDiscovery, Static};
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
@@ -327,9 +328,9 @@ impl ServicePool {
 
     /// Picks a healthy backend not in `exclude` (addresses already tried for this request)
     /// whose circuit breaker admits a request.
-    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Backend> {
+    pub fn select(&self, key: &[u8], exclude: &[std::net::SocketAddr]) -> Option<Chosen> {
         let admitted = |b: &Backend| {
-            !exclude.contains(&b.addr)
+            !matches!(&b.addr, SocketAddr::Inet(a) if exclude.contains(a))
                 && self
                     .breakers
                     .as_ref()
@@ -338,16 +339,19 @@ impl ServicePool {
         if let Some(only) = &self.only {
             // Without health checks Pingora counts every backend healthy: same answer, without
             // the balancer's per-request hashing of the backend.
-            return admitted(only).then(|| only.clone());
+            return admitted(only).then(|| Chosen::of(only));
         }
-        if let (Some(measure), Balancer::RoundRobin(lb)) = (self.measure, &self.balancer) {
-            return measure.pick(lb.backends(), admitted, |b| &member::of(b).load);
-        }
-        let accept = |b: &Backend, healthy: bool| healthy && admitted(b);
-        match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
-            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
-        }
+        let picked =
+            if let (Some(measure), Balancer::RoundRobin(lb)) = (self.measure, &self.balancer) {
+                measure.pick(lb.backends(), admitted, |b| &member::of(b).load)
+            } else {
+                let accept = |b: &Backend, healthy: bool| healthy && admitted(b);
+                match &self.balancer {
+                    Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+                    Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+                }
+            };
+        picked.map(|b| Chosen::of(&b))
     }
 
     /// Every backend with its health, breaker state and load, for the admin API.
@@ -388,8 +392,8 @@ impl ServicePool {
     }
 
     /// The in-flight counter of a backend, when the service balances on it.
-    pub fn outstanding_counter(&self, b: &Backend) -> Option<Arc<std::sync::atomic::AtomicUsize>> {
-        self.measure.map(|_| member::of(b).load.counter())
+    pub fn outstanding_counter(&self, b: &Chosen) -> Option<Arc<std::sync::atomic::AtomicUsize>> {
+        self.measure.map(|_| b.member.load.counter())
     }
 
     /// Whether the balancer wants attempt latencies (`ewma`).
@@ -398,14 +402,14 @@ impl ServicePool {
     }
 
     /// Feeds an attempt's time to its response header to the `ewma` balancer.
-    pub fn observe_latency(&self, b: &Backend, took: Duration) {
-        member::of(b).load.observe(took);
+    pub fn observe_latency(&self, b: &Chosen, took: Duration) {
+        b.member.load.observe(took);
     }
 
     /// Feeds one attempt's outcome to the backend's circuit breaker.
-    pub fn record_attempt(&self, b: &Backend, outcome: breaker::Attempt) {
+    pub fn record_attempt(&self, b: &Chosen, outcome: breaker::Attempt) {
         if let Some(breakers) = &self.breakers
-            && breakers.record(&member::of(b).breaker, outcome)
+            && breakers.record(&b.member.breaker, outcome)
         {
             log::warn!(
                 "service {}: backend {} failed repeatedly, taken out of rotation (passive health)",
@@ -418,12 +422,8 @@ impl ServicePool {
 
     /// Builds the peer for a selected backend with this service's timeouts, pooling and TLS;
     /// `upgrades` forwards WebSocket handshakes (only for routes that allow them).
-    pub fn peer(&self, backend: &Backend, upgrades: bool) -> HttpPeer {
-        let addr = match &backend.addr {
-            SocketAddr::Inet(a) => *a,
-            // Backends are only ever built from resolved inet addresses above.
-            SocketAddr::Unix(_) => unreachable!("unix backends are not configurable"),
-        };
+    pub fn peer(&self, backend: &Chosen, upgrades: bool) -> HttpPeer {
+        let addr = backend.addr;
         let mut options = self.peer_options.clone();
         // Only routes that opt into WebSocket forward an upgrade handshake: a backend answering
         // `101` to a request the gateway did not mean to tunnel would bypass it.
@@ -431,7 +431,7 @@ impl ServicePool {
             options.http_upstream_request_policy = HttpUpstreamRequestPolicy::standard();
         }
         match &self.tls {
-            Some(tls) => tls.peer(addr, &member::of(backend).host, options),
+            Some(tls) => tls.peer(addr, &backend.member.host, options),
             None => {
                 let mut peer = HttpPeer::new(addr, false, String::new());
                 peer.options = options;
