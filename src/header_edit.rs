@@ -20,7 +20,7 @@ pub enum HeaderEdit<'a> {
     Plain(&'a mut HeaderMap),
 }
 
-/// Room for the headers a stage adds, so the map grows at most once.
+/// Room for the headers the gateway adds to a request, so its map grows at most once.
 const ADDED: usize = 8;
 
 impl HeaderEdit<'_> {
@@ -53,7 +53,6 @@ impl HeaderEdit<'_> {
         }
         let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
         let mut parts: http::response::Parts = std::mem::replace(resp, empty).into();
-        parts.headers.reserve(ADDED);
         let out = edit(&mut HeaderEdit::Plain(&mut parts.headers));
         *resp = ResponseHeader::from(parts);
         out

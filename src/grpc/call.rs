@@ -13,7 +13,9 @@ use pingora::{Error, ErrorType};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+// Prepared names: a `&str` name is parsed again on every lookup.
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// A gRPC call's per-request stage (idle for requests that are no call): its wire, its
 /// route's settings, its deadline, where its request messages stand, the gRPC-Web bridge when
@@ -64,7 +66,7 @@ impl GrpcCall {
                 return Err(GatewayError::GrpcWebNotEnabled);
             }
         }
-        let asked = match req.headers.get("grpc-timeout") {
+        let asked = match req.headers.get(&GRPC_TIMEOUT) {
             Some(v) => Some(
                 timeout::parse(v.as_bytes()).ok_or(GatewayError::GrpcMalformed(
                     "grpc-timeout is not 1-8 digits and a unit (H, M, S, m, u, n)",
@@ -203,7 +205,7 @@ impl GrpcCall {
 
 /// `grpc-status` as a number, when present and numeric.
 fn status_of(headers: &http::HeaderMap) -> Option<u32> {
-    std::str::from_utf8(headers.get("grpc-status")?.as_bytes())
+    std::str::from_utf8(headers.get(&GRPC_STATUS)?.as_bytes())
         .ok()?
         .parse()
         .ok()
