@@ -20,6 +20,29 @@ pub enum HeaderEdit<'a> {
     Plain(&'a mut HeaderMap),
 }
 
+/// A header name outside the standard set, with its spelling for messages that record case.
+/// Pingora records a `&HeaderName` in title case when it is a standard name and copies any
+/// other one; a prepared spelling is recorded as it is.
+pub struct CustomName {
+    name: HeaderName,
+    wire: bytes::Bytes,
+}
+
+impl CustomName {
+    /// A lowercase name (checked at compile time when used in a `static`).
+    pub const fn new(lower: &'static str) -> Self {
+        CustomName {
+            name: HeaderName::from_static(lower),
+            wire: bytes::Bytes::from_static(lower.as_bytes()),
+        }
+    }
+
+    /// The name, for lookups.
+    pub fn name(&self) -> &HeaderName {
+        &self.name
+    }
+}
+
 /// Room for the headers the gateway adds to a request, so its map grows at most once.
 const ADDED: usize = 8;
 
@@ -76,6 +99,15 @@ impl HeaderEdit<'_> {
                 .try_insert(name.clone(), value)
                 .map(drop)
                 .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "too many headers", e)),
+        }
+    }
+
+    /// Sets the custom header `name` to `value`, replacing what it had.
+    pub fn insert_custom(&mut self, name: &CustomName, value: HeaderValue) -> Result<()> {
+        match self {
+            HeaderEdit::CasedRequest(req) => req.insert_header(name.wire.clone(), value),
+            HeaderEdit::CasedResponse(resp) => resp.insert_header(name.wire.clone(), value),
+            HeaderEdit::Plain(_) => self.insert(&name.name, value),
         }
     }
 
@@ -145,7 +177,7 @@ impl<const N: usize> AsRef<[u8]> for Inline<N> {
 mod tests {
     use super::*;
 
-    static X_ONE: HeaderName = HeaderName::from_static("x-one");
+    static X_ONE: CustomName = CustomName::new("x-one");
 
     fn h2_request() -> RequestHeader {
         let mut req = RequestHeader::build_no_case("POST", b"/svc/Call?q=1", None).unwrap();
@@ -158,7 +190,8 @@ mod tests {
 
     fn edit_all(req: &mut RequestHeader) -> bool {
         HeaderEdit::apply(req, |h| {
-            h.insert(&X_ONE, HeaderValue::from_static("1")).unwrap();
+            h.insert_custom(&X_ONE, HeaderValue::from_static("1"))
+                .unwrap();
             h.insert(&http::header::HOST, HeaderValue::from_static("a"))
                 .unwrap();
             h.append(&http::header::VIA, HeaderValue::from_static("v1"))

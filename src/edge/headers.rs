@@ -2,7 +2,7 @@
 //! and the forwarding headers sent upstream.
 
 use crate::de::OrderedMap;
-use crate::header_edit::{HeaderEdit, Inline, shared_value};
+use crate::header_edit::{CustomName, HeaderEdit, Inline, shared_value};
 use crate::header_set::HeaderSet;
 use crate::invalid::Invalid;
 use bytes::Bytes;
@@ -190,24 +190,24 @@ pub struct Hop<'a> {
 
 // Prepared names: a `&str` name is parsed (and for these, copied) again on every use.
 /// The request id, sent upstream and back to the client.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_REQUEST_ID: CustomName = CustomName::new("x-request-id");
 /// The client and proxy chain, read from trusted proxies and sent upstream.
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
-static X_REWRITE_URL: HeaderName = HeaderName::from_static("x-rewrite-url");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_FORWARDED_FOR: CustomName = CustomName::new("x-forwarded-for");
+static X_ORIGINAL_URL: CustomName = CustomName::new("x-original-url");
+static X_REWRITE_URL: CustomName = CustomName::new("x-rewrite-url");
+static X_FORWARDED_PROTO: CustomName = CustomName::new("x-forwarded-proto");
+static X_FORWARDED_HOST: CustomName = CustomName::new("x-forwarded-host");
+static X_REAL_IP: CustomName = CustomName::new("x-real-ip");
 
 /// The forwarding headers the gateway reads, replaces or removes; bits below index it.
 static FORWARDING: Lazy<HeaderSet> = Lazy::new(|| {
     HeaderSet::new([
-        X_ORIGINAL_URL.clone(),
-        X_REWRITE_URL.clone(),
+        X_ORIGINAL_URL.name().clone(),
+        X_REWRITE_URL.name().clone(),
         http::header::FORWARDED,
-        X_FORWARDED_FOR.clone(),
-        X_FORWARDED_PROTO.clone(),
-        X_FORWARDED_HOST.clone(),
+        X_FORWARDED_FOR.name().clone(),
+        X_FORWARDED_PROTO.name().clone(),
+        X_FORWARDED_HOST.name().clone(),
     ])
     .expect("six names")
 });
@@ -226,7 +226,7 @@ pub fn forwarded_headers(up: &mut HeaderEdit<'_>, hop: &Hop<'_>) -> pingora::Res
     let peer_value = hop.peer.map(ip_value);
     if let (Some(peer), Some(peer_value)) = (hop.peer, &peer_value) {
         let prev = (hop.peer_trusted && present & XFF != 0)
-            .then(|| up.headers().get(&X_FORWARDED_FOR))
+            .then(|| up.headers().get(X_FORWARDED_FOR.name()))
             .flatten()
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.trim().is_empty());
@@ -236,7 +236,7 @@ pub fn forwarded_headers(up: &mut HeaderEdit<'_>, hop: &Hop<'_>) -> pingora::Res
             })?,
             None => peer_value.clone(),
         };
-        up.insert(&X_FORWARDED_FOR, value)?;
+        up.insert_custom(&X_FORWARDED_FOR, value)?;
     }
     if let Some(ip) = hop.client_ip {
         // Usually the client is the peer itself: its value is already rendered.
@@ -244,23 +244,23 @@ pub fn forwarded_headers(up: &mut HeaderEdit<'_>, hop: &Hop<'_>) -> pingora::Res
             Some(v) if hop.peer == Some(ip) => v,
             _ => ip_value(ip),
         };
-        up.insert(&X_REAL_IP, value)?;
+        up.insert_custom(&X_REAL_IP, value)?;
     }
     let proto = HeaderValue::from_static(hop.proto);
     if hop.peer_trusted {
         if present & XFP == 0 {
-            up.insert(&X_FORWARDED_PROTO, proto)?;
+            up.insert_custom(&X_FORWARDED_PROTO, proto)?;
         }
         if present & XFH == 0
             && let Some(h) = hop.host
         {
-            up.insert(&X_FORWARDED_HOST, h.clone())?;
+            up.insert_custom(&X_FORWARDED_HOST, h.clone())?;
         }
         return Ok(());
     }
-    up.insert(&X_FORWARDED_PROTO, proto)?;
+    up.insert_custom(&X_FORWARDED_PROTO, proto)?;
     match hop.host {
-        Some(h) => up.insert(&X_FORWARDED_HOST, h.clone())?,
+        Some(h) => up.insert_custom(&X_FORWARDED_HOST, h.clone())?,
         None => FORWARDING.remove_from(up, present & XFH),
     }
     FORWARDING.remove_from(up, present & FORWARDED);

@@ -48,12 +48,12 @@ impl Inbound {
         tls: bool,
         resolver: &ClientIpResolver,
     ) {
-        self.request_id = super::request_id(req.headers.get(&X_REQUEST_ID));
+        self.request_id = super::request_id(req.headers.get(X_REQUEST_ID.name()));
         self.peer_ip = peer;
         // `X-Forwarded-For` is only looked up when a trusted proxy could have sent it.
         self.client_ip = peer.map(|peer| match resolver.is_trusted(&peer) {
             true => {
-                let xff = req.headers.get_all(&X_FORWARDED_FOR);
+                let xff = req.headers.get_all(X_FORWARDED_FOR.name());
                 resolver.resolve(peer, xff.iter().map(|v| v.as_bytes()))
             }
             false => peer,
@@ -88,7 +88,7 @@ impl Inbound {
     ) {
         if !self.request_id.is_empty() {
             let id = self.request_id.clone();
-            let _ = HeaderEdit::apply_response(h, |h| h.insert(&X_REQUEST_ID, id));
+            let _ = HeaderEdit::apply_response(h, |h| h.insert_custom(&X_REQUEST_ID, id));
         }
         if let Some(security) = security {
             security.apply(h, self.tls);

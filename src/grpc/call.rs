@@ -4,7 +4,7 @@ use super::framing::MessageFrames;
 use super::web::WebBridge;
 use super::{GrpcRoute, Wire, metrics, timeout};
 use crate::errors::GatewayError;
-use crate::header_edit::HeaderEdit;
+use crate::header_edit::{CustomName, HeaderEdit};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // Prepared names: a `&str` name is parsed again on every lookup.
-static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+static GRPC_TIMEOUT: CustomName = CustomName::new("grpc-timeout");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// A gRPC call's per-request stage (idle for requests that are no call): its wire, its
@@ -66,7 +66,7 @@ impl GrpcCall {
                 return Err(GatewayError::GrpcWebNotEnabled);
             }
         }
-        let asked = match req.headers.get(&GRPC_TIMEOUT) {
+        let asked = match req.headers.get(GRPC_TIMEOUT.name()) {
             Some(v) => Some(
                 timeout::parse(v.as_bytes()).ok_or(GatewayError::GrpcMalformed(
                     "grpc-timeout is not 1-8 digits and a unit (H, M, S, m, u, n)",
@@ -109,7 +109,7 @@ impl GrpcCall {
             let left = deadline.saturating_duration_since(Instant::now());
             let value = HeaderValue::try_from(timeout::format(left))
                 .map_err(|e| Error::because(ErrorType::InternalError, "grpc-timeout", e))?;
-            upstream.insert(&GRPC_TIMEOUT, value)?;
+            upstream.insert_custom(&GRPC_TIMEOUT, value)?;
         }
         if self.web.is_some() {
             let content_type = upstream

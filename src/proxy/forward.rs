@@ -2,9 +2,9 @@
 
 use super::ctx::RequestCtx;
 use crate::edge::headers::{Hop, X_REQUEST_ID, forwarded_headers};
-use crate::header_edit::{HeaderEdit, Inline, shared_value};
+use crate::header_edit::{CustomName, HeaderEdit, Inline, shared_value};
 use crate::upstream::HashKey;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
@@ -56,7 +56,7 @@ pub(super) fn set_uri(
     Ok(())
 }
 
-static X_GATEWAY_ROUTE: HeaderName = HeaderName::from_static("x-gateway-route");
+static X_GATEWAY_ROUTE: CustomName = CustomName::new("x-gateway-route");
 
 /// Removes client-sent copies of the headers the gateway vouches for: the credentials' and
 /// the verified identity's.
@@ -95,14 +95,14 @@ pub(super) fn set_headers(
         }
         None => req.headers.get(http::header::HOST).cloned(),
     };
-    upstream.insert(&X_GATEWAY_ROUTE, pool.name_value.clone())?;
+    upstream.insert_custom(&X_GATEWAY_ROUTE, pool.name_value.clone())?;
     if let Some(via) = &snapshot.via {
         upstream.append(&http::header::VIA, via.value(req.version).clone())?;
     }
     if let Some(hops) = crate::edge::protocol::forwarded_max_forwards(req) {
         upstream.insert(&http::header::MAX_FORWARDS, hops)?;
     }
-    upstream.insert(&X_REQUEST_ID, ctx.inbound.request_id_value().clone())?;
+    upstream.insert_custom(&X_REQUEST_ID, ctx.inbound.request_id_value().clone())?;
     if let Some(identity) = ctx.identity.as_deref() {
         for (name, value) in &identity.headers {
             upstream.insert(name, value.clone())?;

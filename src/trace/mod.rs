@@ -14,7 +14,7 @@ pub mod record;
 pub use config::{Tracing, TracingConfig};
 pub use context::{SpanId, TraceId};
 
-use crate::header_edit::HeaderEdit;
+use crate::header_edit::{CustomName, HeaderEdit};
 use context::Parent;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -22,8 +22,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+static TRACEPARENT: CustomName = CustomName::new("traceparent");
+static TRACESTATE: CustomName = CustomName::new("tracestate");
 
 /// One client span: an upstream attempt or an aggregate call.
 #[derive(Debug, Clone)]
@@ -189,13 +189,13 @@ impl RequestTrace {
             return Ok(());
         };
         let span = a.attempt.unwrap_or(a.span_id);
-        upstream.insert(
+        upstream.insert_custom(
             &TRACEPARENT,
             context::traceparent(&a.trace_id, &span, a.sampled),
         )?;
         match &a.tracestate {
-            Some(state) => upstream.insert(&TRACESTATE, state.clone())?,
-            None => upstream.remove(&TRACESTATE),
+            Some(state) => upstream.insert_custom(&TRACESTATE, state.clone())?,
+            None => upstream.remove(TRACESTATE.name()),
         }
         Ok(())
     }
