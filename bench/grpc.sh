@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gRPC (issue #24): unary calls (`demo.Greeter/SayHello`, a 12-byte request) through bare
 # Pingora proxying gRPC (examples/bare_proxy.rs with BARE_H2=1: h2c in, h2c out; `bare` with
-# Pingora's default of one stream per upstream connection, `bare-mux` with 100 like the gateway),
+# Pingora's default of one stream per upstream connection, `bare-mux` with 100 like the gateway,
+# `bare-local` also on a current-thread runtime like the gateway's default `work_stealing: false`),
 # the gateway's `protocol: grpc` route (threads 1, defaults: security headers, gRPC checks,
 # metrics), nginx (`grpc_pass`, one worker) and HAProxy (`proto h2` both sides, one thread),
 # all in front of the same tonic greeter. `h2load -c 10 -m 10` for DURATION per target,
@@ -33,6 +34,11 @@ BARE_H2=1 BARE_LISTEN=127.0.0.1:$BARE BARE_UPSTREAM=127.0.0.1:$UP \
 MUX=$(port)
 BARE_H2=1 BARE_H2_STREAMS=100 BARE_LISTEN=127.0.0.1:$MUX BARE_UPSTREAM=127.0.0.1:$UP \
   target/release/examples/bare_proxy 2>"$WORK/mux.log" & PIDS+=($!); MUX_PID=$!
+# bare-mux on a current-thread runtime, as the gateway runs by default: bare Pingora set up
+# like the gateway.
+LOCAL=$(port)
+BARE_NO_STEAL=1 BARE_H2=1 BARE_H2_STREAMS=100 BARE_LISTEN=127.0.0.1:$LOCAL BARE_UPSTREAM=127.0.0.1:$UP \
+  target/release/examples/bare_proxy 2>"$WORK/local.log" & PIDS+=($!); LOCAL_PID=$!
 
 GW=$(port)
 cat > "$WORK/gw.yaml" <<YAML
@@ -70,11 +76,11 @@ backend b
   server s 127.0.0.1:$UP proto h2
 CONF
 haproxy -db -f "$WORK/haproxy.cfg" 2>"$WORK/haproxy.log" & PIDS+=($!); HAP_PID=$!
-for p in $BARE $MUX $GW $NGX $HAP; do wait_port "$p"; done
+for p in $BARE $MUX $LOCAL $GW $NGX $HAP; do wait_port "$p"; done
 
-declare -A PORT=([bare]=$BARE [bare-mux]=$MUX [gateway]=$GW [nginx]=$NGX [haproxy]=$HAP)
-declare -A PID=([bare]=$BARE_PID [bare-mux]=$MUX_PID [gateway]=$GW_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID)
-TARGETS=(bare bare-mux gateway nginx haproxy)
+declare -A PORT=([bare]=$BARE [bare-mux]=$MUX [bare-local]=$LOCAL [gateway]=$GW [nginx]=$NGX [haproxy]=$HAP)
+declare -A PID=([bare]=$BARE_PID [bare-mux]=$MUX_PID [bare-local]=$LOCAL_PID [gateway]=$GW_PID [nginx]=$NGX_PID [haproxy]=$HAP_PID)
+TARGETS=(bare bare-mux bare-local gateway nginx haproxy)
 
 # Every proxy answers the call with grpc-status 0 (in the trailers).
 for t in "${TARGETS[@]}"; do
@@ -112,6 +118,7 @@ done
 save_results grpc
 cpu_table target bare "${TARGETS[@]}"
 echo "gateway vs bare-mux: $(ratio "$(med gateway 3)" "$(med bare-mux 3)")× CPU per call" | tee -a "$OUT/table.md"
+echo "gateway vs bare-local: $(ratio "$(med gateway 3)" "$(med bare-local 3)")× CPU per call" | tee -a "$OUT/table.md"
 
 # Instructions per call, bare-mux and gateway, under callgrind.
 for t in bare-mux gateway; do kill "${PID[$t]}"; done

@@ -5,7 +5,9 @@
 //! comes from `BARE_LISTEN` (default `127.0.0.1:8093`), the upstream from `BARE_UPSTREAM`
 //! (default `127.0.0.1:3001`), so other tools can run it too. `BARE_H2=1` makes it the floor
 //! of gRPC proxying instead: h2c accepted from clients, HTTP/2 (h2c) to the upstream, with
-//! `BARE_H2_STREAMS` streams per upstream connection (Pingora's default: 1).
+//! `BARE_H2_STREAMS` streams per upstream connection (Pingora's default: 1). `BARE_NO_STEAL=1`
+//! runs its thread on a current-thread runtime, as the gateway does by default
+//! (`server.work_stealing: false`), instead of Pingora's default work-stealing one.
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -61,6 +63,7 @@ fn main() {
     let upstream = std::env::var("BARE_UPSTREAM").unwrap_or_else(|_| "127.0.0.1:3001".into());
     let conf = ServerConf {
         threads: 1,
+        work_stealing: std::env::var("BARE_NO_STEAL").is_err(),
         pid_file: format!("/tmp/bare_proxy_{}.pid", std::process::id()),
         upgrade_sock: format!("/tmp/bare_proxy_{}.sock", std::process::id()),
         ..Default::default()
