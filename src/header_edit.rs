@@ -95,10 +95,7 @@ impl HeaderEdit<'_> {
         match self {
             HeaderEdit::CasedRequest(req) => req.insert_header(name, value),
             HeaderEdit::CasedResponse(resp) => resp.insert_header(name, value),
-            HeaderEdit::Plain(map) => map
-                .try_insert(name.clone(), value)
-                .map(drop)
-                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "too many headers", e)),
+            HeaderEdit::Plain(map) => map.try_insert(name.clone(), value).map(drop).map_err(full),
         }
     }
 
@@ -116,10 +113,7 @@ impl HeaderEdit<'_> {
         match self {
             HeaderEdit::CasedRequest(req) => req.append_header(name, value).map(drop),
             HeaderEdit::CasedResponse(resp) => resp.append_header(name, value).map(drop),
-            HeaderEdit::Plain(map) => map
-                .try_append(name.clone(), value)
-                .map(drop)
-                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "too many headers", e)),
+            HeaderEdit::Plain(map) => map.try_append(name.clone(), value).map(drop).map_err(full),
         }
     }
 
@@ -131,6 +125,11 @@ impl HeaderEdit<'_> {
             HeaderEdit::Plain(map) => drop(map.remove(name)),
         }
     }
+}
+
+/// A map at `http`'s size limit, as Pingora reports it for its own maps.
+fn full(e: http::header::MaxSizeReached) -> Box<Error> {
+    Error::because(ErrorType::InvalidHTTPHeader, "too many headers", e)
 }
 
 /// A header value for bytes rendered per request, held in one allocation that its clones

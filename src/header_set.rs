@@ -65,27 +65,19 @@ impl HeaderSet {
 
     /// Removes the members `mask` selects from a request.
     pub fn remove_from_request(&self, req: &mut RequestHeader, mask: u64) {
-        for (i, name) in self.names.iter().enumerate() {
-            if mask & (1 << i) != 0 {
-                req.remove_header(name);
-            }
-        }
+        self.remove_from(&mut HeaderEdit::CasedRequest(req), mask);
     }
 
     /// Removes the members `mask` selects from a response.
-    /// Removes the members whose bits are set in `mask` from headers being edited.
+    pub fn remove_from_response(&self, resp: &mut ResponseHeader, mask: u64) {
+        self.remove_from(&mut HeaderEdit::CasedResponse(resp), mask);
+    }
+
+    /// Removes the members `mask` selects from headers being edited.
     pub fn remove_from(&self, edit: &mut HeaderEdit<'_>, mask: u64) {
         for (i, name) in self.names.iter().enumerate() {
             if mask & (1 << i) != 0 {
                 edit.remove(name);
-            }
-        }
-    }
-
-    pub fn remove_from_response(&self, resp: &mut ResponseHeader, mask: u64) {
-        for (i, name) in self.names.iter().enumerate() {
-            if mask & (1 << i) != 0 {
-                resp.remove_header(name);
             }
         }
     }
