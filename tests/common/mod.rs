@@ -7,10 +7,11 @@ pub mod etcd;
 pub mod origin;
 pub mod otlp;
 pub mod pki;
+pub mod ports;
 pub mod tokens;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,12 +43,9 @@ pub async fn echo_gateway(extra: &str, routes: &str) -> (EchoServer, Gateway) {
     (up, gw)
 }
 
-/// A loopback port that was free a moment ago (the OS picks it, then we release it).
+/// A free loopback port reserved for this test process (see [`ports`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    ports::reserve()
 }
 
 /// An address nothing listens on: bound once, then closed.
