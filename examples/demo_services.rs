@@ -29,11 +29,12 @@ async fn main() -> std::io::Result<()> {
         }
         return Ok(());
     }
-    // `demo_services --greeter ADDR`: only the gRPC greeter, on ADDR (bench/grpc.sh).
+    // `demo_services --greeter ADDR`: only the gRPC greeter, on ADDR, its replies without the
+    // request metadata so that they are the same bytes behind any proxy (bench/grpc.sh).
     if let [_, flag, addr] = args.as_slice()
         && flag == "--greeter"
     {
-        let greeter = greeter::GreeterServer::start(addr).await?;
+        let greeter = greeter::GreeterServer::start_plain(addr).await?;
         println!(
             "demo gRPC service demo.Greeter listening on h2c://{}",
             greeter.addr

@@ -2,7 +2,8 @@
 //! proto/demo.proto in all four call kinds, and the standard `grpc.health.v1.Health` service.
 //!
 //! Replies carry the request metadata the service received, so tests see what the gateway
-//! forwarded. `fail_code` answers that gRPC status instead; `delay_ms` waits before each reply.
+//! forwarded; [`GreeterServer::start_plain`] leaves it out, so that a benchmark's replies are
+//! the same bytes whatever a proxy forwards. `fail_code` answers that gRPC status instead; `delay_ms` waits before each reply.
 //! Streams the client (or the gateway) abandons are counted in [`Seen::cancelled`].
 #![allow(dead_code)]
 
@@ -40,12 +41,24 @@ pub struct GreeterServer {
 impl GreeterServer {
     /// Binds `addr` (port 0 for an ephemeral one) and serves h2c until dropped.
     pub async fn start(addr: &str) -> std::io::Result<GreeterServer> {
+        Self::start_with(addr, true).await
+    }
+
+    /// Like [`GreeterServer::start`], with replies that carry no metadata (bench/grpc.sh).
+    pub async fn start_plain(addr: &str) -> std::io::Result<GreeterServer> {
+        Self::start_with(addr, false).await
+    }
+
+    async fn start_with(addr: &str, echo_metadata: bool) -> std::io::Result<GreeterServer> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Seen::default());
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<GreeterService<Service>>().await;
-        let service = GreeterService::new(Service { seen: seen.clone() });
+        let service = GreeterService::new(Service {
+            seen: seen.clone(),
+            echo_metadata,
+        });
         // As tonic's own `serve` does: without TCP_NODELAY a reply's trailers wait behind
         // its first segment's delayed ACK (40 ms a call).
         let incoming =
@@ -90,12 +103,27 @@ impl Drop for GreeterServer {
 
 pub struct Service {
     seen: Arc<Seen>,
+    /// Whether replies carry the request's metadata.
+    echo_metadata: bool,
 }
+
+impl Service {
+    /// The metadata a reply carries: the request's, or none.
+    fn metadata_of(&self, m: &tonic::metadata::MetadataMap) -> Metadata {
+        if self.echo_metadata {
+            metadata_of(m)
+        } else {
+            Metadata::new()
+        }
+    }
+}
+
+type Metadata = std::collections::HashMap<String, String>;
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>>;
 
 /// The request's metadata as a map (binary values base64, as on the wire).
-fn metadata_of(m: &tonic::metadata::MetadataMap) -> std::collections::HashMap<String, String> {
+fn metadata_of(m: &tonic::metadata::MetadataMap) -> Metadata {
     m.clone()
         .into_headers()
         .iter()
@@ -104,10 +132,7 @@ fn metadata_of(m: &tonic::metadata::MetadataMap) -> std::collections::HashMap<St
 }
 
 /// The reply to one request, after its delay, or its requested failure.
-async fn reply(
-    req: &HelloRequest,
-    metadata: &std::collections::HashMap<String, String>,
-) -> Result<HelloReply, Status> {
+async fn reply(req: &HelloRequest, metadata: &Metadata) -> Result<HelloReply, Status> {
     if req.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(u64::from(req.delay_ms.min(30_000)))).await;
     }
@@ -165,7 +190,7 @@ fn stream_of(
 impl Greeter for Service {
     async fn say_hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         self.seen.calls.fetch_add(1, Ordering::SeqCst);
-        let metadata = metadata_of(req.metadata());
+        let metadata = self.metadata_of(req.metadata());
         reply(req.get_ref(), &metadata).await.map(Response::new)
     }
 
@@ -176,7 +201,7 @@ impl Greeter for Service {
         req: Request<HelloRequest>,
     ) -> Result<Response<ReplyStream>, Status> {
         self.seen.calls.fetch_add(1, Ordering::SeqCst);
-        let metadata = metadata_of(req.metadata());
+        let metadata = self.metadata_of(req.metadata());
         let req = req.into_inner();
         let replies = futures::stream::unfold(0u32, move |i| {
             let (req, metadata) = (req.clone(), metadata.clone());
@@ -201,7 +226,7 @@ impl Greeter for Service {
         req: Request<Streaming<HelloRequest>>,
     ) -> Result<Response<HelloReply>, Status> {
         self.seen.calls.fetch_add(1, Ordering::SeqCst);
-        let metadata = metadata_of(req.metadata());
+        let metadata = self.metadata_of(req.metadata());
         let mut stream = req.into_inner();
         let mut names = Vec::new();
         while let Some(item) = stream.next().await {
@@ -224,7 +249,7 @@ impl Greeter for Service {
         req: Request<Streaming<HelloRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
         self.seen.calls.fetch_add(1, Ordering::SeqCst);
-        let metadata = metadata_of(req.metadata());
+        let metadata = self.metadata_of(req.metadata());
         let replies = req.into_inner().then(move |item| {
             let metadata = metadata.clone();
             async move { reply(&item?, &metadata).await }
