@@ -43,8 +43,10 @@ impl CustomName {
     }
 }
 
-/// Room for the headers the gateway adds to a request, so its map grows at most once.
-const ADDED: usize = 8;
+/// Room for the headers the gateway adds to a request (up to nine by default: `Host`, `Via`,
+/// the request id, the route, four forwarding headers, `TE`, more with an identity), so its
+/// map grows once. Eight left a gRPC call's map one short, and it grew a second time.
+const ADDED: usize = 12;
 
 impl HeaderEdit<'_> {
     /// Runs `edit` over `req`'s headers. An HTTP/2 request without recorded case carries its
