@@ -15,6 +15,7 @@ use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -326,10 +327,13 @@ fn match_route(
         .flatten()
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
     let method = asked.as_ref().unwrap_or(&req.method);
-    let host = edge::request_host(
-        req.headers.get(http::header::HOST).map(|h| h.as_bytes()),
-        req.uri.host(),
-    );
+    let host = match snapshot.routes.routes_by_host() {
+        true => edge::request_host(
+            req.headers.get(http::header::HOST).map(|h| h.as_bytes()),
+            req.uri.host(),
+        ),
+        false => Cow::Borrowed(""),
+    };
     path.with_segments(|segments| {
         snapshot.routes.match_request(
             &RequestView {

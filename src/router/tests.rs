@@ -174,6 +174,14 @@ fn host_specific_route_wins_and_falls_back() {
 }
 
 #[test]
+fn a_table_says_whether_any_route_names_a_host() {
+    assert!(!table(&[route("/api", "any"), route("/b", "b")]).routes_by_host());
+    let mut special = route("/b", "special");
+    special.host = Some("api.example.com".into());
+    assert!(table(&[route("/api", "any"), special]).routes_by_host());
+}
+
+#[test]
 fn rewrites_keep_query_free_paths() {
     let mut tpl = route("/api/users/:id", "u");
     tpl.rewrite = Some("/v2/users/{id}/profile".into());
