@@ -50,17 +50,19 @@ impl Chosen {
             // Backends are only ever built from resolved inet addresses (`backend` above).
             SocketAddr::Unix(_) => unreachable!("unix backends are not configurable"),
         };
-        let member = b
-            .ext
-            .get::<Arc<Member>>()
-            .expect("pool backends are built by member::backend")
-            .clone();
-        Chosen { addr, member }
+        Chosen {
+            addr,
+            member: state(b).clone(),
+        }
     }
 }
 
 /// The state of a backend of one of our pools.
 pub fn of(b: &Backend) -> &Member {
+    state(b)
+}
+
+fn state(b: &Backend) -> &Arc<Member> {
     // Every backend a pool holds is made by `backend` above (fixed ones at compile time,
     // discovered ones by `dns.rs`), so the extension is always there.
     b.ext

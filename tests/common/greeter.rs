@@ -3,7 +3,8 @@
 //!
 //! Replies carry the request metadata the service received, so tests see what the gateway
 //! forwarded; [`GreeterServer::start_plain`] leaves it out, so that a benchmark's replies are
-//! the same bytes whatever a proxy forwards. `fail_code` answers that gRPC status instead; `delay_ms` waits before each reply.
+//! the same bytes whatever a proxy forwards. `fail_code` answers that gRPC status instead;
+//! `delay_ms` waits before each reply.
 //! Streams the client (or the gateway) abandons are counted in [`Seen::cancelled`].
 #![allow(dead_code)]
 
@@ -109,7 +110,7 @@ pub struct Service {
 
 impl Service {
     /// The metadata a reply carries: the request's, or none.
-    fn metadata_of(&self, m: &tonic::metadata::MetadataMap) -> Metadata {
+    fn reply_metadata(&self, m: &tonic::metadata::MetadataMap) -> Metadata {
         if self.echo_metadata {
             metadata_of(m)
         } else {
@@ -190,7 +191,7 @@ fn stream_of(
 impl Greeter for Service {
     async fn say_hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         self.seen.calls.fetch_add(1, Ordering::SeqCst);
-        let metadata = self.metadata_of(req.metadata());
+        let metadata = self.reply_metadata(req.metadata());
         reply(req.get_ref(), &metadata).await.map(Response::new)
     }
 
@@ -201,7 +202,7 @@ impl Greeter for Service {
         req: Request<HelloRequest>,
     ) -> Result<Response<ReplyStream>, Status> {
         self.seen.calls.fetch_add(1, Ordering::SeqCst);
-        let metadata = self.metadata_of(req.metadata());
+        let metadata = self.reply_metadata(req.metadata());
         let req = req.into_inner();
         let replies = futures::stream::unfold(0u32, move |i| {
             let (req, metadata) = (req.clone(), metadata.clone());
@@ -226,7 +227,7 @@ impl Greeter for Service {
         req: Request<Streaming<HelloRequest>>,
     ) -> Result<Response<HelloReply>, Status> {
         self.seen.calls.fetch_add(1, Ordering::SeqCst);
-        let metadata = self.metadata_of(req.metadata());
+        let metadata = self.reply_metadata(req.metadata());
         let mut stream = req.into_inner();
         let mut names = Vec::new();
         while let Some(item) = stream.next().await {
@@ -249,7 +250,7 @@ impl Greeter for Service {
         req: Request<Streaming<HelloRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
         self.seen.calls.fetch_add(1, Ordering::SeqCst);
-        let metadata = self.metadata_of(req.metadata());
+        let metadata = self.reply_metadata(req.metadata());
         let replies = req.into_inner().then(move |item| {
             let metadata = metadata.clone();
             async move { reply(&item?, &metadata).await }

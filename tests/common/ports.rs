@@ -7,13 +7,20 @@
 //! pick, and each one is reserved with a file lock for the life of the test process: no other
 //! test thread or test process is handed it again.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::net::{TcpListener, UdpSocket};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-/// Ports this process has handed out, with the lock files that reserve them.
-static TAKEN: Mutex<Vec<(u16, File)>> = Mutex::new(Vec::new());
+/// Where this process's search goes on, and the lock files of the ports it handed out.
+struct Reserved {
+    next: usize,
+    locks: Vec<File>,
+}
+
+static RESERVED: Mutex<Reserved> = Mutex::new(Reserved {
+    next: 0,
+    locks: Vec::new(),
+});
 
 /// The lowest port candidates start at: clear of well-known and registered service ports.
 const LOWEST: u16 = 12_000;
@@ -21,18 +28,17 @@ const LOWEST: u16 = 12_000;
 /// A loopback port that is free and reserved for this process: nothing else in any test
 /// process gets it, and the kernel does not hand it to `bind(0)` or outgoing connections.
 pub fn reserve() -> u16 {
-    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-    let mine: HashSet<u16> = taken.iter().map(|(p, _)| *p).collect();
+    static CANDIDATES: OnceLock<Vec<u16>> = OnceLock::new();
+    let candidates = CANDIDATES.get_or_init(candidates);
+    let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join("apigateway-test-ports");
     std::fs::create_dir_all(&dir).expect("port lock directory");
-    let candidates = candidates();
-    // Start somewhere different in each process so parallel test binaries rarely contend.
-    let start = (std::process::id() as usize).wrapping_mul(7919) % candidates.len();
-    for i in 0..candidates.len() {
-        let port = candidates[(start + i) % candidates.len()];
-        if mine.contains(&port) {
-            continue;
-        }
+    // Start somewhere different in each process so parallel test binaries rarely contend,
+    // and go on past the ports already handed out.
+    let start = (std::process::id() as usize).wrapping_mul(7919);
+    while reserved.next < candidates.len() {
+        let port = candidates[(start + reserved.next) % candidates.len()];
+        reserved.next += 1;
         let Ok(lock) = File::create(dir.join(port.to_string())) else {
             continue;
         };
@@ -40,7 +46,7 @@ pub fn reserve() -> u16 {
         if lock.try_lock().is_err() || !bindable(port) {
             continue;
         }
-        taken.push((port, lock));
+        reserved.locks.push(lock);
         return port;
     }
     panic!("no free loopback port below the ephemeral range");
