@@ -130,7 +130,7 @@ CG=(valgrind --tool=callgrind --instr-atstart=no --dump-instr=no)
 BARE_NO_STEAL=1 BARE_H2=1 BARE_H2_STREAMS=100 BARE_LISTEN=127.0.0.1:$LOCAL BARE_UPSTREAM=127.0.0.1:$UP \
   "${CG[@]}" --callgrind-out-file="$WORK/cg.bare" target/release/examples/bare_proxy 2>>"$WORK/local.log" & PIDS+=($!); CG_BARE=$!
 RUST_LOG=warn "${CG[@]}" --callgrind-out-file="$WORK/cg.gw" "$BIN" -c "$WORK/gw.yaml" 2>>"$WORK/gw.log" & PIDS+=($!); CG_GW=$!
-for p in $LOCAL $GW; do for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null && break; sleep 0.1; done; done
+for p in $LOCAL $GW; do wait_port "$p" 1200; done
 {
   echo
   echo "| target | instructions per call |"

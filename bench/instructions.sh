@@ -74,7 +74,7 @@ BARE_LISTEN=127.0.0.1:$BARE BARE_UPSTREAM=127.0.0.1:$UP \
 RUST_LOG=warn "${CG[@]}" --callgrind-out-file="$WORK/cg.gw" "$GW_BIN" -c "$WORK/gw.yaml" \
   2>"$WORK/gw.log" & PIDS+=($!); GW_PID=$!
 # Under valgrind start-up takes seconds: wait longer than wait_port does.
-for p in $BARE $GW; do for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null && break; sleep 0.1; done; done
+for p in $BARE $GW; do wait_port "$p" 1200; done
 wait_port "$BARE"; wait_port "$GW"
 
 declare -A URL=( [bare]="http://127.0.0.1:$BARE/api/users/42" [plain]="http://127.0.0.1:$GW/api/users/42"
